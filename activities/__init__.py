@@ -1,0 +1,1 @@
+"""Every side effect of a run: model calls, tool calls, artifacts, webhooks."""

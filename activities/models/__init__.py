@@ -1,0 +1,1 @@
+"""Model providers behind the `call_model` activity."""

@@ -1,0 +1,177 @@
+"""Anthropic Messages API (``POST /v1/messages``).
+
+Differences from Chat Completions that this module absorbs:
+
+* the system prompt is a top-level ``system`` field, not a message;
+* tool calls are ``tool_use`` content blocks whose ``input`` is a JSON *object*,
+  and results are ``tool_result`` blocks inside the next *user* message;
+* consecutive messages of one role are merged (all results for one assistant turn
+  must arrive in the single user message that follows it);
+* ``max_tokens`` is required; auth is ``x-api-key`` plus ``anthropic-version``.
+
+Errors are classified by the shared helper (529 "overloaded" is retryable). The
+module must not retry (Temporal does) and must not log or quote the API key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from activities.models._http import bad_shape, make_client, post_json
+from activities.models.base import ModelReply, ModelRequest, ToolSchema
+from activities.models.errors import config_error
+from agentrun.contracts import Message, RawToolCall, Usage
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "wire_request"]
+
+PROVIDER = "anthropic"
+ANTHROPIC_VERSION = "2023-06-01"
+"""The API version header; the Messages API shape used here is stable under it."""
+
+
+class AnthropicProvider:
+    """A ``ModelProvider`` for Anthropic's Messages API.
+
+    >>> provider = AnthropicProvider(api_key=key)  # doctest: +SKIP
+    >>> reply = await provider.complete(request)  # doctest: +SKIP
+
+    ``transport`` is for tests (Anthropic cannot be reached from CI).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = "https://api.anthropic.com",
+        timeout: float = 300.0,
+        default_model: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+        self._client = make_client(
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+        )
+        self._secrets = (api_key,)
+        self._default_model = default_model
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        model = request.model.name or self._default_model
+        if not model:
+            raise config_error(PROVIDER, "no model name: set ModelRef.name (e.g. claude-sonnet-4-5)")
+        body = wire_request(request.messages, request.tools)
+        body["model"] = model
+        body["max_tokens"] = request.model.max_output_tokens
+        if request.model.temperature is not None:
+            # Anthropic accepts 0..1; ModelRef allows up to 2 (OpenAI's range).
+            body["temperature"] = min(request.model.temperature, 1.0)
+        data = await post_json(
+            self._client, "v1/messages", body, provider=PROVIDER, secrets=self._secrets
+        )
+        try:
+            blocks = data["content"]
+            texts = [b["text"] for b in blocks if b.get("type") == "text"]
+            calls = [
+                RawToolCall(
+                    id=str(b["id"]),
+                    name=str(b["name"]),
+                    # Anthropic returns parsed input; this is its canonical text.
+                    arguments=json.dumps(b.get("input", {}), ensure_ascii=False),
+                )
+                for b in blocks
+                if b.get("type") == "tool_use"
+            ]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise bad_shape(PROVIDER, f"unexpected message shape ({exc})", self._secrets)
+        stop = data.get("stop_reason")
+        return ModelReply(
+            text="".join(texts) if texts else None,
+            tool_calls=calls,
+            usage=_usage(data.get("usage")),
+            stop_reason=stop if isinstance(stop, str) else None,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _input_object(arguments: str) -> dict[str, Any]:
+    """A past call's ``input`` must be an object; malformed raw arguments are wrapped.
+
+    Only calls produced by another provider (or the scripted double) can be
+    malformed; wrapping keeps the history truthful without breaking the request.
+    """
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {"raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"raw_arguments": arguments}
+
+
+def wire_request(messages: list[Message], tools: list[ToolSchema]) -> dict[str, Any]:
+    """``system``, ``messages`` (merged by role) and ``tools`` for a Messages request."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for m in messages:
+        if m.role == "system":
+            if m.content:
+                system.append(m.content)
+        elif m.role == "tool":
+            add(
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": m.tool_call_id or "",
+                        "content": m.content or "",
+                    }
+                ],
+            )
+        else:
+            # Anthropic rejects empty text blocks, so they are left out.
+            blocks: list[dict[str, Any]] = (
+                [{"type": "text", "text": m.content}] if m.content else []
+            )
+            if m.role == "assistant":
+                blocks += [
+                    {"type": "tool_use", "id": c.id, "name": c.name, "input": _input_object(c.arguments)}
+                    for c in m.tool_calls
+                ]
+            add(m.role, blocks)
+    body: dict[str, Any] = {"messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if tools:
+        body["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in tools
+        ]
+    return body
+
+
+def _usage(raw: object) -> Usage:
+    """Input tokens include prompt-cache reads and writes: all of them count toward budgets."""
+    if not isinstance(raw, dict):
+        return Usage()
+
+    def count(key: str) -> int:
+        value = raw.get(key)
+        return value if isinstance(value, int) else 0
+
+    return Usage(
+        input_tokens=count("input_tokens")
+        + count("cache_creation_input_tokens")
+        + count("cache_read_input_tokens"),
+        output_tokens=count("output_tokens"),
+    )

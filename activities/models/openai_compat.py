@@ -1,0 +1,331 @@
+"""OpenAI-compatible Chat Completions: OpenAI, vLLM, Ollama, llama.cpp servers.
+
+Two ways to get tool calls out of a model:
+
+* **native** (``json_schema_tools=False``): send ``tools`` and read
+  ``message.tool_calls``. Right for OpenAI and for servers whose chat template
+  implements tool calling.
+* **schema-constrained** (``json_schema_tools=True``, the default, made for small
+  local models such as the embedded SmolLM2-135M): describe the tools in the
+  system prompt and send a ``response_format`` whose JSON schema admits exactly
+  one object ``{"tool": <name>, "arguments": {...}}`` (an ``anyOf`` with one
+  branch per tool, each branch pinning ``tool`` to a constant and ``arguments``
+  to that tool's parameter schema). Grammar-constrained decoding (llama.cpp,
+  vLLM) then *cannot* emit anything else, so even a tiny model always yields a
+  parseable call. The reply becomes one ``RawToolCall`` with the deterministic
+  id ``call_<turn>_0``.
+
+Either way the arguments string is kept exactly as the model produced it: it is
+hostile input, parsed and validated after the activity, never here.
+
+This module must not retry (Temporal does) and must not log or quote the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+import httpx
+
+from activities.models._http import bad_shape, make_client, post_json
+from activities.models.base import ModelReply, ModelRequest, ToolSchema, turn_index
+from activities.models.errors import config_error
+from agentrun.contracts import Message, RawToolCall, Usage
+
+__all__ = [
+    "OpenAICompatProvider",
+    "parse_tool_envelope",
+    "tool_call_schema",
+    "tools_prompt",
+    "wire_messages",
+]
+
+PROVIDER = "openai"
+
+SchemaFormat = Literal["json_object", "json_schema"]
+
+
+class OpenAICompatProvider:
+    """A ``ModelProvider`` for any OpenAI-compatible ``/chat/completions`` endpoint.
+
+    >>> provider = OpenAICompatProvider(base_url="http://127.0.0.1:8081/v1")
+    >>> reply = await provider.complete(request)  # doctest: +SKIP
+    >>> await provider.aclose()  # doctest: +SKIP
+
+    ``default_model`` is used when ``request.model.name`` is unset (the registry
+    normally resolves the name before calling). ``transport`` is for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        json_schema_tools: bool = True,
+        schema_format: SchemaFormat = "json_object",
+        default_model: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = make_client(
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+        )
+        self._secrets = (api_key,)
+        self._constrained = json_schema_tools
+        self._schema_format = schema_format
+        self._default_model = default_model
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        model = request.model.name or self._default_model
+        if not model:
+            raise config_error(PROVIDER, "no model name: set ModelRef.name or AGENTRUN_DEFAULT_MODEL")
+        constrained = self._constrained and bool(request.tools)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": wire_messages(request.messages, request.tools, constrained=constrained),
+            "max_tokens": request.model.max_output_tokens,
+            "stream": False,
+        }
+        if request.model.temperature is not None:
+            body["temperature"] = request.model.temperature
+        if constrained:
+            body["response_format"] = _response_format(request.tools, self._schema_format)
+        elif request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
+        data = await post_json(
+            self._client, "chat/completions", body, provider=PROVIDER, secrets=self._secrets
+        )
+        return self._reply(data, turn_index(request.messages), constrained=constrained)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _reply(self, data: dict[str, Any], turn: int, *, constrained: bool) -> ModelReply:
+        try:
+            choice = data["choices"][0]
+            message = choice["message"]
+            content = message.get("content")
+            finish = choice.get("finish_reason")
+            wire_calls = message.get("tool_calls") or []
+            if content is not None and not isinstance(content, str):
+                raise TypeError("content is not a string")
+            calls = [_native_call(c, turn, i) for i, c in enumerate(wire_calls)]
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise bad_shape(PROVIDER, f"unexpected chat completion shape ({exc})", self._secrets)
+        usage = _usage(data.get("usage"))
+        stop = finish if isinstance(finish, str) else None
+        if constrained and not calls and content is not None:
+            envelope = parse_tool_envelope(content, call_id=f"call_{turn}_0")
+            if envelope is not None:
+                return ModelReply(text=None, tool_calls=[envelope], usage=usage, stop_reason=stop)
+        # No envelope (e.g. cut off before the tool name): the text goes back as
+        # plain text, and the agent loop treats "no tool call" as it always does.
+        return ModelReply(text=content, tool_calls=calls, usage=usage, stop_reason=stop)
+
+
+# ---------------------------------------------------------------------------
+# Wire format (pure functions: unit-testable without a server)
+# ---------------------------------------------------------------------------
+
+
+def tools_prompt(tools: list[ToolSchema]) -> str:
+    """The tool catalogue a schema-constrained model reads in its system prompt.
+
+    Without native tool support the model only learns the tools from text; the
+    grammar then keeps its reply well-formed.
+    """
+    lines = [
+        "You act only by calling tools. Reply with exactly one JSON object and nothing "
+        'else: {"tool": "<tool name>", "arguments": {<the tool\'s arguments>}}.',
+        "Tools:",
+    ]
+    for tool in tools:
+        params = tool.parameters.get("properties", tool.parameters)
+        lines.append(f"- {tool.name}: {tool.description} Arguments: {json.dumps(params)}")
+    return "\n".join(lines)
+
+
+def tool_call_schema(tools: list[ToolSchema]) -> dict[str, Any]:
+    """The JSON schema that admits exactly one call to one of ``tools``.
+
+    One ``anyOf`` branch per tool, so the arguments are constrained by *that*
+    tool's parameters (an enum of names plus a union of argument schemas would let
+    the model pair ``finish`` with ``shell``'s arguments). ``tool`` comes first so
+    the model commits to a tool before writing its arguments.
+    """
+    branches = [
+        {
+            "type": "object",
+            "properties": {
+                "tool": {"type": "string", "const": tool.name},
+                "arguments": tool.parameters or {"type": "object"},
+            },
+            "required": ["tool", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def _response_format(tools: list[ToolSchema], schema_format: SchemaFormat) -> dict[str, Any]:
+    schema = tool_call_schema(tools)
+    if schema_format == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+    return {"type": "json_object", "schema": schema}
+
+
+def _envelope_text(call: RawToolCall) -> str:
+    """How a past tool call looks to a constrained model: the JSON it emitted."""
+    return f'{{"tool": {json.dumps(call.name)}, "arguments": {call.arguments}}}'
+
+
+def wire_messages(
+    messages: list[Message], tools: list[ToolSchema], *, constrained: bool
+) -> list[dict[str, Any]]:
+    """Convert conversation messages to Chat Completions messages.
+
+    Native mode uses ``tool_calls`` / ``tool_call_id``. Constrained mode has no
+    native tool protocol, so it replays past calls as the JSON the model wrote and
+    tool results as user messages, and puts the tool catalogue in the system prompt.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "assistant" and m.tool_calls:
+            if constrained:
+                text = "\n".join(_envelope_text(c) for c in m.tool_calls)
+                out.append({"role": "assistant", "content": text})
+            else:
+                out.append(
+                    {
+                        "role": "assistant",
+                        "content": m.content,
+                        "tool_calls": [
+                            {
+                                "id": c.id,
+                                "type": "function",
+                                "function": {"name": c.name, "arguments": c.arguments},
+                            }
+                            for c in m.tool_calls
+                        ],
+                    }
+                )
+        elif m.role == "tool":
+            if constrained:
+                label = m.name or m.tool_call_id or "tool"
+                out.append({"role": "user", "content": f"Result of {label}:\n{m.content or ''}"})
+            else:
+                out.append(
+                    {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content or ""}
+                )
+        else:
+            out.append({"role": m.role, "content": m.content or ""})
+    if constrained:
+        catalogue = tools_prompt(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{catalogue}"}
+        else:
+            out.insert(0, {"role": "system", "content": catalogue})
+    return out
+
+
+def _native_call(wire: dict[str, Any], turn: int, index: int) -> RawToolCall:
+    function = wire["function"]
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        # Some servers (Ollama) send an object; anything else is kept as JSON text.
+        arguments = json.dumps(arguments if arguments is not None else {})
+    call_id = wire.get("id")
+    return RawToolCall(
+        id=call_id if isinstance(call_id, str) and call_id else f"call_{turn}_{index}",
+        name=str(function["name"]),
+        arguments=arguments,
+    )
+
+
+def _usage(raw: object) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    return Usage(
+        input_tokens=prompt if isinstance(prompt, int) else 0,
+        output_tokens=completion if isinstance(completion, int) else 0,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Reading the constrained envelope without re-serialising the arguments
+# ---------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+_MISSING = object()
+
+
+def _ws(text: str, i: int) -> int:
+    match = _WS.match(text, i)
+    return match.end() if match else i
+
+
+def _members(text: str) -> dict[str, tuple[object, str]]:
+    """Top-level members of a JSON object as ``key -> (value, raw text of the value)``.
+
+    Stops at the first syntax error; a value that fails to decode (typically cut
+    off by ``max_tokens``) is returned as ``(_MISSING, rest of the text)`` so its
+    raw text still reaches the validator.
+    """
+    out: dict[str, tuple[object, str]] = {}
+    i = _ws(text, 0)
+    if not text.startswith("{", i):
+        return out
+    i += 1
+    while True:
+        i = _ws(text, i)
+        try:
+            key, i = _DECODER.raw_decode(text, i)
+        except ValueError:
+            return out
+        if not isinstance(key, str):
+            return out
+        i = _ws(text, i)
+        if not text.startswith(":", i):
+            return out
+        i = _ws(text, i + 1)
+        try:
+            value, end = _DECODER.raw_decode(text, i)
+        except ValueError:
+            out[key] = (_MISSING, text[i:].rstrip())
+            return out
+        out[key] = (value, text[i:end])
+        i = _ws(text, end)
+        if not text.startswith(",", i):
+            return out
+        i += 1
+
+
+def parse_tool_envelope(content: str, *, call_id: str) -> RawToolCall | None:
+    """``{"tool": name, "arguments": ...}`` → a ``RawToolCall``, or None without a name.
+
+    The arguments are the model's raw text (a slice of ``content``), not a
+    re-serialisation: malformed or truncated arguments are passed on untouched for
+    the validator to reject and report back to the model.
+    """
+    members = _members(content)
+    name, _ = members.get("tool", (None, ""))
+    if not isinstance(name, str) or not name:
+        return None
+    _, raw_arguments = members.get("arguments", (_MISSING, ""))
+    return RawToolCall(id=call_id, name=name, arguments=raw_arguments)

@@ -1,0 +1,99 @@
+"""The tool registry: what the model may call, with JSON-schema'd arguments.
+
+Tool arguments come from the model and are hostile input. Each tool has a strict
+pydantic model; arguments that do not parse or validate become a tool error the
+model sees (`bad_arguments`), never an exception that fails the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from activities.models.base import ToolSchema
+from agentrun.contracts import ToolName
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShellArgs(_Args):
+    command: str = Field(min_length=1, max_length=20_000, description="A /bin/sh command line")
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=3600, description="Optional; capped by the run's tool timeout"
+    )
+
+
+class ReadFileArgs(_Args):
+    path: str = Field(min_length=1, max_length=4096, description="Path relative to the workspace")
+
+
+class WriteFileArgs(_Args):
+    path: str = Field(min_length=1, max_length=4096, description="Path relative to the workspace")
+    content: str = Field(max_length=4 * 1024 * 1024, description="The whole new file content")
+
+
+class ListFilesArgs(_Args):
+    path: str = Field(default=".", max_length=4096, description="Directory, relative")
+
+
+class FinishArgs(_Args):
+    answer: str = Field(min_length=1, max_length=100_000, description="The final answer")
+
+
+@dataclass(frozen=True)
+class ToolDef:
+    name: ToolName
+    description: str
+    args: type[_Args]
+
+    def schema(self) -> ToolSchema:
+        params = self.args.model_json_schema()
+        params.pop("title", None)
+        for prop in params.get("properties", {}).values():
+            prop.pop("title", None)
+        return ToolSchema(name=self.name.value, description=self.description, parameters=params)
+
+
+TOOLS: dict[str, ToolDef] = {
+    t.name.value: t
+    for t in (
+        ToolDef(ToolName.SHELL, "Run a shell command in the workspace.", ShellArgs),
+        ToolDef(ToolName.READ_FILE, "Read a text file from the workspace.", ReadFileArgs),
+        ToolDef(ToolName.WRITE_FILE, "Create or overwrite a file in the workspace.", WriteFileArgs),
+        ToolDef(ToolName.LIST_FILES, "List files in a workspace directory.", ListFilesArgs),
+        ToolDef(ToolName.FINISH, "Finish the run with a final answer.", FinishArgs),
+    )
+}
+
+
+class ToolArgumentError(ValueError):
+    """The model's arguments were malformed; the message is shown to the model."""
+
+
+def tool_schemas(names: list[str]) -> list[ToolSchema]:
+    return [TOOLS[n].schema() for n in names if n in TOOLS]
+
+
+def parse_arguments(name: str, raw: str) -> _Args:
+    """Parse and validate raw argument text for tool `name`."""
+    tool = TOOLS.get(name)
+    if tool is None:
+        raise ToolArgumentError(f"unknown tool {name[:64]!r}; available: {', '.join(TOOLS)}")
+    try:
+        value: Any = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ToolArgumentError(f"arguments are not valid JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise ToolArgumentError("arguments must be a JSON object")
+    try:
+        return tool.args.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ToolArgumentError(f"invalid arguments for {name}: {problems}") from None

@@ -1,0 +1,137 @@
+"""Deployment configuration, read once at the edges (worker, API lifespan, CLI).
+
+Every setting is an environment variable with the `AGENTRUN_` prefix (see the
+README's configuration reference). Nothing reads the environment at import time:
+call :func:`load_settings` where the process starts and inject what it returns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(".state")
+
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    # name -> Temporal indexed value type (see `temporal operator search-attribute create`)
+    "AgentRunTenant": "Keyword",
+    "AgentRunStatus": "Keyword",
+    "AgentRunAgent": "Keyword",
+    "AgentRunModel": "Keyword",
+    "AgentRunLabels": "KeywordList",
+    "AgentRunSteps": "Int",
+    "AgentRunCreatedBy": "Keyword",
+}
+"""Custom search attributes every run carries, so operators can find runs in the Web UI."""
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; the message says which variable and how to fix it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTRUN_", extra="ignore")
+
+    # Temporal
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "agentrun"
+
+    # Worker
+    max_concurrent_activities: int = Field(default=20, ge=1, le=10_000)
+    max_concurrent_workflow_tasks: int = Field(default=20, ge=1, le=10_000)
+    continue_as_new_after_steps: int = Field(default=200, ge=1)
+    """Continue-as-new after this many steps even if the SDK does not suggest it yet."""
+
+    # State and artifacts
+    state_dir: Path = DEFAULT_STATE_DIR
+    artifact_dir: Path | None = None
+    """Defaults to `<state_dir>/artifacts`."""
+
+    # Models
+    default_provider: Literal["openai", "anthropic", "scripted"] = "openai"
+    default_model: str = "smollm2-135m-instruct"
+    openai_base_url: str = "http://127.0.0.1:8081/v1"
+    """OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server …)."""
+    openai_api_key: str | None = Field(default=None, repr=False)
+    openai_json_schema_tools: bool = True
+    """Constrain output to the tool-call JSON schema (llama.cpp, vLLM) instead of native tools."""
+    openai_schema_format: Literal["json_object", "json_schema"] = "json_object"
+    """How the schema is sent when `openai_json_schema_tools` is on. `json_object` sends
+    `{"type": "json_object", "schema": ...}` (llama-cpp-python's server, the embedded
+    default; it rejects `json_schema`); `json_schema` sends OpenAI's structured-outputs
+    form `{"type": "json_schema", "json_schema": {"name": ..., "schema": ...}}`
+    (vLLM, Ollama, llama.cpp's C++ `llama-server`)."""
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_api_key: str | None = Field(default=None, repr=False)
+    model_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    # Sandbox
+    sandbox_image: str = "agentrun-sandbox:latest"
+    sandbox_image_allowlist: list[str] = Field(default_factory=list)
+    sandbox_runtime: str | None = None
+    """e.g. `runsc` (gVisor) or `kata-runtime` when the host has it."""
+    sandbox_pool_size: int = Field(default=2, ge=0, le=100)
+    sandbox_memory_mb: int = Field(default=512, ge=16)
+    sandbox_max_memory_mb: int = Field(default=4096, ge=16)
+    sandbox_cpus: float = Field(default=1.0, gt=0)
+    sandbox_max_cpus: float = Field(default=2.0, gt=0)
+    sandbox_pids: int = Field(default=256, ge=8)
+    sandbox_max_pids: int = Field(default=4096, ge=8)
+    sandbox_workspace_mb: int = Field(default=1024, ge=1)
+    sandbox_max_workspace_mb: int = Field(default=16384, ge=1)
+    sandbox_allow_network: bool = False
+    """Operator switch: without it, no run may ask for egress."""
+    sandbox_keep_workspace: bool = False
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    webhook_secret: str | None = Field(default=None, repr=False)
+    """HMAC-SHA256 key for webhook signatures (required when a run names a webhook)."""
+    dev_tenant: str = "default"
+    """Tenant used when the API runs without API keys (local embedded default)."""
+    api_query_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """How long the API waits for a worker to answer a query before falling back."""
+    api_update_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """How long the API waits for a control update (pause, approve …) to complete."""
+    api_sse_poll_seconds: float = Field(default=0.2, gt=0, le=10)
+    """How often an SSE stream polls the run's `events` query for new events."""
+    api_sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
+    """Idle SSE streams send a comment line this often so proxies keep them open."""
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port, e.g. 127.0.0.1:7233")
+        return value
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifact_dir or (self.state_dir / "artifacts")
+
+    def allowed_images(self) -> list[str]:
+        return [self.sandbox_image, *self.sandbox_image_allowlist]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; raise :class:`ConfigError` with a readable message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            var = f"AGENTRUN_{field.upper()}"
+            shown = os.environ.get(var, "<unset>")
+            if "key" in field or "secret" in field:
+                shown = "<hidden>"
+            lines.append(f"  {var}={shown}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

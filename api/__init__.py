@@ -1,0 +1,1 @@
+"""The HTTP facade over the Temporal client. It never mutates run state itself."""

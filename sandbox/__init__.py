@@ -1,0 +1,1 @@
+"""The container sandbox: one hardened, isolated environment per run."""

@@ -1,0 +1,131 @@
+"""The sandbox interface the tool activities program against.
+
+A sandbox is one isolated environment per run (a hardened container for the
+Docker implementation). Implementations are synchronous (the Docker SDK is) and
+are called from the worker's activity thread pool, never from workflow code.
+
+Contract every implementation keeps:
+- `exec` is exactly-once per `call_id`: calling it again with the same id (a
+  retried activity after a worker crash) re-attaches to that call and returns
+  its recorded result; it never starts the command a second time.
+- Every path is relative to the run's workspace; escaping it is an error.
+- Limits are reported as data (`ExecOutcome.limit`), not raised: they are the
+  model's problem to react to, not the worker's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentrun.contracts import SandboxPolicy
+
+
+class SandboxError(Exception):
+    """Base class. `retryable` says whether the activity should be retried."""
+
+    retryable = True
+
+
+class SandboxUnavailable(SandboxError):
+    """The engine is down or overloaded: transient, retry with backoff."""
+
+
+class SandboxPolicyError(SandboxError):
+    """The run asked for something the operator does not allow (image, network, limits)."""
+
+    retryable = False
+
+
+class SandboxPathError(SandboxError):
+    """A path escapes the workspace, does not exist or is not the right kind of file."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class RunRef:
+    tenant_id: str
+    run_id: str
+
+
+@dataclass
+class ExecOutcome:
+    exit_code: int | None
+    stdout: bytes
+    """At most `max_output_bytes`."""
+    stderr: bytes
+    stdout_total: int
+    stderr_total: int
+    duration_ms: int
+    limit: str | None = None
+    """Which limit ended the command, if any: `timeout`, `memory`, `pids`, `output`, `disk`."""
+    reattached: bool = False
+    """True when the result was recorded by an earlier attempt of the same call."""
+
+
+@dataclass
+class FileEntry:
+    path: str
+    size: int
+    is_dir: bool
+
+
+@dataclass
+class CollectedFile:
+    path: str
+    data: bytes
+
+
+@dataclass
+class JanitorReport:
+    removed_containers: list[str] = field(default_factory=list)
+    removed_volumes: list[str] = field(default_factory=list)
+
+
+class Sandbox(Protocol):
+    def exec(
+        self,
+        run: RunRef,
+        call_id: str,
+        command: str,
+        *,
+        policy: SandboxPolicy,
+        timeout_s: float,
+        max_output_bytes: int,
+        env: Mapping[str, str] | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> ExecOutcome:
+        """Run `command` with `/bin/sh -c` in the run's workspace, exactly once per call_id."""
+        ...
+
+    def read_call_output(self, run: RunRef, call_id: str, stream: str, max_bytes: int) -> bytes:
+        """The full recorded stdout/stderr of a call (for spilling to an artifact)."""
+        ...
+
+    def read_file(self, run: RunRef, path: str, *, policy: SandboxPolicy, max_bytes: int) -> bytes: ...
+
+    def write_file(self, run: RunRef, path: str, data: bytes, *, policy: SandboxPolicy) -> None: ...
+
+    def list_files(
+        self, run: RunRef, path: str, *, policy: SandboxPolicy, max_entries: int = 1000
+    ) -> list[FileEntry]: ...
+
+    def collect(
+        self, run: RunRef, paths: list[str], *, max_files: int = 100, max_bytes: int = 64 << 20
+    ) -> list[CollectedFile]:
+        """Regular files of the workspace (all when `paths` is empty), hidden dirs excluded."""
+        ...
+
+    def pause(self, run: RunRef) -> None: ...
+
+    def resume(self, run: RunRef) -> None: ...
+
+    def destroy(self, run: RunRef, *, keep_workspace: bool) -> None:
+        """Remove the container (idempotent); keep or remove the workspace volume."""
+        ...
+
+    def janitor(self, is_live: Callable[[RunRef], bool]) -> JanitorReport:
+        """Remove containers and volumes of runs for which `is_live` says False."""
+        ...

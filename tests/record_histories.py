@@ -1,0 +1,138 @@
+"""Record the workflow histories that `test_workflow_history` replays.
+
+Run on purpose, when a workflow change is *meant* to be incompatible with runs
+already in flight (otherwise version the workflow with `workflow.patched`):
+
+    .venv/bin/python -m tests.record_histories
+
+It starts its own Temporal dev server and a worker (real Docker, scripted model)
+and writes `tests/histories/<scenario>.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from agentrun.contracts import (
+    ApprovalDecision,
+    ApprovalPolicy,
+    ControlRequest,
+    RunStatus,
+)
+from tests.conftest import search_attribute_keys, temporal_cli
+from tests.workflow_harness import (
+    ALICE,
+    call,
+    finish,
+    running_worker,
+    scripted_spec,
+    shell,
+    start_run,
+    turn,
+    wait_for,
+)
+from workflows.agent_run import AgentRunWorkflow
+
+OUT = Path(__file__).parent / "histories"
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        data_converter=pydantic_data_converter,
+        search_attributes=search_attribute_keys(),
+    )
+    client = env.client
+    queue = f"record-{uuid.uuid4().hex[:8]}"
+    OUT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_worker(client, queue, Path(tmp)):
+            # happy path: a file, a command, a text-less finish
+            h = await start_run(
+                client,
+                queue,
+                scripted_spec(
+                    turn(call("write_file", path="a.txt", content="hi\n")),
+                    shell("cat a.txt"),
+                    turn(call("shell", command=1)),
+                    finish("ok"),
+                ),
+            )
+            await h.result()
+            (OUT / "happy_path.json").write_text((await h.fetch_history()).to_json())
+
+            # approval: one approved, one denied
+            h = await start_run(
+                client,
+                queue,
+                scripted_spec(
+                    shell("echo one"),
+                    shell("echo two"),
+                    finish("ok"),
+                    approval=ApprovalPolicy(mode="tools", tools=["shell"]),
+                ),
+            )
+            for verb in (AgentRunWorkflow.approve, AgentRunWorkflow.deny):
+                seen = set()
+                view = await wait_for(
+                    h,
+                    lambda v: v.pending_approval is not None
+                    and v.pending_approval.approval_id not in seen,
+                )
+                assert view.pending_approval is not None
+                seen.add(view.pending_approval.approval_id)
+                await h.execute_update(
+                    verb,
+                    ApprovalDecision(
+                        approval_id=view.pending_approval.approval_id,
+                        arguments_digest=view.pending_approval.call.arguments_digest,
+                        actor=ALICE,
+                    ),
+                )
+                await wait_for(h, lambda v: v.pending_approval is None or v.status.terminal)
+            await h.result()
+            (OUT / "approval.json").write_text((await h.fetch_history()).to_json())
+
+            # continue-as-new: the first run's history (it ends in continue-as-new)
+            h = await start_run(
+                client,
+                queue,
+                scripted_spec(shell("echo 1"), shell("echo 2"), shell("echo 3"), finish()),
+                continue_as_new_every=2,
+            )
+            await h.result()
+            first = client.get_workflow_handle(h.id, run_id=h.first_execution_run_id)
+            (OUT / "continue_as_new.json").write_text((await first.fetch_history()).to_json())
+
+            # pause, resume, then cancel
+            h = await start_run(
+                client,
+                queue,
+                scripted_spec(
+                    shell("echo x", delay_seconds=1.0),
+                    shell("sleep 2"),
+                    shell("echo never"),
+                    finish(),
+                ),
+            )
+            req = ControlRequest(actor=ALICE)
+            await wait_for(h, lambda v: v.status == RunStatus.RUNNING)
+            await h.execute_update(AgentRunWorkflow.pause, req)
+            await asyncio.sleep(1.5)
+            await h.execute_update(AgentRunWorkflow.resume, req)
+            await wait_for(h, lambda v: v.steps >= 2)
+            await h.execute_update(AgentRunWorkflow.cancel, req)
+            await h.result()
+            (OUT / "pause_cancel.json").write_text((await h.fetch_history()).to_json())
+    await env.shutdown()
+    print(f"wrote {sorted(p.name for p in OUT.glob('*.json'))}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

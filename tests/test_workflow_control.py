@@ -1,0 +1,293 @@
+"""Control of a running agent: pause/resume, cancel, approvals, steering messages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+
+from activities.artifact_store import LocalArtifactStore
+from activities.conversation import ConversationStore
+from agentrun.contracts import (
+    ApprovalDecision,
+    ApprovalPolicy,
+    ControlRequest,
+    EventType,
+    RunStatus,
+    TerminalReason,
+    UserMessage,
+)
+from tests.workflow_harness import (
+    ALICE,
+    all_events,
+    call,
+    finish,
+    running_worker,
+    scripted_spec,
+    shell,
+    start_run,
+    status,
+    turn,
+    types,
+    wait_for,
+)
+from workflows.agent_run import AgentRunWorkflow
+
+REQ = ControlRequest(actor=ALICE, reason="testing")
+
+
+def _update_error(exc: WorkflowUpdateFailedError) -> ApplicationError:
+    cause = exc.cause
+    assert isinstance(cause, ApplicationError), cause
+    return cause
+
+
+async def test_pause_stops_new_steps_and_resume_continues_to_completion(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        shell("echo a > a.txt"),
+        turn(call("nonexistent"), delay_seconds=1.0),
+        shell("cat a.txt"),
+        finish("resumed"),
+    )
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.steps >= 2)
+        paused = await handle.execute_update(AgentRunWorkflow.pause, REQ)
+        assert paused.status == RunStatus.PAUSED
+        with pytest.raises(WorkflowUpdateFailedError) as again:
+            await handle.execute_update(AgentRunWorkflow.pause, REQ)
+        assert _update_error(again.value).type == "InvalidTransition"
+        view = await wait_for(handle, lambda v: v.status == RunStatus.PAUSED)
+        steps_when_paused = view.steps
+        # Nothing advances while paused: no new step starts.
+        await asyncio.sleep(2.0)
+        still = await status(handle)
+        assert still.status == RunStatus.PAUSED
+        assert still.steps == steps_when_paused
+        resumed = await handle.execute_update(AgentRunWorkflow.resume, REQ)
+        assert resumed.status == RunStatus.RUNNING
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    assert result.final_answer == "resumed"
+    actions = [e.payload.get("action") for e in events if e.type == EventType.STATUS_CHANGED]
+    assert actions == ["pause", "resume"]
+    cat = [e for e in events if e.type == EventType.TOOL_RESULT][-2]
+    assert "a" in str(cat.payload["summary"])  # workspace intact across the sandbox pause
+
+
+async def test_resume_of_a_run_that_is_not_paused_is_rejected(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(finish(delay_seconds=3.0))
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.status == RunStatus.RUNNING)
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await handle.execute_update(AgentRunWorkflow.resume, REQ)
+        assert "not paused" in _update_error(err.value).message
+        await handle.result()
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(AgentRunWorkflow.cancel, REQ)
+
+
+async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        shell("sleep 2; echo slept > slept.txt"),
+        finish("never reached"),
+    )
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.steps >= 1)
+        res = await handle.execute_update(AgentRunWorkflow.cancel, REQ)
+        assert "after the in-flight step" in res.detail
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.CANCELLED
+    assert result.reason == TerminalReason.CANCELLED
+    assert result.final_answer is None
+    assert EventType.TOOL_RESULT in types(events)  # the in-flight step finished
+    assert {a.name for a in result.artifacts} == {"slept.txt"}
+    assert events[-1].payload["cancelled_by"] == ALICE.subject
+
+
+async def test_cancel_with_abort_abandons_the_in_flight_tool_call(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(shell("sleep 60"), finish())
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.steps >= 1)
+        await handle.execute_update(
+            AgentRunWorkflow.cancel, ControlRequest(actor=ALICE, abort_in_flight=True)
+        )
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.reason == TerminalReason.CANCELLED
+    assert EventType.TOOL_RESULT not in types(events)
+
+
+async def test_temporal_native_cancel_cleans_up_and_marks_the_run_cancelled(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(shell("sleep 60"), finish())
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.steps >= 1)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        view = await status(handle)
+    assert view.status == RunStatus.CANCELLED
+    assert view.reason == TerminalReason.CANCELLED
+
+
+def _approval_spec(**policy: object) -> object:
+    return scripted_spec(
+        shell("echo approved-run >> ran.txt"),
+        shell("cat ran.txt 2>&1 || echo missing"),
+        finish("done"),
+        approval=ApprovalPolicy(mode="tools", tools=["shell"], **policy),  # type: ignore[arg-type]
+    )
+
+
+async def test_approve_runs_exactly_the_pending_call(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, _approval_spec())  # type: ignore[arg-type]
+        view = await wait_for(handle, lambda v: v.status == RunStatus.AWAITING_APPROVAL)
+        pending = view.pending_approval
+        assert pending is not None and pending.call.name == "shell"
+        assert "approved-run" in pending.call.preview
+        # A decision naming other arguments is refused: it cannot approve a different call.
+        with pytest.raises(WorkflowUpdateFailedError) as wrong:
+            await handle.execute_update(
+                AgentRunWorkflow.approve,
+                ApprovalDecision(
+                    approval_id=pending.approval_id, arguments_digest="0" * 64, actor=ALICE
+                ),
+            )
+        assert _update_error(wrong.value).type == "ApprovalMismatch"
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                AgentRunWorkflow.approve,
+                ApprovalDecision(
+                    approval_id="ap-other",
+                    arguments_digest=pending.call.arguments_digest,
+                    actor=ALICE,
+                ),
+            )
+        decision = ApprovalDecision(
+            approval_id=pending.approval_id,
+            arguments_digest=pending.call.arguments_digest,
+            actor=ALICE,
+            reason="looks safe",
+        )
+        await handle.execute_update(AgentRunWorkflow.approve, decision)
+        second = await wait_for(
+            handle,
+            lambda v: v.pending_approval is not None
+            and v.pending_approval.approval_id != pending.approval_id,
+        )
+        assert second.pending_approval is not None
+        await handle.execute_update(
+            AgentRunWorkflow.approve,
+            decision.model_copy(
+                update={
+                    "approval_id": second.pending_approval.approval_id,
+                    "arguments_digest": second.pending_approval.call.arguments_digest,
+                }
+            ),
+        )
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    resolved = [e.payload for e in events if e.type == EventType.APPROVAL_RESOLVED]
+    assert [(r["approved"], r["actor"]) for r in resolved] == [(True, ALICE.subject)] * 2
+    cat = [e for e in events if e.type == EventType.TOOL_RESULT][1]
+    assert "approved-run" in str(cat.payload["summary"])
+
+
+async def test_deny_skips_the_call_and_tells_the_model_why(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, _approval_spec())  # type: ignore[arg-type]
+        view = await wait_for(handle, lambda v: v.pending_approval is not None)
+        assert view.pending_approval is not None
+        await handle.execute_update(
+            AgentRunWorkflow.deny,
+            ApprovalDecision(
+                approval_id=view.pending_approval.approval_id,
+                arguments_digest=view.pending_approval.call.arguments_digest,
+                actor=ALICE,
+                reason="no writes today",
+            ),
+        )
+        second = await wait_for(
+            handle,
+            lambda v: v.pending_approval is not None
+            and v.pending_approval.approval_id != view.pending_approval.approval_id,  # type: ignore[union-attr]
+        )
+        assert second.pending_approval is not None
+        await handle.execute_update(
+            AgentRunWorkflow.approve,
+            ApprovalDecision(
+                approval_id=second.pending_approval.approval_id,
+                arguments_digest=second.pending_approval.call.arguments_digest,
+                actor=ALICE,
+            ),
+        )
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    results = [e.payload for e in events if e.type == EventType.TOOL_RESULT]
+    assert results[0]["error_type"] == "denied"
+    assert "no writes today" in str(results[0]["summary"])
+    assert "missing" in str(results[1]["summary"])  # the denied command never ran
+
+
+async def test_pending_approval_expires_with_the_default_outcome(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = _approval_spec(timeout_seconds=1.0, on_timeout="deny")
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)  # type: ignore[arg-type]
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    resolved = [e.payload for e in events if e.type == EventType.APPROVAL_RESOLVED]
+    assert [(r["approved"], r["reason"]) for r in resolved] == [(False, "approval expired")] * 2
+
+
+async def test_steering_message_reaches_the_next_model_call(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(turn(call("nonexistent"), delay_seconds=1.5), finish("ok"))
+    async with running_worker(client, task_queue, state_dir) as settings:
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.status == RunStatus.RUNNING)
+        await handle.execute_update(
+            AgentRunWorkflow.send_message, UserMessage(text="please also say hi", actor=ALICE)
+        )
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    received = [e for e in events if e.type == EventType.MESSAGE_RECEIVED]
+    assert received and received[0].payload["text"] == "please also say hi"
+    view = await status(handle)
+    assert view.conversation_head is not None
+    conversation = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(
+        view.conversation_head
+    )
+    roles = [(m.role, m.content) for m in conversation]
+    first_reply = roles.index(next(r for r in roles if r[0] == "assistant"))
+    assert ("user", "please also say hi") in roles[first_reply:]

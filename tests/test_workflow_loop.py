@@ -1,0 +1,209 @@
+"""The agent loop on a real Temporal server, real Docker, and the scripted model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.client import Client
+
+from activities.artifact_store import LocalArtifactStore, get_bytes
+from agentrun.contracts import (
+    EventType,
+    Limits,
+    RunResult,
+    RunStatus,
+    ScriptedToolCall,
+    TerminalReason,
+    ToolName,
+)
+from tests.workflow_harness import (
+    all_events,
+    call,
+    finish,
+    running_worker,
+    scripted_spec,
+    shell,
+    start_run,
+    status,
+    turn,
+    types,
+)
+
+
+async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        turn(call("write_file", path="notes/hello.txt", content="hello from the agent\n")),
+        shell("cat notes/hello.txt && id -u"),
+        finish("wrote notes/hello.txt"),
+    )
+    async with running_worker(client, task_queue, state_dir) as settings:
+        handle = await start_run(client, task_queue, spec)
+        result: RunResult = await handle.result()
+        events = await all_events(handle)
+
+    assert result.status == RunStatus.COMPLETED
+    assert result.reason == TerminalReason.COMPLETED
+    assert result.final_answer == "wrote notes/hello.txt"
+    assert result.steps == 3
+    assert result.usage.total == 60  # 3 turns x (10 in + 10 out)
+    kinds = types(events)
+    assert kinds[0] == EventType.RUN_STARTED
+    assert kinds[-1] == EventType.RUN_FINISHED
+    assert kinds.count(EventType.MODEL_CALLED) == 3
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    shell_result = [
+        e for e in events if e.type == EventType.TOOL_RESULT and e.payload["tool"] == "shell"
+    ][0]
+    assert shell_result.payload["ok"] is True
+    assert "hello from the agent" in str(shell_result.payload["summary"])
+    # The command ran in the container as the sandbox's non-root user, not in the worker.
+    assert "10001" in str(shell_result.payload["summary"])
+    stored = {a.name: a for a in result.artifacts}
+    assert "notes/hello.txt" in stored
+    store = LocalArtifactStore(settings.artifacts_path)
+    assert get_bytes(store, stored["notes/hello.txt"].digest) == b"hello from the agent\n"
+    assert EventType.ARTIFACT_STORED in kinds
+
+
+async def test_a_text_reply_without_tool_calls_is_the_final_answer(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(turn(content="The answer is 42."))
+    async with running_worker(client, task_queue, state_dir):
+        result = await (await start_run(client, task_queue, spec)).result()
+    assert result.status == RunStatus.COMPLETED
+    assert result.final_answer == "The answer is 42."
+
+
+async def test_bad_tool_arguments_go_back_to_the_model_as_a_tool_error(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        turn(call("shell", command=42)),  # wrong type
+        turn(call("write_file", path="x")),  # missing content
+        turn(call("launch_missiles", target="moon")),  # unknown tool
+        turn(ScriptedToolCall(name="shell", arguments='{"command": "ls"')),  # malformed JSON
+        finish("recovered"),
+    )
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    assert result.final_answer == "recovered"
+    errors = [
+        (e.payload["error_type"], e.payload["summary"])
+        for e in events
+        if e.type == EventType.TOOL_RESULT and not e.payload["ok"]
+    ]
+    assert [kind for kind, _ in errors] == [
+        "bad_arguments",
+        "bad_arguments",
+        "unknown_tool",
+        "bad_arguments",
+    ]
+    assert "command" in str(errors[0][1])
+    assert "content" in str(errors[1][1])
+    assert "not valid JSON" in str(errors[3][1])
+
+
+async def test_max_steps_ends_the_run_with_reason_max_steps(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        *[turn(call("nonexistent_tool")) for _ in range(10)], limits=Limits(max_steps=3)
+    )
+    async with running_worker(client, task_queue, state_dir):
+        result = await (await start_run(client, task_queue, spec)).result()
+    assert result.status == RunStatus.FAILED
+    assert result.reason == TerminalReason.MAX_STEPS
+    assert result.steps == 3
+
+
+async def test_token_budget_ends_the_run_with_reason_budget(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        *[turn(call("nonexistent_tool"), input_tokens=400, output_tokens=100) for _ in range(10)],
+        limits=Limits(max_tokens=1200),
+    )
+    async with running_worker(client, task_queue, state_dir):
+        result = await (await start_run(client, task_queue, spec)).result()
+    assert result.reason == TerminalReason.BUDGET
+    assert result.steps == 3  # 500, 1000, 1500 >= 1200 after the third call
+    assert result.usage.total == 1500
+
+
+async def test_deadline_ends_a_slow_run_with_reason_deadline(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        *[turn(call("nonexistent_tool"), delay_seconds=1.0) for _ in range(30)],
+        limits=Limits(deadline_seconds=2.5),
+    )
+    async with running_worker(client, task_queue, state_dir):
+        result = await (await start_run(client, task_queue, spec)).result()
+    assert result.status == RunStatus.FAILED
+    assert result.reason == TerminalReason.DEADLINE
+    assert 1 <= result.steps <= 3
+
+
+async def test_non_retryable_model_error_fails_the_run_cleanly(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(finish(fail_attempts=5, fail_status=401))
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.FAILED
+    assert result.reason == TerminalReason.ERROR
+    assert result.error is not None and "ModelAuthError" in result.error
+    assert events[-1].type == EventType.RUN_FINISHED
+    assert EventType.MODEL_CALLED not in types(events)  # one attempt, no retries
+
+
+async def test_transient_model_error_is_retried_and_the_event_names_the_attempt(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(finish("after retries", fail_attempts=2, fail_status=503))
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.COMPLETED
+    assert result.final_answer == "after retries"
+    model_events = [e for e in events if e.type == EventType.MODEL_CALLED]
+    assert [e.attempt for e in model_events] == [3]
+
+
+async def test_continue_as_new_preserves_state_and_event_sequence(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        shell("echo one >> log.txt"),
+        shell("echo two >> log.txt"),
+        shell("echo three >> log.txt"),
+        shell("cat log.txt"),
+        shell("wc -l < log.txt"),
+        finish("five steps"),
+        tools=[ToolName.SHELL, ToolName.FINISH],
+    )
+    async with running_worker(client, task_queue, state_dir) as settings:
+        handle = await start_run(client, task_queue, spec, continue_as_new_every=2)
+        result = await handle.result()
+        events = await all_events(handle, settings.artifacts_path)
+        final_status = await status(handle)
+    assert result.status == RunStatus.COMPLETED
+    assert result.steps == 6
+    assert result.usage.total == 120
+    assert final_status.continued == 2
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), "events lost or duplicated across runs"
+    assert types(events).count(EventType.CONTINUED_AS_NEW) == 2
+    assert types(events).count(EventType.RUN_STARTED) == 1
+    last_shell = [e for e in events if e.type == EventType.TOOL_RESULT][-2]
+    assert "3" in str(last_shell.payload["summary"])  # the workspace survived each hop
+    assert {a.name for a in result.artifacts} >= {"log.txt"}

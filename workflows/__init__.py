@@ -1,0 +1,1 @@
+"""Deterministic orchestration only: no I/O, clocks, randomness or threads here."""
