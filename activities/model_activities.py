@@ -132,7 +132,8 @@ class ModelActivities:
                 turns = _SCRIPT.validate_json(raw)
             except ValueError as exc:
                 raise ApplicationError(
-                    f"stored model script is invalid: {exc}", type="ModelConfigError",
+                    f"stored model script is invalid: {exc}",
+                    type="ModelConfigError",
                     non_retryable=True,
                 ) from None
             self._scripts[digest] = turns

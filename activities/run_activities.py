@@ -85,9 +85,7 @@ class RunActivities:
     async def store_events(self, inp: StoreEventsInput) -> EventSegment:
         body = canonical_json([e.model_dump(mode="json") for e in inp.events])
         digest = await asyncio.to_thread(self._store.put, body)
-        return EventSegment(
-            first_seq=inp.events[0].seq, last_seq=inp.events[-1].seq, digest=digest
-        )
+        return EventSegment(first_seq=inp.events[0].seq, last_seq=inp.events[-1].seq, digest=digest)
 
     @activity.defn(name="deliver_webhook")
     async def deliver_webhook(self, inp: WebhookInput) -> WebhookOutput:

@@ -11,6 +11,7 @@ so. Tool output is hostile input: it is only ever data in a tool message.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 from datetime import UTC, datetime
 
@@ -37,11 +38,20 @@ from agentrun.contracts import (
     StoreArtifactOutput,
     ToolResult,
 )
-from sandbox.base import ExecOutcome, RunRef, Sandbox, SandboxError, SandboxPathError
+from sandbox.base import (
+    CollectedFile,
+    ExecOutcome,
+    RunRef,
+    Sandbox,
+    SandboxError,
+    SandboxPathError,
+)
 
 SUMMARY_CHARS = 500
 FINAL_ANSWER_CHARS = 16_000
 SPILL_MAX_BYTES = 64 << 20
+TRANSCRIPT = "transcript.json"
+"""Every run that reached the model leaves its conversation as this artifact."""
 
 
 def _text(data: bytes) -> str:
@@ -80,7 +90,9 @@ class ToolActivities:
                 args = parse_arguments(call.name, raw)
                 view = self._execute(run, inp, args, result)
             except ToolArgumentError as exc:
-                result.error_type = "unknown_tool" if "unknown tool" in str(exc) else "bad_arguments"
+                result.error_type = (
+                    "unknown_tool" if "unknown tool" in str(exc) else "bad_arguments"
+                )
                 view = f"Error: {exc}"
             except SandboxPathError as exc:
                 result.error_type = "bad_path"
@@ -92,7 +104,9 @@ class ToolActivities:
         result.message_digest = self._conversations.put_message(message)
         return result
 
-    def _execute(self, run: RunRef, inp: DispatchToolInput, args: object, result: ToolResult) -> str:
+    def _execute(
+        self, run: RunRef, inp: DispatchToolInput, args: object, result: ToolResult
+    ) -> str:
         limit = inp.max_output_bytes
         if isinstance(args, FinishArgs):
             result.ok = True
@@ -139,9 +153,8 @@ class ToolActivities:
         parts = [f"exit_code: {outcome.exit_code}"]
         if outcome.limit is not None:
             parts.append(f"stopped: the {outcome.limit} limit was reached")
-        truncated = (
-            outcome.stdout_total > len(outcome.stdout)
-            or outcome.stderr_total > len(outcome.stderr)
+        truncated = outcome.stdout_total > len(outcome.stdout) or outcome.stderr_total > len(
+            outcome.stderr
         )
         if truncated:
             full = self._sandbox.read_call_output(run, inp.call.id, "stdout", SPILL_MAX_BYTES)
@@ -182,10 +195,20 @@ class ToolActivities:
     def store_artifact(self, inp: StoreArtifactInput) -> StoreArtifactOutput:
         """Collect the workspace's files into the artifact store."""
         run = RunRef(inp.tenant_id, inp.run_id)
-        try:
-            files = self._sandbox.collect(run, inp.paths)
-        except SandboxError as exc:
-            raise _translate(exc) from None
+        files: list[CollectedFile] = []
+        if inp.collect_workspace:
+            try:
+                files = self._sandbox.collect(run, inp.paths)
+            except SandboxError as exc:
+                raise _translate(exc) from None
+        if inp.conversation_head is not None:
+            conversation = self._conversations.load(inp.conversation_head)
+            transcript = json.dumps(
+                [m.model_dump(mode="json", exclude_none=True) for m in conversation],
+                indent=1,
+                ensure_ascii=False,
+            )
+            files.append(CollectedFile(TRANSCRIPT, transcript.encode()))
         out = StoreArtifactOutput()
         now = datetime.now(UTC)
         for f in files:

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     sandbox_allow_network: bool = False
     """Operator switch: without it, no run may ask for egress."""
     sandbox_keep_workspace: bool = False
+    sandbox_namespace: str = Field(default="agentrun", pattern=r"^[a-z0-9][a-z0-9.-]{0,30}$")
+    """Prefix of sandbox container/volume names and value of their `agentrun.namespace`
+    label; the janitor and the pool only touch their own namespace."""
+    sandbox_output_store_bytes: int = Field(default=16 << 20, ge=4096)
+    """Per stream, what a call's record keeps; a command writing more is killed (`output`)."""
+    sandbox_tmp_mb: int = Field(default=64, ge=1)
+    """Size of the sandbox's tmpfs `/tmp` (counts against the run's memory)."""
 
     # API
     api_host: str = "127.0.0.1"

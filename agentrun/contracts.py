@@ -439,6 +439,9 @@ class StoreArtifactInput(BaseModel):
     tenant_id: str
     paths: list[str] = Field(default_factory=list)
     """Empty: every regular file in the workspace (bounded by the collector's limits)."""
+    collect_workspace: bool = True
+    conversation_head: Digest | None = None
+    """When set, the conversation is also stored, as the artifact `transcript.json`."""
 
 
 class StoreArtifactOutput(BaseModel):

@@ -62,6 +62,13 @@ LOG_TAIL_CHARS = 4000
 # module exactly as ``python -m llama_cpp.server`` would (argv is passed through).
 _BOOTSTRAP = """\
 import runpy, sys
+if sys.argv[1] == "--die-with-parent":
+    del sys.argv[1]
+    try:  # Linux: SIGTERM us when the parent dies, so a killed test run leaves no server
+        import ctypes, signal
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 if sys.argv[1] == "--no-repack":
     del sys.argv[1]
     import llama_cpp.llama_cpp as _c
@@ -107,6 +114,11 @@ class EmbeddedModelServer:
     :class:`EmbeddedModelError` with the tail of the server's log. ``stop()`` (and
     leaving the ``with`` block) terminates it. ``threads`` defaults to 2 so the
     model does not starve a small machine shared with Temporal and Docker.
+
+    With ``die_with_parent`` (Linux) the server gets SIGTERM when the *thread*
+    that started it exits, so a killed test run or worker leaves no orphan
+    server behind. Start it from a long-lived thread (the main thread), or pass
+    ``die_with_parent=False`` when starting it from a short-lived one.
     """
 
     def __init__(
@@ -121,6 +133,7 @@ class EmbeddedModelServer:
         repack: bool = False,
         startup_timeout: float = 120.0,
         log_path: Path | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -131,6 +144,7 @@ class EmbeddedModelServer:
         self.repack = repack
         self.startup_timeout = startup_timeout
         self.log_path = log_path
+        self.die_with_parent = die_with_parent
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -150,6 +164,7 @@ class EmbeddedModelServer:
             sys.executable,
             "-c",
             _BOOTSTRAP,
+            *(["--die-with-parent"] if self.die_with_parent else []),
             "--repack" if self.repack else "--no-repack",
             "--model",
             str(self.model or model_path()),
@@ -283,20 +298,24 @@ def main(argv: list[str] | None = None) -> int:
     server = EmbeddedModelServer(
         port=args.port, host=args.host, threads=args.threads, n_ctx=args.n_ctx, repack=args.repack
     )
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # same clean stop as Ctrl+C (e.g. under systemd)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         server.start()
-    except EmbeddedModelError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(
-        f"embedded model {server.alias} serving at {server.base_url} "
-        f"(pid {server.pid}, log {server.log_path}); Ctrl+C to stop",
-        flush=True,
-    )
-    try:
+        print(
+            f"embedded model {server.alias} serving at {server.base_url} "
+            f"(pid {server.pid}, log {server.log_path}); Ctrl+C to stop",
+            flush=True,
+        )
         while server.running():
             time.sleep(0.5)
         print(f"server exited; log tail:\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except EmbeddedModelError as exc:
+        print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

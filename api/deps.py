@@ -95,9 +95,7 @@ def get_actor(
 ) -> Actor:
     subject = (x_agentrun_actor or "").strip() or ANONYMOUS
     if not _ACTOR_RE.match(subject):
-        raise BadRequest(
-            f"{ACTOR_HEADER} must be 1-200 characters of letters, digits and ._@+-:"
-        )
+        raise BadRequest(f"{ACTOR_HEADER} must be 1-200 characters of letters, digits and ._@+-:")
     return Actor(subject=subject, kind="user", tenant_id=tenant)
 
 

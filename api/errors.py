@@ -176,8 +176,11 @@ def _kind_for(status: int) -> str:
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Validation errors without `input`/`ctx`, which may echo data or hold exceptions."""
     return [
-        {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")),
-         "type": str(err.get("type", ""))}
+        {
+            "loc": [str(p) for p in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
         for err in exc.errors()
     ]
 

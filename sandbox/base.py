@@ -60,7 +60,8 @@ class ExecOutcome:
     stderr_total: int
     duration_ms: int
     limit: str | None = None
-    """Which limit ended the command, if any: `timeout`, `memory`, `pids`, `output`, `disk`."""
+    """Which limit ended the command, if any: `timeout`, `memory`, `pids`, `output`, `disk`;
+    or `interrupted` when the sandbox restarted under the call (it is never re-run)."""
     reattached: bool = False
     """True when the result was recorded by an earlier attempt of the same call."""
 
@@ -104,7 +105,9 @@ class Sandbox(Protocol):
         """The full recorded stdout/stderr of a call (for spilling to an artifact)."""
         ...
 
-    def read_file(self, run: RunRef, path: str, *, policy: SandboxPolicy, max_bytes: int) -> bytes: ...
+    def read_file(
+        self, run: RunRef, path: str, *, policy: SandboxPolicy, max_bytes: int
+    ) -> bytes: ...
 
     def write_file(self, run: RunRef, path: str, data: bytes, *, policy: SandboxPolicy) -> None: ...
 

@@ -76,6 +76,7 @@ if [[ $FORCE_BASE -eq 1 ]] || ! image_exists "$BASE_TAG"; then
 fi
 
 # Final stage: base + executor, without a Dockerfile (nothing to pull, no builder needed).
+OLD_ID="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
 CID="$(docker create "$BASE_TAG" /bin/true)"
 trap 'docker rm -f "$CID" >/dev/null 2>&1 || true' EXIT
 docker cp "$EXECUTOR" "$CID:/opt/agentrun/executor.py"
@@ -88,4 +89,8 @@ docker commit \
   --change "LABEL agentrun.executor=$EXEC_DIGEST" \
   --change 'CMD ["python3", "-I", "-S", "/opt/agentrun/executor.py"]' \
   "$CID" "$TAG" >/dev/null
+if [[ -n "$OLD_ID" ]]; then
+  # The previous build, now untagged; kept only if a container still uses it.
+  docker image rm "$OLD_ID" >/dev/null 2>&1 || true
+fi
 echo "built $TAG (executor $EXEC_DIGEST)"

@@ -78,12 +78,14 @@ async def main() -> None:
                     approval=ApprovalPolicy(mode="tools", tools=["shell"]),
                 ),
             )
+            seen: set[str] = set()
             for verb in (AgentRunWorkflow.approve, AgentRunWorkflow.deny):
-                seen = set()
                 view = await wait_for(
                     h,
-                    lambda v: v.pending_approval is not None
-                    and v.pending_approval.approval_id not in seen,
+                    lambda v: (
+                        v.pending_approval is not None
+                        and v.pending_approval.approval_id not in seen
+                    ),
                 )
                 assert view.pending_approval is not None
                 seen.add(view.pending_approval.approval_id)

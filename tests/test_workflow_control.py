@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from activities.artifact_store import LocalArtifactStore
 from activities.conversation import ConversationStore
@@ -92,8 +93,10 @@ async def test_resume_of_a_run_that_is_not_paused_is_rejected(
             await handle.execute_update(AgentRunWorkflow.resume, REQ)
         assert "not paused" in _update_error(err.value).message
         await handle.result()
-        with pytest.raises(WorkflowUpdateFailedError):
+        # A closed workflow accepts no update at all: the server refuses it.
+        with pytest.raises(RPCError) as closed:
             await handle.execute_update(AgentRunWorkflow.cancel, REQ)
+        assert "completed" in str(closed.value)
 
 
 async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
@@ -114,7 +117,7 @@ async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
     assert result.reason == TerminalReason.CANCELLED
     assert result.final_answer is None
     assert EventType.TOOL_RESULT in types(events)  # the in-flight step finished
-    assert {a.name for a in result.artifacts} == {"slept.txt"}
+    assert {a.name for a in result.artifacts} == {"slept.txt", "transcript.json"}
     assert events[-1].payload["cancelled_by"] == ALICE.subject
 
 
@@ -194,8 +197,10 @@ async def test_approve_runs_exactly_the_pending_call(
         await handle.execute_update(AgentRunWorkflow.approve, decision)
         second = await wait_for(
             handle,
-            lambda v: v.pending_approval is not None
-            and v.pending_approval.approval_id != pending.approval_id,
+            lambda v: (
+                v.pending_approval is not None
+                and v.pending_approval.approval_id != pending.approval_id
+            ),
         )
         assert second.pending_approval is not None
         await handle.execute_update(
@@ -234,8 +239,10 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
         )
         second = await wait_for(
             handle,
-            lambda v: v.pending_approval is not None
-            and v.pending_approval.approval_id != view.pending_approval.approval_id,  # type: ignore[union-attr]
+            lambda v: (
+                v.pending_approval is not None
+                and v.pending_approval.approval_id != view.pending_approval.approval_id
+            ),  # type: ignore[union-attr]
         )
         assert second.pending_approval is not None
         await handle.execute_update(
@@ -274,16 +281,16 @@ async def test_steering_message_reaches_the_next_model_call(
     spec = scripted_spec(turn(call("nonexistent"), delay_seconds=1.5), finish("ok"))
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec)
-        await wait_for(handle, lambda v: v.status == RunStatus.RUNNING)
+        await wait_for(handle, lambda v: v.steps >= 1)  # the first model call is in flight
         await handle.execute_update(
             AgentRunWorkflow.send_message, UserMessage(text="please also say hi", actor=ALICE)
         )
         result = await handle.result()
         events = await all_events(handle)
+        view = await status(handle)
     assert result.status == RunStatus.COMPLETED
     received = [e for e in events if e.type == EventType.MESSAGE_RECEIVED]
     assert received and received[0].payload["text"] == "please also say hi"
-    view = await status(handle)
     assert view.conversation_head is not None
     conversation = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(
         view.conversation_head

@@ -8,6 +8,7 @@ and version the workflow instead when runs are in flight).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 
@@ -58,7 +59,7 @@ async def test_history_bytes_per_step_stay_flat_over_a_100_step_run(
             and event.activity_task_scheduled_event_attributes.activity_type.name == "call_model"
         ):
             marks.append(total)
-    per_step = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    per_step = [b - a for a, b in itertools.pairwise(marks)]
     assert len(per_step) == STEPS - 1
     early = statistics.mean(per_step[5:15])
     late = statistics.mean(per_step[-10:])

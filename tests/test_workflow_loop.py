@@ -53,9 +53,9 @@ async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes
     assert kinds[-1] == EventType.RUN_FINISHED
     assert kinds.count(EventType.MODEL_CALLED) == 3
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    shell_result = [
+    shell_result = next(
         e for e in events if e.type == EventType.TOOL_RESULT and e.payload["tool"] == "shell"
-    ][0]
+    )
     assert shell_result.payload["ok"] is True
     assert "hello from the agent" in str(shell_result.payload["summary"])
     # The command ran in the container as the sandbox's non-root user, not in the worker.

@@ -31,7 +31,9 @@ from tests.workflow_harness import (
 )
 
 
-def _spawn_worker(env: WorkflowEnvironment, task_queue: str, state_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    env: WorkflowEnvironment, task_queue: str, state_dir: Path, log: Path
+) -> subprocess.Popen[bytes]:
     environ = {
         **os.environ,
         "AGENTRUN_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,

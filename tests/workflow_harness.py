@@ -35,7 +35,7 @@ from workflows.agent_run import AgentRunWorkflow
 
 TENANT = "test"
 ALICE = Actor(subject="alice@example.com", kind="engineer")
-WEBHOOK_SECRET = "test-webhook-secret"  # noqa: S105 - a test key, not a credential
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 def test_settings(state_dir: Path, **overrides: Any) -> Settings:
@@ -126,11 +126,15 @@ async def wait_for(
     return view
 
 
-async def all_events(handle: WorkflowHandle[Any, Any], store_root: Path | None = None) -> list[RunEvent]:
+async def all_events(
+    handle: WorkflowHandle[Any, Any], store_root: Path | None = None
+) -> list[RunEvent]:
     """Every event of the run: flushed segments (from the store) then in-memory ones."""
     from activities.artifact_store import LocalArtifactStore, get_bytes
 
-    page: EventsPage = await handle.query(AgentRunWorkflow.events, EventsQuery(after_seq=0, limit=5000))
+    page: EventsPage = await handle.query(
+        AgentRunWorkflow.events, EventsQuery(after_seq=0, limit=5000)
+    )
     events: list[RunEvent] = []
     if page.segments:
         assert store_root is not None, "segments present: pass the artifact store root"
@@ -138,7 +142,9 @@ async def all_events(handle: WorkflowHandle[Any, Any], store_root: Path | None =
         import json
 
         for seg in page.segments:
-            events.extend(RunEvent.model_validate(e) for e in json.loads(get_bytes(store, seg.digest)))
+            events.extend(
+                RunEvent.model_validate(e) for e in json.loads(get_bytes(store, seg.digest))
+            )
     events.extend(page.events)
     return events
 

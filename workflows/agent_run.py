@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -113,6 +113,7 @@ WEBHOOK_RETRY = RetryPolicy(
 HEARTBEAT = timedelta(seconds=10)
 """Long activities heartbeat every ~2 s; a worker that dies is noticed within this."""
 
+T = TypeVar("T")
 PREVIEW_CHARS = 300
 SANDBOX_TOOLS = frozenset(
     {ToolName.SHELL, ToolName.READ_FILE, ToolName.WRITE_FILE, ToolName.LIST_FILES}
@@ -208,11 +209,11 @@ class AgentRunWorkflow:
             self._deadline = self._started_at + timedelta(seconds=spec.limits.deadline_seconds)
         workflow.upsert_search_attributes(
             [
-                SearchAttributePair(SA_TENANT, self._inp.tenant_id),
-                SearchAttributePair(SA_AGENT, spec.agent),
-                SearchAttributePair(SA_MODEL, f"{spec.model.provider}:{spec.model.name or ''}"),
-                SearchAttributePair(SA_LABELS, [f"{k}={v}" for k, v in spec.labels.items()]),
-                SearchAttributePair(SA_CREATED_BY, self._inp.created_by.subject),
+                SA_TENANT.value_set(self._inp.tenant_id),
+                SA_AGENT.value_set(spec.agent),
+                SA_MODEL.value_set(f"{spec.model.provider}:{spec.model.name or ''}"),
+                SA_LABELS.value_set([f"{k}={v}" for k, v in spec.labels.items()]),
+                SA_CREATED_BY.value_set(self._inp.created_by.subject),
             ]
         )
         self._set_phase(RunStatus.RUNNING)
@@ -247,6 +248,8 @@ class AgentRunWorkflow:
                 await self._continue_as_new()
             self._step += 1
             self._steps_this_run += 1
+            # Messages that arrive while the model call is in flight wait for the next one.
+            consumed = len(self._user_messages)
             reply = await self._race(
                 workflow.start_activity_method(
                     ModelActivities.call_model,
@@ -258,7 +261,7 @@ class AgentRunWorkflow:
                         script_digest=self._script_digest,
                         conversation_head=self._require_head(),
                         append=self._append,
-                        user_messages=self._user_messages,
+                        user_messages=list(self._user_messages[:consumed]),
                         tools=[t.value for t in spec.tools],
                     ),
                     start_to_close_timeout=timedelta(minutes=10),
@@ -268,9 +271,9 @@ class AgentRunWorkflow:
             )
             self._head = reply.conversation_head
             self._append = []
-            self._user_messages = []
+            self._user_messages = self._user_messages[consumed:]
             self._usage = self._usage + reply.usage
-            workflow.upsert_search_attributes([SearchAttributePair(SA_STEPS, self._step)])
+            workflow.upsert_search_attributes([SA_STEPS.value_set(self._step)])
             self._emit(
                 EventType.MODEL_CALLED,
                 {
@@ -347,9 +350,7 @@ class AgentRunWorkflow:
         """Wait for a decision; return None when approved, the denial reason otherwise."""
         policy = self._inp.spec.approval
         now = workflow.now()
-        timeout = (
-            timedelta(seconds=policy.timeout_seconds) if policy.timeout_seconds else None
-        )
+        timeout = timedelta(seconds=policy.timeout_seconds) if policy.timeout_seconds else None
         self._pending = PendingApproval(
             approval_id=f"ap-{call.id}",
             call=call,
@@ -376,9 +377,11 @@ class AgentRunWorkflow:
         if webhook is not None and webhook.on_approval_request:
             self._spawn_webhook(self._events[-1])
         remaining = self._remaining()
-        wait_for = min(t for t in (timeout, remaining) if t is not None) if (
-            timeout or remaining
-        ) else None
+        wait_for = (
+            min(t for t in (timeout, remaining) if t is not None)
+            if (timeout or remaining)
+            else None
+        )
         try:
             await workflow.wait_condition(
                 lambda: self._decision is not None or self._cancel is not None,
@@ -441,12 +444,13 @@ class AgentRunWorkflow:
         if self._cancel is not None:
             raise _Abort(TerminalReason.CANCELLED)
 
-    async def _race(self, handle: Any) -> Any:
+    async def _race(self, handle: workflow.ActivityHandle[T]) -> T:
         """Await an activity, abandoning it on deadline or on cancel-with-abort."""
         try:
             await workflow.wait_condition(
-                lambda: handle.done()
-                or (self._cancel is not None and self._cancel.abort_in_flight),
+                lambda: (
+                    handle.done() or (self._cancel is not None and self._cancel.abort_in_flight)
+                ),
                 timeout=self._remaining(),
             )
         except TimeoutError:
@@ -472,8 +476,8 @@ class AgentRunWorkflow:
         self._reason = reason
         self._error = error
         self._pending = None
+        await self._collect_artifacts()
         if self._sandbox_started:
-            await self._collect_artifacts()
             await self._sandbox("destroy", keep_workspace=self._inp.spec.sandbox.keep_workspace)
         status = {
             TerminalReason.COMPLETED: RunStatus.COMPLETED,
@@ -512,7 +516,12 @@ class AgentRunWorkflow:
         try:
             out = await workflow.execute_activity_method(
                 ToolActivities.store_artifact,
-                StoreArtifactInput(run_id=self._inp.run_id, tenant_id=self._inp.tenant_id),
+                StoreArtifactInput(
+                    run_id=self._inp.run_id,
+                    tenant_id=self._inp.tenant_id,
+                    collect_workspace=self._sandbox_started,
+                    conversation_head=self._head,
+                ),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=TOOL_RETRY,
@@ -527,14 +536,16 @@ class AgentRunWorkflow:
                 {"name": ref.name, "digest": ref.digest, "size": ref.size},
             )
 
-    async def _sandbox(self, action: str, keep_workspace: bool | None = None) -> None:
+    async def _sandbox(
+        self, action: Literal["pause", "resume", "destroy"], keep_workspace: bool | None = None
+    ) -> None:
         try:
             await workflow.execute_activity_method(
                 ToolActivities.sandbox_control,
                 SandboxControlInput(
                     run_id=self._inp.run_id,
                     tenant_id=self._inp.tenant_id,
-                    action=action,  # type: ignore[arg-type]
+                    action=action,
                     keep_workspace=keep_workspace,
                 ),
                 start_to_close_timeout=timedelta(minutes=2),
@@ -773,7 +784,7 @@ class AgentRunWorkflow:
         status = self._status()
         if status != self._sa_status:
             self._sa_status = status
-            workflow.upsert_search_attributes([SearchAttributePair(SA_STATUS, status.value)])
+            workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
 
     def _status_payload(self, req: ControlRequest, action: str) -> dict[str, Any]:
         self._sync_status()
@@ -784,9 +795,7 @@ class AgentRunWorkflow:
             "reason": req.reason,
         }
 
-    def _emit(
-        self, kind: EventType, payload: dict[str, Any], attempt: int | None = None
-    ) -> None:
+    def _emit(self, kind: EventType, payload: dict[str, Any], attempt: int | None = None) -> None:
         self._last_seq += 1
         self._events.append(
             RunEvent(

@@ -60,7 +60,9 @@ class AnthropicProvider:
     async def complete(self, request: ModelRequest) -> ModelReply:
         model = request.model.name or self._default_model
         if not model:
-            raise config_error(PROVIDER, "no model name: set ModelRef.name (e.g. claude-sonnet-4-5)")
+            raise config_error(
+                PROVIDER, "no model name: set ModelRef.name (e.g. claude-sonnet-4-5)"
+            )
         body = wire_request(request.messages, request.tools)
         body["model"] = model
         body["max_tokens"] = request.model.max_output_tokens
@@ -84,7 +86,7 @@ class AnthropicProvider:
                 if b.get("type") == "tool_use"
             ]
         except (KeyError, TypeError, AttributeError) as exc:
-            raise bad_shape(PROVIDER, f"unexpected message shape ({exc})", self._secrets)
+            raise bad_shape(PROVIDER, f"unexpected message shape ({exc})", self._secrets) from exc
         stop = data.get("stop_reason")
         return ModelReply(
             text="".join(texts) if texts else None,
@@ -145,7 +147,12 @@ def wire_request(messages: list[Message], tools: list[ToolSchema]) -> dict[str, 
             )
             if m.role == "assistant":
                 blocks += [
-                    {"type": "tool_use", "id": c.id, "name": c.name, "input": _input_object(c.arguments)}
+                    {
+                        "type": "tool_use",
+                        "id": c.id,
+                        "name": c.name,
+                        "input": _input_object(c.arguments),
+                    }
                     for c in m.tool_calls
                 ]
             add(m.role, blocks)

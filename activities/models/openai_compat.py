@@ -15,8 +15,12 @@ Two ways to get tool calls out of a model:
   parseable call. The reply becomes one ``RawToolCall`` with the deterministic
   id ``call_<turn>_0``.
 
-Either way the arguments string is kept exactly as the model produced it: it is
-hostile input, parsed and validated after the activity, never here.
+Either way the arguments string is kept as the model produced it: it is hostile
+input, parsed and validated after the activity, never here. One lexical repair is
+made in constrained mode: llama-cpp-python's JSON grammar lets raw control
+characters (a literal newline, say) into strings, which JSON forbids, so they are
+escaped (to ``\\n``); nothing else changes, not even whitespace. Without it every
+multi-line ``write_file`` from the embedded model would fail validation.
 
 This module must not retry (Temporal does) and must not log or quote the API key.
 """
@@ -35,7 +39,10 @@ from activities.models.errors import config_error
 from agentrun.contracts import Message, RawToolCall, Usage
 
 __all__ = [
+    "GRAMMAR_LENGTH_BOUND",
     "OpenAICompatProvider",
+    "escape_control_characters",
+    "grammar_schema",
     "parse_tool_envelope",
     "tool_call_schema",
     "tools_prompt",
@@ -81,7 +88,9 @@ class OpenAICompatProvider:
     async def complete(self, request: ModelRequest) -> ModelReply:
         model = request.model.name or self._default_model
         if not model:
-            raise config_error(PROVIDER, "no model name: set ModelRef.name or AGENTRUN_DEFAULT_MODEL")
+            raise config_error(
+                PROVIDER, "no model name: set ModelRef.name or AGENTRUN_DEFAULT_MODEL"
+            )
         constrained = self._constrained and bool(request.tools)
         body: dict[str, Any] = {
             "model": model,
@@ -124,7 +133,9 @@ class OpenAICompatProvider:
                 raise TypeError("content is not a string")
             calls = [_native_call(c, turn, i) for i, c in enumerate(wire_calls)]
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise bad_shape(PROVIDER, f"unexpected chat completion shape ({exc})", self._secrets)
+            raise bad_shape(
+                PROVIDER, f"unexpected chat completion shape ({exc})", self._secrets
+            ) from exc
         usage = _usage(data.get("usage"))
         stop = finish if isinstance(finish, str) else None
         if constrained and not calls and content is not None:
@@ -141,11 +152,24 @@ class OpenAICompatProvider:
 # ---------------------------------------------------------------------------
 
 
+def _type_label(schema: dict[str, Any]) -> str:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return kind
+    if isinstance(kind, list):
+        return " or ".join(str(k) for k in kind)
+    options = schema.get("anyOf") or schema.get("oneOf") or []
+    labels = [_type_label(o) for o in options if isinstance(o, dict)]
+    return " or ".join(label for label in labels if label) or "any"
+
+
 def tools_prompt(tools: list[ToolSchema]) -> str:
     """The tool catalogue a schema-constrained model reads in its system prompt.
 
-    Without native tool support the model only learns the tools from text; the
-    grammar then keeps its reply well-formed.
+    Without native tool support the model only learns the tools from text (the
+    grammar then keeps its reply well-formed). Arguments are listed as
+    ``name (type, required): description`` rather than as raw JSON schema: fewer
+    tokens, and easier for a 135M-parameter model to follow.
     """
     lines = [
         "You act only by calling tools. Reply with exactly one JSON object and nothing "
@@ -153,9 +177,80 @@ def tools_prompt(tools: list[ToolSchema]) -> str:
         "Tools:",
     ]
     for tool in tools:
-        params = tool.parameters.get("properties", tool.parameters)
-        lines.append(f"- {tool.name}: {tool.description} Arguments: {json.dumps(params)}")
+        props = tool.parameters.get("properties")
+        required = set(tool.parameters.get("required") or ())
+        args = []
+        if isinstance(props, dict):
+            for name, prop in props.items():
+                prop = prop if isinstance(prop, dict) else {}
+                flags = _type_label(prop) + (", required" if name in required else "")
+                about = prop.get("description")
+                args.append(f"{name} ({flags})" + (f": {about}" if about else ""))
+        arguments = "; ".join(args) if args else "none"
+        lines.append(f"- {tool.name}: {tool.description} Arguments: {arguments}")
     return "\n".join(lines)
+
+
+GRAMMAR_LENGTH_BOUND = 64
+"""Largest minLength/maxLength/minItems/maxItems kept in the constraint schema.
+
+llama.cpp compiles ``maxLength: N`` into N nested grammar rules: the real tool
+schemas' ``maxLength: 4194304`` makes a grammar of tens of megabytes and crashes
+the server. Larger bounds are dropped; the validator after the activity enforces
+the real limits (the grammar only has to guarantee a parseable shape)."""
+
+_STRUCTURAL = {"type", "properties", "required", "additionalProperties", "items", "enum", "const"}
+_COMBINATORS = {"anyOf", "oneOf", "allOf", "prefixItems"}
+_BOUNDS = {"minLength", "maxLength", "minItems", "maxItems"}
+_MAX_REF_DEPTH = 8
+
+
+def grammar_schema(schema: object, *, root: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """A copy of a tool's parameter schema that grammar compilers handle safely.
+
+    Keeps only structural keywords (type, properties, required, items, enum,
+    const, anyOf/oneOf/allOf) and small length bounds; drops descriptions,
+    defaults, patterns, formats and numeric ranges (unsupported pattern syntax
+    makes llama.cpp fail the request; the validator checks them anyway); inlines
+    local ``$ref``s, because each tool's schema ends up nested inside the
+    envelope where its ``#/$defs/...`` would no longer resolve.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        target = _resolve_ref(root, ref) if depth < _MAX_REF_DEPTH else None
+        return {} if target is None else grammar_schema(target, root=root, depth=depth + 1)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {
+                name: grammar_schema(sub, root=root, depth=depth) for name, sub in value.items()
+            }
+        elif key in ("items", "additionalProperties"):
+            out[key] = grammar_schema(value, root=root, depth=depth)
+        elif key in _COMBINATORS and isinstance(value, list):
+            out[key] = [grammar_schema(sub, root=root, depth=depth) for sub in value]
+        elif key in _STRUCTURAL or _small_bound(key, value):
+            out[key] = value
+    return out
+
+
+def _small_bound(key: str, value: object) -> bool:
+    return key in _BOUNDS and isinstance(value, int) and value <= GRAMMAR_LENGTH_BOUND
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any] | None:
+    if not ref.startswith("#/"):
+        return None  # remote refs are never fetched
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, dict) else None
 
 
 def tool_call_schema(tools: list[ToolSchema]) -> dict[str, Any]:
@@ -164,14 +259,15 @@ def tool_call_schema(tools: list[ToolSchema]) -> dict[str, Any]:
     One ``anyOf`` branch per tool, so the arguments are constrained by *that*
     tool's parameters (an enum of names plus a union of argument schemas would let
     the model pair ``finish`` with ``shell``'s arguments). ``tool`` comes first so
-    the model commits to a tool before writing its arguments.
+    the model commits to a tool before writing its arguments. Parameter schemas
+    pass through :func:`grammar_schema`.
     """
     branches = [
         {
             "type": "object",
             "properties": {
                 "tool": {"type": "string", "const": tool.name},
-                "arguments": tool.parameters or {"type": "object"},
+                "arguments": grammar_schema(tool.parameters) or {"type": "object"},
             },
             "required": ["tool", "arguments"],
             "additionalProperties": False,
@@ -316,14 +412,44 @@ def _members(text: str) -> dict[str, tuple[object, str]]:
         i += 1
 
 
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def escape_control_characters(text: str) -> str:
+    """Escape raw U+0000..U+001F characters that occur *inside* JSON strings.
+
+    Outside strings they are whitespace (or garbage the parser rejects anyway) and
+    are left alone; the string/escape state is tracked character by character.
+    """
+    if not any(ord(ch) < 0x20 for ch in text):
+        return text
+    out: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            elif ord(ch) < 0x20:
+                ch = _CONTROL_ESCAPES.get(ch, f"\\u{ord(ch):04x}")
+        elif ch == '"':
+            in_string = True
+        out.append(ch)
+    return "".join(out)
+
+
 def parse_tool_envelope(content: str, *, call_id: str) -> RawToolCall | None:
     """``{"tool": name, "arguments": ...}`` → a ``RawToolCall``, or None without a name.
 
     The arguments are the model's raw text (a slice of ``content``), not a
-    re-serialisation: malformed or truncated arguments are passed on untouched for
-    the validator to reject and report back to the model.
+    re-serialisation: malformed or truncated arguments are passed on for the
+    validator to reject and report back to the model. The only change is
+    :func:`escape_control_characters` (see the module docstring).
     """
-    members = _members(content)
+    members = _members(escape_control_characters(content))
     name, _ = members.get("tool", (None, ""))
     if not isinstance(name, str) or not name:
         return None

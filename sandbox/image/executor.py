@@ -1,1 +1,773 @@
-"""placeholder"""
+"""agentrun's in-container executor: the sandbox container's main process.
+
+Runs as the unprivileged `agent` user (uid 10001) under docker-init. The worker
+talks to it over the container's attached stdin/stdout (never over a network), so a
+warm tool call costs one round trip through dockerd instead of a `docker exec`.
+Standard library only: it must run on any image that has python3.
+
+It must not: trust the worker's framing blindly (several worker processes may be
+attached at once and their stdin bytes share one pipe, so every frame is
+checksummed and every request is idempotent, which makes a dropped frame a retry,
+not a corruption); buffer a command's output in memory beyond what it returns;
+touch anything outside /workspace, /tmp and its home.
+
+Wire format (one line per frame, ASCII):
+  worker -> executor: ``F <client> <rid> <seq> <count> <crc32> <base64 chunk>``;
+     the chunks of a request, joined, are its JSON.
+  executor -> worker: ``R <client> <rid> <A|D> <base64 JSON>`` (A = accepted, D = done).
+Exactly-once: each call gets a directory ``/workspace/.agentrun/calls/<id>.<token>``
+(created atomically before the command starts, so a second request for the same id
+re-attaches instead of starting it again); ``result.json`` in it is the completion
+marker, written by atomic rename after the command ended. The token is an HMAC the
+worker derives from a key the container never sees, so a command cannot predict and
+pre-forge the directory of a future call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import queue
+import resource
+import selectors
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+VERSION = 1
+WORKSPACE = "/workspace"
+STATE_DIR = os.path.join(WORKSPACE, ".agentrun")
+CALLS_DIR = os.path.join(STATE_DIR, "calls")
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/home/agent",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    "USER": "agent",
+    "LOGNAME": "agent",
+}
+CHUNK = 65536
+MAX_LINE = 1 << 20
+PIDS_EVENTS = "/sys/fs/cgroup/pids/pids.events"
+OOM_CONTROL = "/sys/fs/cgroup/memory/memory.oom_control"
+
+
+class RequestError(Exception):
+    """A request the executor refuses; `kind` tells the worker which error to raise."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------- output
+
+
+_out_lock = threading.Lock()
+
+
+def send(client: str, rid: str, kind: str, payload: dict[str, Any]) -> None:
+    body = base64.b64encode(json.dumps(payload).encode()).decode()
+    line = f"R {client} {rid} {kind} {body}\n"
+    with _out_lock:
+        sys.stdout.buffer.write(line.encode())
+        sys.stdout.buffer.flush()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --------------------------------------------------------------------------- state
+
+
+class Call:
+    def __init__(self, call_dir: str) -> None:
+        self.dir = call_dir
+        self.done = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kill_reason: str | None = None
+        self.usage_at_start = 0
+
+
+_calls: dict[str, Call] = {}
+_calls_lock = threading.Lock()
+_config: dict[str, Any] = {"workspace_bytes": 1 << 30, "owner": None}
+_usage = {"bytes": 0, "at": 0.0}
+_measure = threading.Event()
+"""Set when a call ended: the watchdog re-measures the workspace off the call's path."""
+
+
+def counter(path: str, key: str) -> int:
+    """A named counter from a cgroup v1 events file (0 when the file is absent)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def fs_used() -> int:
+    """Bytes used on the filesystem holding the workspace (cheap, but host-wide)."""
+    try:
+        st = os.statvfs(WORKSPACE)
+    except OSError:
+        return 0
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def workspace_usage() -> int:
+    """Bytes allocated under /workspace (st_blocks, like `du`); hard links counted once."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [WORKSPACE]
+    while stack:
+        top = stack.pop()
+        try:
+            it = os.scandir(top)
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_nlink > 1:
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+    return total
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def resolve(rel: str, *, must_exist: bool = True) -> str:
+    """Map a workspace-relative path to an absolute one, refusing every escape."""
+    if not isinstance(rel, str) or rel.startswith("/") or "\x00" in rel:
+        raise RequestError("path", f"path must be relative to the workspace: {rel!r}")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise RequestError("path", f"path must not contain '..': {rel!r}")
+    if parts and parts[0] == ".agentrun":
+        raise RequestError("path", "the .agentrun directory is reserved for call records")
+    full = os.path.join(WORKSPACE, *parts) if parts else WORKSPACE
+    real = os.path.realpath(full)
+    root = os.path.realpath(WORKSPACE)
+    if real != root and not real.startswith(root + "/"):
+        raise RequestError("path", f"path resolves outside the workspace: {rel!r}")
+    if must_exist and not os.path.lexists(real):
+        raise RequestError("path", f"no such file or directory: {rel!r}")
+    return real
+
+
+# --------------------------------------------------------------------------- exec
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the call's process group, its session and every descendant.
+
+    The command runs in its own session, so the process group and session id equal
+    its pid. A process that calls setsid() and double-forks leaves all three; it is
+    bounded by the container's limits and dies with the container (documented).
+    """
+    leader = proc.pid
+    for _ in range(20):
+        victims: set[int] = set()
+        parents: dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid, pgid, sid = int(name), int(fields[1]), int(fields[2]), int(fields[3])
+            parents[pid] = ppid
+            if pgid == leader or sid == leader or pid == leader:
+                victims.add(pid)
+        changed = True
+        while changed:
+            changed = False
+            for pid, ppid in parents.items():
+                if ppid in victims and pid not in victims:
+                    victims.add(pid)
+                    changed = True
+        victims.discard(os.getpid())
+        if not victims:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(leader, signal.SIGKILL)
+        for pid in victims:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _limit_child(pid: int, fsize: int) -> None:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write("1000")
+    with contextlib.suppress(OSError, ValueError):
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (fsize, fsize))
+
+
+class _Sink:
+    """One output stream of a call: a capped file on disk plus the head kept in memory."""
+
+    def __init__(self, path: str, head: int, cap: int) -> None:
+        self.path, self.head_size, self.cap = path, head, cap
+        self.head = bytearray()
+        self.total = 0
+        self.file: Any = None
+
+    def write(self, data: bytes) -> None:
+        room = self.cap - self.total
+        if room > 0:
+            if self.file is None:
+                self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self.file.write(data[:room])
+        if len(self.head) < self.head_size:
+            self.head += data[: self.head_size - len(self.head)]
+        self.total += len(data)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
+    """Run the command to completion, recording output and the result in its call dir."""
+    timeout = float(req.get("timeout", 60))
+    store_cap = int(req.get("store_cap", 16 << 20))
+    head = int(req.get("max_output", 16384))
+    env = dict(BASE_ENV)
+    env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    limit_bytes = int(_config["workspace_bytes"])
+    # The watchdog's last measurement: walking a big workspace on every call would
+    # cost more than the call. It bounds single-file growth; the watchdog does the rest.
+    usage = int(_usage["bytes"])
+    call.usage_at_start = usage
+    budget = max(limit_bytes - usage, 4096)
+    pids0 = counter(PIDS_EVENTS, "max")
+    oom0 = counter(OOM_CONTROL, "oom_kill")
+    used0 = fs_used()
+    start = time.monotonic()
+    sinks = {
+        "out": _Sink(os.path.join(call.dir, "out"), head, store_cap),
+        "err": _Sink(os.path.join(call.dir, "err"), head, store_cap),
+    }
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", req["cmd"]],
+            cwd=WORKSPACE,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+        # Set after spawning (no preexec_fn, so CPython can vfork: several times
+        # cheaper). Same uid, so no privilege is needed. Make the command the OOM
+        # killer's first choice so a memory bomb never takes the executor down, and cap
+        # single-file size at the workspace's remaining budget.
+        _limit_child(proc.pid, budget)
+    except OSError as exc:
+        sinks["err"].write(f"agentrun: cannot start the command: {exc}\n".encode())
+        sinks["err"].close()
+        # fork() failing with EAGAIN is the pids limit biting before the command ran.
+        return {
+            "exit_code": None,
+            "stdout_total": 0,
+            "stderr_total": sinks["err"].total,
+            "duration_ms": 0,
+            "limit": "pids" if exc.errno == 11 else None,
+            "_heads": {"out": b"", "err": bytes(sinks["err"].head)},
+        }
+    call.proc = proc
+    assert proc.stdout is not None and proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    # A pidfd makes the exit an event like the pipes: no polling, no added latency.
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    deadline = start + timeout
+    exited_at: float | None = None
+    status: int | None = None
+    while True:
+        now = time.monotonic()
+        if call.kill_reason is None and now >= deadline:
+            call.kill_reason = "timeout"
+        if call.kill_reason is not None:
+            kill_tree(proc)
+            break
+        pipes_open = len(sel.get_map()) > (1 if exited_at is None else 0)
+        if exited_at is not None and (not pipes_open or now - exited_at > 0.2):
+            # Done; a background child still holding the pipes does not keep the
+            # call open beyond a short grace.
+            break
+        if now - start > 0.05:
+            req["_ack"]()
+        wait = max(min(deadline - now, 0.25 if now - start > 0.05 else 0.05), 0.0)
+        for key, _ in sel.select(wait):
+            if key.data == "exit":
+                sel.unregister(pidfd)
+                status = proc.wait()
+                exited_at = time.monotonic()
+                continue
+            data = os.read(key.fd, CHUNK)
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            sink = sinks[key.data]
+            sink.write(data)
+            if sink.total > store_cap and call.kill_reason is None:
+                call.kill_reason = "output"
+    sel.close()
+    os.close(pidfd)
+    proc.stdout.close()
+    proc.stderr.close()
+    if call.kill_reason is not None:
+        kill_tree(proc)
+    if status is None:
+        status = proc.wait()
+    for sink in sinks.values():
+        sink.close()
+    duration_ms = int((time.monotonic() - start) * 1000)
+    exit_code: int | None = 128 - status if status < 0 else status
+    limit = call.kill_reason
+    if limit is not None:
+        # We ended it: there is no exit code of the command's own to report.
+        exit_code = None
+    if limit in (None, "timeout"):
+        # Name the limit that bit first, even when the command went on (a shell whose
+        # child hit a limit) or ran into the timeout (a fork bomb): "pids" or "memory"
+        # tells the model more than "timeout".
+        if counter(OOM_CONTROL, "oom_kill") > oom0:
+            limit = "memory"
+        elif counter(PIDS_EVENTS, "max") > pids0:
+            limit = "pids"
+        elif exit_code == 128 + signal.SIGXFSZ:
+            limit = "disk"
+        elif limit is None and fs_used() - used0 >= budget // 2:
+            # The volume's filesystem grew by half the remaining budget or more (or
+            # another tenant of the host disk wrote a lot): measure precisely.
+            _usage["bytes"], _usage["at"] = workspace_usage(), time.monotonic()
+            full = _usage["bytes"] >= limit_bytes - (64 << 10)
+            if full and _usage["bytes"] > usage + (64 << 10):
+                limit = "disk"  # this call filled it (not an earlier one)
+    return {
+        "exit_code": exit_code,
+        "stdout_total": sinks["out"].total,
+        "stderr_total": sinks["err"].total,
+        "duration_ms": duration_ms,
+        "limit": limit,
+        "_heads": {"out": bytes(sinks["out"].head), "err": bytes(sinks["err"].head)},
+    }
+
+
+def read_head(path: str, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(max(n, 0))
+    except OSError:
+        return b""
+
+
+def call_result(call_dir: str, max_output: int, reattached: bool) -> dict[str, Any]:
+    with open(os.path.join(call_dir, "result.json")) as f:
+        result: dict[str, Any] = json.load(f)
+    result["stdout"] = b64(read_head(os.path.join(call_dir, "out"), max_output))
+    result["stderr"] = b64(read_head(os.path.join(call_dir, "err"), max_output))
+    result["reattached"] = reattached
+    return result
+
+
+def write_result(call_dir: str, result: dict[str, Any]) -> None:
+    tmp = os.path.join(call_dir, "result.json.tmp")
+    with open(tmp, "w") as f:
+        # No fsync: the record must survive container restarts (page cache does), and
+        # an fsync per call would cost more than the call. A host crash can lose it.
+        json.dump(result, f)
+    os.replace(tmp, os.path.join(call_dir, "result.json"))
+
+
+def call_dir_for(req: dict[str, Any]) -> str:
+    call_id, token = str(req["call"]), str(req["token"])
+    for part in (call_id, token):
+        if not part or "/" in part or part.startswith(".") or len(part) > 128:
+            raise RequestError("path", f"bad call id or token: {part!r}")
+    return os.path.join(CALLS_DIR, f"{call_id}.{token}")
+
+
+def op_exec(req: dict[str, Any]) -> dict[str, Any]:
+    call_dir = call_dir_for(req)
+    max_output = int(req.get("max_output", 16384))
+    with _calls_lock:
+        call = _calls.get(call_dir)
+        if call is None:
+            if os.path.exists(os.path.join(call_dir, "result.json")):
+                return call_result(call_dir, max_output, True)
+            if os.path.isdir(call_dir):
+                # Started by an earlier life of this container and never finished:
+                # the container restarted under it. Record that, never run it again.
+                write_result(
+                    call_dir,
+                    {
+                        "exit_code": None,
+                        "stdout_total": os.path.getsize(os.path.join(call_dir, "out"))
+                        if os.path.exists(os.path.join(call_dir, "out"))
+                        else 0,
+                        "stderr_total": 0,
+                        "duration_ms": 0,
+                        "limit": "interrupted",
+                    },
+                )
+                return call_result(call_dir, max_output, True)
+            os.makedirs(CALLS_DIR, exist_ok=True)
+            os.mkdir(call_dir)
+            call = Call(call_dir)
+            _calls[call_dir] = call
+            owner = True
+        else:
+            owner = False
+    if not owner:
+        while not call.done.wait(0.05):
+            req["_ack"]()
+        return call_result(call_dir, max_output, True)
+    heads: dict[str, bytes] = {"out": b"", "err": b""}
+    try:
+        result = run_call(call, req)
+        heads = result.pop("_heads")
+    except Exception as exc:
+        result = {
+            "exit_code": None,
+            "stdout_total": 0,
+            "stderr_total": 0,
+            "duration_ms": 0,
+            "limit": None,
+            "error": f"executor error: {exc!r}",
+        }
+    try:
+        write_result(call_dir, result)
+    finally:
+        call.done.set()
+        _measure.set()
+        with _calls_lock:
+            _calls.pop(call_dir, None)
+    return {
+        **result,
+        "stdout": b64(heads["out"][:max_output]),
+        "stderr": b64(heads["err"][:max_output]),
+        "reattached": False,
+    }
+
+
+def op_output(req: dict[str, Any]) -> dict[str, Any]:
+    call_dir = call_dir_for(req)
+    name = {"stdout": "out", "stderr": "err"}.get(str(req.get("stream")))
+    if name is None:
+        raise RequestError("value", "stream must be stdout or stderr")
+    if not os.path.isdir(call_dir):
+        raise RequestError("path", f"no such call: {req['call']}")
+    with open(os.path.join(call_dir, name), "rb") as f:
+        f.seek(int(req.get("offset", 0)))
+        return {"data": b64(f.read(int(req.get("length", CHUNK))))}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def op_read(req: dict[str, Any]) -> dict[str, Any]:
+    path = resolve(req["path"])
+    if not os.path.isfile(path):
+        raise RequestError("path", f"not a regular file: {req['path']!r}")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(int(req.get("offset", 0)))
+        return {"data": b64(f.read(int(req.get("length", CHUNK)))), "size": size}
+
+
+def op_write(req: dict[str, Any]) -> dict[str, Any]:
+    """Write a chunk at an offset into a temp file (idempotent, so safe to resend)."""
+    tmp = os.path.join(STATE_DIR, "tmp", os.path.basename(str(req["tmp"])))
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    if int(req["offset"]) == 0 and workspace_usage() + int(req.get("size", 0)) > int(
+        _config["workspace_bytes"]
+    ):
+        raise RequestError("disk", "the file does not fit in the workspace size limit")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, base64.b64decode(req["data"]), int(req["offset"]))
+    except OSError as exc:
+        raise RequestError("disk" if exc.errno in (27, 28) else "os", str(exc)) from None
+    finally:
+        os.close(fd)
+    return {}
+
+
+def op_commit(req: dict[str, Any]) -> dict[str, Any]:
+    """Move a completely written temp file into place (atomic rename)."""
+    tmp = os.path.join(STATE_DIR, "tmp", os.path.basename(str(req["tmp"])))
+    path = resolve(req["path"], must_exist=False)
+    if os.path.isdir(path):
+        raise RequestError("path", f"is a directory: {req['path']!r}")
+    if not os.path.exists(tmp):
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        open(tmp, "wb").close()
+    if os.path.getsize(tmp) != int(req["size"]):
+        os.unlink(tmp)
+        raise RequestError("retry", "incomplete upload")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    # The parent may have been swapped for a symlink since resolve(): check again.
+    resolve(os.path.relpath(parent, os.path.realpath(WORKSPACE)))
+    os.replace(tmp, path)
+    return {}
+
+
+def op_list(req: dict[str, Any]) -> dict[str, Any]:
+    path = resolve(req.get("path") or "")
+    if not os.path.isdir(path):
+        raise RequestError("path", f"not a directory: {req.get('path')!r}")
+    root = os.path.realpath(WORKSPACE)
+    entries: list[dict[str, Any]] = []
+    limit = int(req.get("max", 1000))
+    with os.scandir(path) as it:
+        for entry in sorted(it, key=lambda e: e.name):
+            if entry.path == STATE_DIR:
+                continue
+            if len(entries) >= limit:
+                break
+            st = entry.stat(follow_symlinks=False)
+            entries.append(
+                {
+                    "path": os.path.relpath(entry.path, root),
+                    "size": st.st_size,
+                    "is_dir": stat.S_ISDIR(st.st_mode),
+                }
+            )
+    return {"entries": entries}
+
+
+def op_walk(req: dict[str, Any]) -> dict[str, Any]:
+    """Regular files under the given paths (all of the workspace when none), no hidden dirs."""
+    root = os.path.realpath(WORKSPACE)
+    limit = int(req.get("max", 100))
+    files: list[dict[str, Any]] = []
+    starts = [resolve(p) for p in req.get("paths") or []] or [root]
+    for start in starts:
+        if os.path.isfile(start) and not os.path.islink(start):
+            files.append({"path": os.path.relpath(start, root), "size": os.path.getsize(start)})
+            continue
+        for top, dirs, names in os.walk(start):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                full = os.path.join(top, name)
+                st = os.lstat(full)
+                if stat.S_ISREG(st.st_mode):
+                    files.append({"path": os.path.relpath(full, root), "size": st.st_size})
+                if len(files) >= limit:
+                    return {"files": files}
+    return {"files": files[:limit]}
+
+
+# --------------------------------------------------------------------------- control
+
+
+def op_hello(req: dict[str, Any]) -> dict[str, Any]:
+    return {"version": VERSION, "pid": os.getpid(), "owner": _config["owner"]}
+
+
+def op_claim(req: dict[str, Any]) -> dict[str, Any]:
+    """First claim wins: the arbiter when two workers race for one pool container."""
+    with _calls_lock:
+        owner = _config["owner"]
+        if owner is None:
+            _config["owner"] = owner = str(req["owner"])
+            if req.get("workspace_bytes"):
+                _config["workspace_bytes"] = int(req["workspace_bytes"])
+        return {"ok": owner == req["owner"], "owner": owner}
+
+
+def op_config(req: dict[str, Any]) -> dict[str, Any]:
+    with _calls_lock:
+        if req.get("workspace_bytes"):
+            _config["workspace_bytes"] = int(req["workspace_bytes"])
+        if req.get("owner") and _config["owner"] is None:
+            _config["owner"] = str(req["owner"])
+    return {"owner": _config["owner"]}
+
+
+OPS = {
+    "hello": op_hello,
+    "claim": op_claim,
+    "config": op_config,
+    "exec": op_exec,
+    "output": op_output,
+    "read": op_read,
+    "write": op_write,
+    "commit": op_commit,
+    "list": op_list,
+    "walk": op_walk,
+}
+
+
+def handle(client: str, rid: str, raw: bytes) -> None:
+    acked: list[bool] = []
+
+    def ack() -> None:
+        # Quick requests are answered without a separate acknowledgement (one write
+        # less per call); slow ones acknowledge so the worker does not re-send them.
+        if not acked:
+            acked.append(True)
+            send(client, rid, "A", {})
+
+    try:
+        req = json.loads(raw)
+        req["_ack"] = ack
+        op = OPS.get(req.get("op"))
+        if op is None:
+            raise RequestError("value", f"unknown op {req.get('op')!r}")
+        result = op(req)
+        send(client, rid, "D", {"ok": True, "result": result})
+    except RequestError as exc:
+        send(client, rid, "D", {"ok": False, "kind": exc.kind, "error": str(exc)})
+    except Exception as exc:
+        send(client, rid, "D", {"ok": False, "kind": "os", "error": repr(exc)})
+
+
+_jobs: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+_idle = [0]
+_idle_lock = threading.Lock()
+
+
+def _worker() -> None:
+    while True:
+        handle(*_jobs.get())
+        with _idle_lock:
+            _idle[0] += 1
+
+
+def dispatch(client: str, rid: str, raw: bytes) -> None:
+    """Hand a request to an idle handler thread, starting one when none is idle.
+
+    Threads are reused (starting one per request costs more than a quick call), and
+    never capped: a long `exec` holds its thread for its whole duration.
+    """
+    with _idle_lock:
+        # Reserve a thread for this job: an idle one, or a new one.
+        spawn = _idle[0] == 0
+        if not spawn:
+            _idle[0] -= 1
+    if spawn:
+        threading.Thread(target=_worker, daemon=True).start()
+    _jobs.put((client, rid, raw))
+
+
+def disk_watchdog() -> None:
+    """Kill calls that push the workspace past its size limit.
+
+    Docker's local volumes have no quota on this storage (cgroup v1, ext4, overlay2),
+    so the executor measures. RLIMIT_FSIZE stops a single growing file exactly at the
+    budget; this loop catches many-files fillers within about half a second. A call is
+    killed only when the workspace is over the limit *and* grew during the call, so a
+    model can still `rm` its way back under it.
+    """
+    interval = 0.5
+    while True:
+        woken = _measure.wait(interval)
+        _measure.clear()
+        with _calls_lock:
+            running = [c for c in _calls.values() if c.proc is not None and c.kill_reason is None]
+        age = time.monotonic() - _usage["at"]
+        # Idle: re-measure after calls ended, but at most every 2 s (a burst of quick
+        # calls must not pay a workspace walk each), and every 30 s regardless.
+        if not running and (age < 2 or (not woken and age < 30)):
+            if woken:
+                _measure.set()
+                time.sleep(2 - age)
+            continue
+        began = time.monotonic()
+        usage = workspace_usage()
+        _usage["bytes"], _usage["at"] = usage, time.monotonic()
+        # Never spend more than a fifth of the time walking the workspace.
+        interval = max(0.5, 4 * (_usage["at"] - began))
+        if usage <= int(_config["workspace_bytes"]):
+            continue
+        for call in running:
+            if usage > call.usage_at_start:
+                call.kill_reason = "disk"
+
+
+def main() -> None:
+    for arg in sys.argv[1:]:
+        if arg.startswith("--workspace-bytes="):
+            _config["workspace_bytes"] = int(arg.split("=", 1)[1])
+        if arg.startswith("--owner="):
+            _config["owner"] = arg.split("=", 1)[1]
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _usage["bytes"], _usage["at"] = workspace_usage(), time.monotonic()
+    threading.Thread(target=disk_watchdog, daemon=True).start()
+    partial: dict[tuple[str, str], dict[int, bytes]] = {}
+    started: dict[tuple[str, str], float] = {}
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline(MAX_LINE)
+        if not line:
+            # Nobody can ever attach to a closed stdin again: exit, and let the
+            # worker restart the container (the workspace survives).
+            return
+        fields = line.split()
+        if len(fields) != 7 or fields[0] != b"F":
+            continue
+        try:
+            client, rid = fields[1].decode(), fields[2].decode()
+            seq, count = int(fields[3]), int(fields[4])
+            if binascii.crc32(fields[6]) != int(fields[5], 16):
+                continue
+            chunk = base64.b64decode(fields[6], validate=True)
+        except (ValueError, binascii.Error):
+            continue
+        key = (client, rid)
+        parts = partial.setdefault(key, {})
+        started.setdefault(key, time.monotonic())
+        parts[seq] = chunk
+        if len(parts) == count:
+            raw = b"".join(parts[i] for i in range(count) if i in parts)
+            partial.pop(key, None)
+            started.pop(key, None)
+            if len(raw) and all(i in parts for i in range(count)):
+                try:
+                    dispatch(client, rid, raw)
+                except RuntimeError:
+                    # No task left in the pids cgroup (a fork bomb is running): refuse
+                    # this request rather than die; the worker retries it.
+                    send(client, rid, "D", {"ok": False, "kind": "pids", "error": "pids limit"})
+        if len(started) > 64:
+            # Frames of requests that will never complete (a worker died mid-send).
+            cutoff = time.monotonic() - 60
+            for stale in [k for k, t in started.items() if t < cutoff]:
+                partial.pop(stale, None)
+                started.pop(stale, None)
+
+
+if __name__ == "__main__":
+    main()

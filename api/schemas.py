@@ -1,0 +1,236 @@
+"""HTTP-only request and response models (the durable ones live in `agentrun.contracts`).
+
+These never cross a Temporal boundary, so they may evolve with the API version;
+everything a route returns is one of them (or a contracts model), which keeps
+`/openapi.json` exact.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentrun.contracts import (
+    ArtifactRef,
+    Digest,
+    PendingApproval,
+    RunEvent,
+    RunStatus,
+    TerminalReason,
+    Usage,
+)
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+EXAMPLE_RUN_ID = "01jbq0m3c8x2v7h9k4n6p8r0sa"
+
+
+class RunLinks(BaseModel):
+    self: str = Field(examples=[f"/v1/runs/{EXAMPLE_RUN_ID}"])
+    events: str = Field(examples=[f"/v1/runs/{EXAMPLE_RUN_ID}/events"])
+    stream: str = Field(examples=[f"/v1/runs/{EXAMPLE_RUN_ID}/events/stream"])
+    artifacts: str = Field(examples=[f"/v1/runs/{EXAMPLE_RUN_ID}/artifacts"])
+
+    @classmethod
+    def for_run(cls, run_id: str) -> RunLinks:
+        base = f"/v1/runs/{run_id}"
+        return cls(
+            self=base,
+            events=f"{base}/events",
+            stream=f"{base}/events/stream",
+            artifacts=f"{base}/artifacts",
+        )
+
+
+class RunCreated(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": EXAMPLE_RUN_ID,
+                    "workflow_id": f"agentrun/default/{EXAMPLE_RUN_ID}",
+                    "created": True,
+                    "spec_digest": "9f86d081884c7d659a2feaa0c55ad015"
+                    "a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "links": RunLinks.for_run(EXAMPLE_RUN_ID).model_dump(),
+                }
+            ]
+        }
+    )
+    run_id: str
+    workflow_id: str
+    created: bool = Field(
+        description="False when an `Idempotency-Key` retry returned the run it already started"
+    )
+    spec_digest: Digest
+    links: RunLinks
+
+
+class RunView(BaseModel):
+    """One run: the live `status` query, or what Temporal recorded once it ended."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": EXAMPLE_RUN_ID,
+                    "workflow_id": f"agentrun/default/{EXAMPLE_RUN_ID}",
+                    "tenant_id": "default",
+                    "status": "completed",
+                    "reason": "completed",
+                    "steps": 3,
+                    "usage": {"input_tokens": 812, "output_tokens": 96},
+                    "final_answer": "hello.txt written",
+                    "last_seq": 11,
+                    "started_at": "2025-01-01T12:00:00Z",
+                    "finished_at": "2025-01-01T12:00:09Z",
+                    "goal": "Write hello.txt containing 'hello' and finish.",
+                    "agent": "default",
+                    "model": "openai:smollm2-135m-instruct",
+                    "labels": {"team": "docs"},
+                    "created_by": "alice@example.com",
+                    "source": "query",
+                    "links": RunLinks.for_run(EXAMPLE_RUN_ID).model_dump(),
+                }
+            ]
+        }
+    )
+    run_id: str
+    workflow_id: str
+    tenant_id: str
+    status: RunStatus
+    reason: TerminalReason | None = None
+    steps: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    pending_approval: PendingApproval | None = None
+    final_answer: str | None = None
+    error: str | None = None
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    last_seq: int = 0
+    continued: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    created_at: datetime | None = None
+    goal: str | None = Field(default=None, description="The first 200 characters of the goal")
+    agent: str | None = None
+    model: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_by: str | None = None
+    source: Literal["query", "result", "visibility"] = Field(
+        description="`query`: live from a worker; `result`: the recorded result of an ended "
+        "run; `visibility`: search attributes only (no worker answered)"
+    )
+    links: RunLinks
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    agent: str | None = None
+    model: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_by: str | None = None
+    steps: int = 0
+    goal: str | None = None
+    created_at: datetime
+    closed_at: datetime | None = None
+    links: RunLinks
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` to get the next page; absent on the last"
+    )
+
+
+class EventsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "seq": 1,
+                            "type": "run.started",
+                            "at": "2025-01-01T12:00:00Z",
+                            "payload": {"goal": "…", "created_by": "alice"},
+                        }
+                    ],
+                    "last_seq": 9,
+                    "next_after": 1,
+                    "terminal": False,
+                }
+            ]
+        }
+    )
+    events: list[RunEvent]
+    last_seq: int = Field(description="The newest event's seq so far")
+    next_after: int = Field(description="Pass as `after` to get the next page")
+    terminal: bool = Field(description="True when the run ended and no event follows these")
+
+
+class ControlBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "checking the output"}]}
+    )
+    reason: str | None = Field(default=None, max_length=2000)
+    abort_in_flight: bool = Field(
+        default=False, description="Cancel only: abort the in-flight step instead of waiting"
+    )
+
+
+class ApprovalBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "decision": "approve",
+                    "arguments_digest": "2c26b46b68ffc68ff99b453c1d304134"
+                    "13422d706483bfa0f98a5e886266e7ae",
+                    "reason": "looks safe",
+                }
+            ]
+        },
+    )
+    decision: Literal["approve", "deny"]
+    arguments_digest: Digest = Field(
+        description="The pending call's `arguments_digest`: approves these exact arguments only"
+    )
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class MessageBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "Also add a README."}]},
+    )
+    text: str = Field(min_length=1, max_length=8000)
+
+
+class ControlResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"run_id": EXAMPLE_RUN_ID, "status": "paused", "detail": ""}]
+        }
+    )
+    run_id: str
+    status: RunStatus
+    detail: str = ""
+
+
+class ArtifactList(BaseModel):
+    artifacts: list[ArtifactRef]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    temporal: str = Field(examples=["127.0.0.1:7233"])
+    namespace: str = Field(examples=["default"])

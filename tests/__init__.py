@@ -1,0 +1,1 @@
+"""agentrun test suite."""

@@ -1,0 +1,188 @@
+"""Helpers for API tests: a real uvicorn server on 127.0.0.1 plus a real worker.
+
+The server runs in the test session's event loop (the Temporal client and the
+worker live there too), listening on a free loopback port, so tests talk real
+HTTP, SSE included. The scripted model is the only test double.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from temporalio.client import Client
+
+from agentrun.config import Settings, load_settings
+from api.app import create_app
+from worker import build_worker
+
+WEBHOOK_SECRET = "api-test-webhook-secret"  # a test key, not a credential
+
+
+def api_settings(state_dir: Path, task_queue: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "state_dir": state_dir,
+        "task_queue": task_queue,
+        "default_provider": "scripted",
+        "webhook_secret": WEBHOOK_SECRET,
+        "sandbox_pool_size": 0,
+        "dev_tenant": "apitest",
+        "api_sse_poll_seconds": 0.1,
+        "api_sse_keepalive_seconds": 1.0,
+        "api_query_timeout_seconds": 3.0,
+        "api_update_timeout_seconds": 15.0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Tests own the process's signals; the server is stopped via should_exit.
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings, client: Client | None) -> AsyncIterator[str]:
+    """Serve `create_app(settings, client)` on 127.0.0.1; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, client=client),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if task.done():
+            task.result()
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start within 10s")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
+@dataclass
+class Stack:
+    """A worker and an API server sharing one task queue and one state directory."""
+
+    settings: Settings
+    url: str
+    http: httpx.AsyncClient
+    client: Client
+    state_dir: Path
+
+
+@contextlib.asynccontextmanager
+async def api_stack(client: Client, state_dir: Path, **overrides: Any) -> AsyncIterator[Stack]:
+    task_queue = f"tq-api-{uuid.uuid4().hex[:10]}"
+    settings = api_settings(state_dir, task_queue, **overrides)
+    async with (
+        build_worker(client, settings, task_queue=task_queue),
+        serve_api(settings, client) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        yield Stack(settings, url, http, client, state_dir)
+
+
+def scripted(*turns: dict[str, Any], goal: str = "api test goal", **extra: Any) -> dict[str, Any]:
+    """A RunSpec body (JSON) for the scripted model."""
+    return {"goal": goal, "model": {"provider": "scripted", "script": list(turns)}, **extra}
+
+
+NOOP_TURN: dict[str, Any] = {"tool_calls": [{"name": "finish", "arguments": {}}]}
+"""A step that touches no sandbox: `finish` without its `answer` is a bad-arguments
+tool result, so the loop goes on to the next turn."""
+
+
+def finish_turn(answer: str = "done", **kw: Any) -> dict[str, Any]:
+    return {"tool_calls": [{"name": "finish", "arguments": {"answer": answer}}], **kw}
+
+
+def tool_turn(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"tool_calls": [{"name": name, "arguments": arguments}]}
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class SseMessage:
+    id: int | None
+    event: str
+    data: str
+    received: float
+    """`time.time()` when the message was parsed (for latency measurement)."""
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass
+class SseReader:
+    """Parses an SSE response incrementally; keeps comments for keep-alive checks."""
+
+    response: httpx.Response
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+
+    async def messages(self) -> AsyncIterator[SseMessage]:
+        ident: int | None = None
+        event = "message"
+        data: list[str] = []
+        async for line in self.response.aiter_lines():
+            if line == "":
+                if data:
+                    yield SseMessage(ident, event, "\n".join(data), time.time())
+                ident, event, data = None, "message", []
+            elif line.startswith(":"):
+                self.comments.append(line)
+            elif line.startswith("id:"):
+                ident = int(line[3:].strip())
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+            elif line.startswith("retry:"):
+                self.retry = int(line[6:].strip())
+
+
+async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Await `predicate()` (sync or async) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s (last: {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,163 @@
+"""Fixtures shared by the model-provider tests.
+
+* ``fake_provider``: a tiny threaded HTTP server on 127.0.0.1 that answers with
+  canned statuses and bodies and records what it was sent. It stands in for the
+  OpenAI and Anthropic APIs, which tests must not (and here cannot) reach.
+* ``embedded_llm``: the real embedded model (SmolLM2-135M under llama.cpp's
+  server), started once per session on a free port with one thread, so tests of
+  other engineers running at the same time keep their CPU.
+
+Test modules load them with ``pytest_plugins = ["tests.model_fixtures"]`` (importing
+a fixture by name would shadow it in every test's signature). They also import
+helpers from here, so the module is imported before pytest registers it as a
+plugin; the marker below opts it out of assertion rewriting, which it does not
+need (it has no asserts), instead of emitting a warning: PYTEST_DONT_REWRITE
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agentrun.embedded_llm import EmbeddedModelError, EmbeddedModelServer, model_path
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Canned:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    """Seconds to wait before answering (a hanging provider)."""
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class FakeProvider:
+    """Routes ``/<scenario>/...`` to the response registered for ``scenario``.
+
+    Register with :meth:`scenario`, which returns a unique prefix, then point a
+    provider's base URL at :meth:`url` for it. Requests are recorded per scenario.
+    """
+
+    def __init__(self) -> None:
+        self._canned: dict[str, Canned] = {}
+        self._seen: dict[str, list[Recorded]] = {}
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep pytest output clean
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                name = self.path.strip("/").split("/", 1)[0]
+                with fake._lock:
+                    canned = fake._canned.get(name, Canned(404, b'{"error": "no such scenario"}'))
+                    fake._seen.setdefault(name, []).append(
+                        Recorded(self.command, self.path, dict(self.headers.items()), body)
+                    )
+                if canned.delay and fake.stopping.wait(canned.delay):
+                    return
+                try:
+                    self.send_response(canned.status)
+                    for key, value in canned.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("content-length", str(len(canned.body)))
+                    self.end_headers()
+                    self.wfile.write(canned.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the timeout tests)
+
+            do_GET = _handle
+            do_POST = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> FakeProvider:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def scenario(
+        self,
+        status: int = 200,
+        body: bytes | str | dict[str, Any] = b"{}",
+        *,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> str:
+        """Register a canned response under a fresh name and return the name."""
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        name = f"s{uuid.uuid4().hex[:12]}"
+        with self._lock:
+            self._canned[name] = Canned(status, body, headers or {}, delay)
+        return name
+
+    def url(self, name: str, suffix: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{name}{suffix}"
+
+    def requests(self, name: str) -> list[Recorded]:
+        with self._lock:
+            return list(self._seen.get(name, []))
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_llm() -> Iterator[EmbeddedModelServer]:
+    """The embedded model server, once per session; skipped when not installed."""
+    try:
+        model_path()
+    except EmbeddedModelError as exc:
+        pytest.skip(str(exc))
+    server = EmbeddedModelServer(port=free_port(), host="127.0.0.1", threads=1)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

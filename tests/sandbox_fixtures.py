@@ -1,0 +1,131 @@
+"""Fixtures for the sandbox tests: real Docker, the real image, nothing mocked.
+
+* ``sandbox_image``: fails the session loudly when Docker is not reachable, and builds
+  `agentrun-sandbox:latest` with scripts/build-sandbox-image.sh when it is missing or
+  carries a stale executor (the script is idempotent and quick when up to date).
+* ``sandbox_settings``: a namespace of our own per session, so the janitor and pool of
+  these tests never touch another engineer's (or a real deployment's) containers.
+* ``docker_sandbox``: one `DockerSandbox` for the session; everything in the namespace
+  is removed when the session ends.
+* ``run_ref``: a fresh tenant/run per test, destroyed afterwards.
+
+Import the fixtures you use into the test module; tests/conftest.py is not ours.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from agentrun.config import Settings
+from agentrun.contracts import SandboxPolicy
+from sandbox.base import ExecOutcome, RunRef
+from sandbox.docker_sandbox import LABEL_NAMESPACE, DockerSandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = ROOT / "scripts" / "build-sandbox-image.sh"
+POLICY = SandboxPolicy()
+
+
+def docker_client() -> Any:
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(
+            f"Docker is not reachable ({exc}); the sandbox tests need a running engine "
+            "(start it with `dockerd > /tmp/dockerd.log 2>&1 &`)",
+            pytrace=False,
+        )
+    return client
+
+
+@pytest.fixture(scope="session")
+def sandbox_image() -> str:
+    docker_client()
+    done = subprocess.run(
+        [str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1200, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"building the sandbox image failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
+            pytrace=False,
+        )
+    return Settings().sandbox_image
+
+
+@pytest.fixture(scope="session")
+def sandbox_settings(sandbox_image: str) -> Settings:
+    return Settings(
+        sandbox_image=sandbox_image,
+        sandbox_namespace=f"agentrun-test-{uuid.uuid4().hex[:8]}",
+        sandbox_pool_size=0,
+        sandbox_memory_mb=256,
+        sandbox_pids=128,
+        sandbox_workspace_mb=64,
+        sandbox_output_store_bytes=4 << 20,
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_sandbox(sandbox_settings: Settings) -> Iterator[DockerSandbox]:
+    sandbox = DockerSandbox(sandbox_settings)
+    try:
+        yield sandbox
+    finally:
+        sandbox.janitor(lambda _run: False)
+        sandbox.close()
+        leftovers(sandbox_settings.sandbox_namespace, remove=True)
+
+
+@pytest.fixture
+def run_ref(docker_sandbox: DockerSandbox) -> Iterator[RunRef]:
+    run = new_run()
+    yield run
+    docker_sandbox.destroy(run, keep_workspace=False)
+
+
+def new_run() -> RunRef:
+    return RunRef(f"t-{uuid.uuid4().hex[:6]}", f"r-{uuid.uuid4().hex[:8]}")
+
+
+def leftovers(namespace: str, *, remove: bool = False) -> tuple[list[str], list[str]]:
+    """Names of this namespace's containers and volumes (optionally removing them)."""
+    client = docker.from_env()
+    flt = {"label": f"{LABEL_NAMESPACE}={namespace}"}
+    containers = client.containers.list(all=True, filters=flt)
+    volumes = client.volumes.list(filters=flt)
+    if remove:
+        for c in containers:
+            c.remove(force=True)
+        for v in volumes:
+            v.remove(force=True)
+    return [c.name for c in containers], [v.name for v in volumes]
+
+
+def sh(
+    sandbox: DockerSandbox,
+    run: RunRef,
+    command: str,
+    *,
+    call_id: str | None = None,
+    timeout_s: float = 20,
+    max_output_bytes: int = 64 << 10,
+    policy: SandboxPolicy = POLICY,
+) -> ExecOutcome:
+    """Run one command in the run's sandbox (a fresh call id unless one is given)."""
+    return sandbox.exec(
+        run,
+        call_id or f"c-{uuid.uuid4().hex[:10]}",
+        command,
+        policy=policy,
+        timeout_s=timeout_s,
+        max_output_bytes=max_output_bytes,
+    )

@@ -1,0 +1,211 @@
+"""The `agentrun` CLI against a real API server, real Temporal and a real worker.
+
+The CLI is synchronous (httpx), so each invocation runs in a thread while the
+server, worker and Temporal client keep running in the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from agentrun import cli
+from tests.api_fixtures import (
+    NOOP_TURN,
+    Stack,
+    api_stack,
+    finish_turn,
+    free_port,
+    scripted,
+    tool_turn,
+    unique,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module")
+async def stack(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with api_stack(client, tmp_path_factory.mktemp("cli-state")) as running:
+        yield running
+
+
+async def agentrun(stack: Stack, *argv: str, actor: str = "cli-user") -> tuple[int, str]:
+    """Run the CLI in a thread; returns (exit code, stdout)."""
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "--actor", actor, *argv], out)
+    return code, out.getvalue()
+
+
+def spec_file(tmp_path: Path, spec: dict[str, Any], name: str = "spec.json") -> str:
+    path = tmp_path / name
+    if name.endswith(".yaml"):
+        import yaml  # type: ignore[import-untyped, unused-ignore]
+
+        path.write_text(yaml.safe_dump(spec))
+    else:
+        path.write_text(json.dumps(spec))
+    return str(path)
+
+
+async def test_run_follow_prints_the_id_then_every_event_and_exits_0(
+    stack: Stack, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, scripted(NOOP_TURN, finish_turn("cli done")))
+    code, out = await agentrun(stack, "run", path, "--goal", "from the cli", "--follow")
+    assert code == 0, out
+    lines = out.splitlines()
+    run_id = lines[0]
+    assert lines[1].startswith("#1") and "run.started" in lines[1] and "from the cli" in lines[1]
+    assert "model.called" in out and "step 1" in out
+    assert lines[-1].startswith("#") and "run.finished" in lines[-1]
+    assert "completed (completed): cli done" in lines[-1]
+
+    code, shown = await agentrun(stack, "show", run_id)
+    assert code == 0
+    assert "status:     completed (completed)" in shown
+    assert "answer:     cli done" in shown and "by cli-user" in shown
+
+    code, raw = await agentrun(stack, "show", run_id, "--json")
+    assert code == 0 and json.loads(raw)["final_answer"] == "cli done"
+
+
+async def test_run_from_yaml_with_labels_is_idempotent_and_listed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, scripted(finish_turn()), name="spec.yaml")
+    batch = unique("cli")
+    argv = ["run", path, "--label", f"batch={batch}", "--idempotency-key", batch]
+    code, first = await agentrun(stack, *argv)
+    assert code == 0
+    code, second = await agentrun(stack, *argv)
+    assert code == 0 and first == second
+    run_id = first.strip()
+
+    async def listed() -> str | None:
+        code, out = await agentrun(stack, "ls", "--label", f"batch={batch}")
+        assert code == 0
+        return out if run_id in out else None
+
+    table = await wait_until(listed, timeout=20)
+    assert table.splitlines()[0].split() == ["RUN", "STATUS", "STEPS", "CREATED", "GOAL"]
+    assert len(table.splitlines()) == 2
+    code, raw = await agentrun(stack, "ls", "--label", f"batch={batch}", "--json")
+    assert [r["run_id"] for r in json.loads(raw)["runs"]] == [run_id]
+
+
+async def test_logs_prints_events_and_follows_a_live_run(stack: Stack, tmp_path: Path) -> None:
+    path = spec_file(tmp_path, scripted(dict(NOOP_TURN, delay_seconds=0.5), finish_turn()))
+    code, out = await agentrun(stack, "run", path)
+    run_id = out.strip()
+    code, followed = await agentrun(stack, "logs", "-f", run_id)
+    assert code == 0
+    seqs = [int(line.split()[0][1:]) for line in followed.splitlines() if line.startswith("#")]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 5
+    code, logged = await agentrun(stack, "logs", run_id, "--json")
+    assert code == 0
+    assert [json.loads(line)["seq"] for line in logged.splitlines()] == seqs
+    code, tail = await agentrun(stack, "logs", run_id, "--after", str(seqs[-2]))
+    assert code == 0 and len(tail.splitlines()) == 1 and "run.finished" in tail
+
+
+async def test_pause_resume_cancel_and_a_refused_transition(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow = dict(NOOP_TURN, delay_seconds=1.0)
+    path = spec_file(tmp_path, scripted(*[slow] * 20, finish_turn()))
+    code, out = await agentrun(stack, "run", path)
+    run_id = out.strip()
+    code, out = await agentrun(stack, "pause", run_id, "--reason", "coffee")
+    assert code == 0 and out.strip() == f"{run_id}: paused (no new step starts until resumed)"
+    code, out = await agentrun(stack, "message", run_id, "be brief")
+    assert code == 0 and "delivered with the next model call" in out
+    code, out = await agentrun(stack, "resume", run_id)
+    assert code == 0 and out.strip() == f"{run_id}: running"
+    code, out = await agentrun(stack, "cancel", run_id, "--abort")
+    assert code == 0 and "cancelling aborting the in-flight step" in out
+    capsys.readouterr()
+
+    async def cancelled() -> bool:
+        _, shown = await agentrun(stack, "show", run_id)
+        return "status:     cancelled" in shown
+
+    await wait_until(cancelled, timeout=30)
+    code, out = await agentrun(stack, "resume", run_id)
+    assert code == 1 and out == ""
+    err = capsys.readouterr().err
+    assert "HTTP 409" in err and "run status: cancelled" in err
+
+
+async def test_follow_exits_3_when_the_run_fails(stack: Stack, tmp_path: Path) -> None:
+    # One noop turn and no more script: the scripted model fails the run.
+    path = spec_file(tmp_path, scripted(NOOP_TURN))
+    code, out = await agentrun(stack, "run", path, "-f")
+    assert code == 3, out
+    assert "run.finished" in out and "failed" in out.splitlines()[-1]
+
+
+@pytest.mark.docker
+async def test_deny_finds_the_pending_approval_by_itself(stack: Stack, tmp_path: Path) -> None:
+    spec = scripted(
+        tool_turn("list_files", path="."),
+        finish_turn("denied and done"),
+        approval={"mode": "tools", "tools": ["list_files"]},
+    )
+    code, out = await agentrun(stack, "run", spec_file(tmp_path, spec))
+    run_id = out.strip()
+
+    async def pending() -> bool:
+        _, shown = await agentrun(stack, "show", run_id)
+        return "approval:   ap-" in shown
+
+    await wait_until(pending, timeout=60)
+    code, out = await agentrun(stack, "deny", run_id, "--reason", "not today", actor="dana")
+    assert code == 0, out
+    assert out.splitlines()[0].startswith("deny list_files")
+    assert "denied" in out.splitlines()[-1]
+    code, followed = await agentrun(stack, "logs", "-f", run_id)
+    assert code == 0
+    assert "denied by dana" in followed and "denied and done" in followed
+
+
+async def test_usage_errors_and_unreachable_api(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.main, ["--api-url", url, "ls"], out)
+    assert code == 1 and "cannot reach the agentrun API" in capsys.readouterr().err
+    code = await asyncio.to_thread(cli.main, ["--api-url", url, "run"], out)
+    assert code == 2 and "needs a goal" in capsys.readouterr().err
+    code = await asyncio.to_thread(cli.main, ["run", "--goal", "x", "--label", "nolabel"], out)
+    assert code == 2 and "key=value" in capsys.readouterr().err
+
+
+def test_console_script_is_installed_and_lists_every_command() -> None:
+    script = Path(sys.executable).parent / "agentrun"
+    result = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for command in (
+        "run",
+        "ls",
+        "show",
+        "logs",
+        "pause",
+        "resume",
+        "cancel",
+        "approve",
+        "deny",
+        "message",
+        "api",
+        "worker",
+    ):
+        assert command in result.stdout

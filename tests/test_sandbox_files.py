@@ -1,0 +1,99 @@
+# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
+"""File operations go through the executor and never leave the workspace."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sandbox.base import SandboxPathError
+from tests.sandbox_fixtures import (  # noqa: F401
+    POLICY,
+    docker_sandbox,
+    run_ref,
+    sandbox_image,
+    sandbox_settings,
+    sh,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../x", "a/../../x", "..", "a/../../../etc/shadow"]
+)
+def test_paths_escaping_the_workspace_are_rejected(docker_sandbox, run_ref, path):
+    with pytest.raises(SandboxPathError):
+        docker_sandbox.read_file(run_ref, path, policy=POLICY, max_bytes=100)
+    with pytest.raises(SandboxPathError):
+        docker_sandbox.write_file(run_ref, path, b"x", policy=POLICY)
+    with pytest.raises(SandboxPathError):
+        docker_sandbox.list_files(run_ref, path, policy=POLICY)
+
+
+def test_symlinks_pointing_outside_are_rejected(docker_sandbox, run_ref):
+    sh(docker_sandbox, run_ref, "ln -s /etc/passwd passwd; ln -s / root; mkdir d; ln -s ../.. d/up")
+    for path in ("passwd", "root/etc/hostname", "d/up/etc/passwd"):
+        with pytest.raises(SandboxPathError, match="outside"):
+            docker_sandbox.read_file(run_ref, path, policy=POLICY, max_bytes=100)
+    with pytest.raises(SandboxPathError):
+        docker_sandbox.write_file(run_ref, "root/tmp/evil", b"x", policy=POLICY)
+    with pytest.raises(SandboxPathError):
+        docker_sandbox.list_files(run_ref, "root", policy=POLICY)
+    assert not SandboxPathError.retryable
+
+
+def test_large_binary_file_round_trips_byte_exact(docker_sandbox, run_ref):
+    data = os.urandom(1_500_000)
+    docker_sandbox.write_file(run_ref, "deep/dir/blob.bin", data, policy=POLICY)
+    assert (
+        docker_sandbox.read_file(run_ref, "deep/dir/blob.bin", policy=POLICY, max_bytes=2 << 20)
+        == data
+    )
+    assert (
+        docker_sandbox.read_file(run_ref, "deep/dir/blob.bin", policy=POLICY, max_bytes=10)
+        == data[:10]
+    )
+    assert sh(docker_sandbox, run_ref, "stat -c %s deep/dir/blob.bin").stdout == b"1500000\n"
+
+
+def test_non_utf8_file_names_are_listed_and_readable(docker_sandbox, run_ref):
+    sh(docker_sandbox, run_ref, "printf 'latin' > \"$(printf 'caf\\351')\"")
+    [entry] = docker_sandbox.list_files(run_ref, "", policy=POLICY)
+    assert os.fsencode(entry.path) == b"caf\xe9"
+    assert docker_sandbox.read_file(run_ref, entry.path, policy=POLICY, max_bytes=100) == b"latin"
+    docker_sandbox.write_file(run_ref, entry.path + ".copy", b"again", policy=POLICY)
+    assert sh(docker_sandbox, run_ref, "cat caf*.copy").stdout == b"again"
+
+
+def test_list_files_hides_call_records_and_caps_entries(docker_sandbox, run_ref):
+    sh(docker_sandbox, run_ref, "mkdir sub; for i in 1 2 3; do echo $i > sub/f$i; done")
+    top = docker_sandbox.list_files(run_ref, "", policy=POLICY)
+    assert [(e.path, e.is_dir) for e in top] == [("sub", True)]
+    assert len(docker_sandbox.list_files(run_ref, "sub", policy=POLICY, max_entries=2)) == 2
+    with pytest.raises(SandboxPathError):
+        docker_sandbox.read_file(run_ref, ".agentrun/calls", policy=POLICY, max_bytes=10)
+
+
+def test_collect_returns_regular_files_and_skips_hidden_dirs(docker_sandbox, run_ref):
+    sh(
+        docker_sandbox,
+        run_ref,
+        "mkdir -p out .git; echo a > out/a.txt; echo b > b.txt; echo h > .git/HEAD;"
+        " ln -s /etc/passwd link",
+    )
+    files = {f.path: f.data for f in docker_sandbox.collect(run_ref, [])}
+    assert files == {"b.txt": b"b\n", "out/a.txt": b"a\n"}
+    only = docker_sandbox.collect(run_ref, ["out"])
+    assert [f.path for f in only] == ["out/a.txt"]
+
+
+def test_full_call_output_is_readable_beyond_max_output_bytes(docker_sandbox, run_ref):
+    out = docker_sandbox.exec(
+        run_ref, "s5-c0", "seq 1 20000", policy=POLICY, timeout_s=10, max_output_bytes=100
+    )
+    assert len(out.stdout) == 100 and out.stdout_total > 100_000
+    full = docker_sandbox.read_call_output(run_ref, "s5-c0", "stdout", 10 << 20)
+    assert full == b"".join(b"%d\n" % i for i in range(1, 20001))
+    assert docker_sandbox.read_call_output(run_ref, "s5-c0", "stdout", 5) == b"1\n2\n3"

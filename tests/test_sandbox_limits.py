@@ -1,0 +1,112 @@
+# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
+"""Bad input is contained and named (`ExecOutcome.limit`), never raised (real Docker).
+
+After each bad command the same sandbox answers a normal call, which proves the
+executor and the worker survived it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agentrun.contracts import SandboxPolicy
+from tests.sandbox_fixtures import (  # noqa: F401
+    docker_sandbox,
+    run_ref,
+    sandbox_image,
+    sandbox_settings,
+    sh,
+)
+
+pytestmark = pytest.mark.docker
+
+
+def still_works(sandbox, run) -> None:
+    out = sh(sandbox, run, "echo alive")
+    assert (out.exit_code, out.stdout, out.limit) == (0, b"alive\n", None)
+
+
+def test_hanging_command_times_out_and_its_whole_process_tree_is_killed(docker_sandbox, run_ref):
+    out = sh(docker_sandbox, run_ref, "sleep 300 & (sleep 301 &) ; sleep 302", timeout_s=1)
+    assert out.limit == "timeout"
+    assert out.exit_code is None
+    assert 900 <= out.duration_ms < 5000
+    procs = sh(docker_sandbox, run_ref, "ps -eo args").stdout
+    assert b"sleep 30" not in procs
+    still_works(docker_sandbox, run_ref)
+
+
+def test_fork_bomb_is_stopped_by_the_pids_limit(docker_sandbox, run_ref):
+    out = sh(docker_sandbox, run_ref, "f() { f | f & }; f; sleep 3", timeout_s=4)
+    assert out.limit == "pids"
+    procs = sh(docker_sandbox, run_ref, "ps -eo comm | wc -l")
+    assert int(procs.stdout) < 10
+    still_works(docker_sandbox, run_ref)
+
+
+def test_memory_bomb_is_killed_by_the_memory_limit(docker_sandbox, run_ref):
+    bomb = "python3 -c \"a = []\nwhile True: a.append(b'x' * (8 << 20))\""
+    out = sh(docker_sandbox, run_ref, bomb, timeout_s=30)
+    assert out.limit == "memory"
+    assert out.exit_code == 137  # SIGKILL from the OOM killer, reported shell-style
+    still_works(docker_sandbox, run_ref)
+
+
+def test_single_file_disk_filler_stops_at_the_workspace_limit(docker_sandbox, run_ref):
+    policy = SandboxPolicy(workspace_mb=16)
+    out = sh(
+        docker_sandbox,
+        run_ref,
+        "head -c 200M /dev/zero > big; ls -l big",
+        policy=policy,
+        timeout_s=30,
+    )
+    assert out.limit == "disk"
+    size = int(sh(docker_sandbox, run_ref, "stat -c %s big").stdout)
+    assert size <= 16 << 20
+    still_works(docker_sandbox, run_ref)
+
+
+def test_many_files_disk_filler_is_killed_by_the_workspace_watchdog(docker_sandbox, run_ref):
+    policy = SandboxPolicy(workspace_mb=16)
+    filler = "i=0; while true; do head -c 1M /dev/zero > f$i; i=$((i+1)); done"
+    out = sh(docker_sandbox, run_ref, filler, policy=policy, timeout_s=60)
+    assert out.limit == "disk"
+    assert out.duration_ms < 30_000
+    # Over the limit, the model can still clean up (a shrinking call is not killed).
+    cleanup = sh(docker_sandbox, run_ref, "rm -f f*; echo cleaned", policy=policy)
+    assert (cleanup.stdout, cleanup.limit) == (b"cleaned\n", None)
+
+
+def test_gigabytes_of_output_are_capped_without_buffering_them(
+    docker_sandbox, run_ref, sandbox_settings
+):
+    cap = sandbox_settings.sandbox_output_store_bytes
+    out = sh(docker_sandbox, run_ref, "yes 0123456789abcdef", max_output_bytes=1000, timeout_s=60)
+    assert out.limit == "output"
+    assert len(out.stdout) == 1000
+    assert out.stdout_total > cap
+    full = docker_sandbox.read_call_output(
+        run_ref, _last_call(docker_sandbox, run_ref), "stdout", 64 << 20
+    )
+    assert len(full) == cap  # what was kept on disk, no more
+    rss = sh(docker_sandbox, run_ref, "grep VmHWM /proc/$(pgrep -f executor.py | head -1)/status")
+    assert int(rss.stdout.split()[1]) < 100_000  # kB: the executor never held the output
+    still_works(docker_sandbox, run_ref)
+
+
+def _last_call(sandbox, run) -> str:
+    names = sh(sandbox, run, "ls -t /workspace/.agentrun/calls | sed -n 2p").stdout.decode().strip()
+    return names.split(".")[0]
+
+
+def test_binary_output_is_returned_byte_exact(docker_sandbox, run_ref):
+    out = sh(docker_sandbox, run_ref, "printf '\\000\\377\\376bin\\200'; printf '\\351' >&2")
+    assert out.stdout == b"\x00\xff\xfebin\x80"
+    assert out.stderr == b"\xe9"
+    assert (out.stdout_total, out.stderr_total) == (7, 1)
+
+
+def test_exit_code_and_stderr_are_reported_not_raised(docker_sandbox, run_ref):
+    out = sh(docker_sandbox, run_ref, "echo oops >&2; exit 3")
+    assert (out.exit_code, out.stderr, out.limit) == (3, b"oops\n", None)

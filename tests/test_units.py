@@ -1,0 +1,146 @@
+"""Pure unit tests: settings validation, the tool registry, contracts, the blob store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from activities.artifact_store import BlobNotFound, LocalArtifactStore, get_bytes
+from activities.conversation import ConversationStore
+from activities.tools import ShellArgs, ToolArgumentError, parse_arguments, tool_schemas
+from agentrun.config import ConfigError, load_settings
+from agentrun.contracts import (
+    ApprovalPolicy,
+    Message,
+    RunSpec,
+    ToolName,
+    run_ref_from_workflow_id,
+    workflow_id_for,
+)
+from tests.conftest import ROOT
+
+
+def test_settings_reject_a_bad_temporal_address_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTRUN_TEMPORAL_ADDRESS", "no-port-here")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "AGENTRUN_TEMPORAL_ADDRESS=no-port-here" in str(err.value)
+    assert "host:port" in str(err.value)
+
+
+def test_settings_hide_secret_values_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTRUN_MAX_CONCURRENT_ACTIVITIES", "zero")
+    monkeypatch.setenv("AGENTRUN_OPENAI_API_KEY", "sk-very-secret")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "AGENTRUN_MAX_CONCURRENT_ACTIVITIES" in str(err.value)
+    assert "sk-very-secret" not in str(err.value)
+
+
+def test_worker_exits_with_a_clear_message_on_invalid_configuration() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py")],
+        env={"AGENTRUN_TASK_QUEUE": "q", "AGENTRUN_MAX_CONCURRENT_ACTIVITIES": "-1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "AGENTRUN_MAX_CONCURRENT_ACTIVITIES=-1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_tool_schemas_are_json_schema_objects_for_the_requested_tools() -> None:
+    schemas = {s.name: s for s in tool_schemas(["shell", "finish", "no_such_tool"])}
+    assert set(schemas) == {"shell", "finish"}
+    shell = schemas["shell"].parameters
+    assert shell["type"] == "object"
+    assert shell["required"] == ["command"]
+    assert shell["additionalProperties"] is False
+    json.dumps(shell)  # serialisable as-is for providers
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "expected"),
+    [
+        ("shell", "{", "not valid JSON"),
+        ("shell", "[1, 2]", "must be a JSON object"),
+        ("shell", '{"command": ""}', "command"),
+        ("shell", '{"command": "ls", "sudo": true}', "sudo"),
+        ("write_file", '{"path": "a"}', "content"),
+        ("rm_rf", "{}", "unknown tool"),
+    ],
+)
+def test_bad_tool_arguments_raise_a_message_for_the_model(
+    name: str, raw: str, expected: str
+) -> None:
+    with pytest.raises(ToolArgumentError) as err:
+        parse_arguments(name, raw)
+    assert expected in str(err.value)
+
+
+def test_valid_tool_arguments_parse_into_typed_models() -> None:
+    args = parse_arguments("shell", '{"command": "echo hi", "timeout_seconds": 5}')
+    assert isinstance(args, ShellArgs)
+    assert args.command == "echo hi"
+    assert args.timeout_seconds == 5
+
+
+def test_run_spec_always_offers_finish_and_rejects_unknown_fields() -> None:
+    spec = RunSpec(goal="g", tools=[ToolName.SHELL])
+    assert spec.tools == [ToolName.SHELL, ToolName.FINISH]
+    with pytest.raises(ValidationError):
+        RunSpec.model_validate({"goal": "g", "unexpected": 1})
+    with pytest.raises(ValidationError):
+        RunSpec(goal="g", labels={"bad key": "v"})
+
+
+def test_approval_policy_never_gates_finish() -> None:
+    policy = ApprovalPolicy(mode="always")
+    assert policy.requires_approval("shell")
+    assert not policy.requires_approval("finish")
+    assert ApprovalPolicy(mode="tools", tools=["shell"]).requires_approval("shell")
+    assert not ApprovalPolicy(mode="tools", tools=["shell"]).requires_approval("read_file")
+
+
+def test_workflow_ids_round_trip_tenant_and_run() -> None:
+    wid = workflow_id_for("acme", "r1")
+    assert run_ref_from_workflow_id(wid) == ("acme", "r1")
+    with pytest.raises(ValueError):
+        run_ref_from_workflow_id("other/acme/r1")
+
+
+def test_blob_store_is_content_addressed_and_rejects_bad_digests(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    d1 = store.put(b"hello")
+    assert store.put(b"hello") == d1
+    assert get_bytes(store, d1) == b"hello"
+    assert store.size(d1) == 5
+    assert not list(tmp_path.rglob(".tmp-*"))
+    with pytest.raises(BlobNotFound):
+        store.open("../../etc/passwd")
+    with pytest.raises(BlobNotFound):
+        store.open("0" * 64)
+
+
+def test_conversation_chain_stores_each_message_once_and_loads_in_order(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    conv = ConversationStore(store)
+    system = conv.put_message(Message(role="system", content="s"))
+    head = conv.append(None, [system])
+    for i in range(5):
+        msg = conv.put_message(Message(role="user", content=f"m{i}"))
+        head = conv.append(head, [msg, system])  # the same message referenced again
+    cold = ConversationStore(store).load(head)  # fresh cache: walks the chain
+    assert [m.content for m in cold] == ["s"] + [x for i in range(5) for x in (f"m{i}", "s")]
+    assert conv.load(head) == cold
+    blobs = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(blobs) == 1 + 5 + 6  # 6 messages, 6 nodes
