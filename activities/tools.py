@@ -17,6 +17,25 @@ from activities.models.base import ToolSchema
 from agentrun.contracts import ToolName
 
 
+RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$"
+"""Advertised in the schema so constrained decoding cannot emit absolute paths.
+
+Validation itself is more lenient (any relative path; the sandbox confines it):
+the pattern only steers models, small ones especially, towards usable names."""
+GRAMMAR_SAFE_PATTERNS = frozenset({RELATIVE_PATH_PATTERN})
+"""Patterns simple enough for grammar compilers (llama.cpp) to honour."""
+
+
+def _path_field(default: str | None = None) -> Any:
+    return Field(
+        default=... if default is None else default,
+        min_length=1,
+        max_length=4096,
+        description="Path relative to the workspace, e.g. notes/todo.txt",
+        json_schema_extra={"pattern": RELATIVE_PATH_PATTERN},
+    )
+
+
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -29,16 +48,16 @@ class ShellArgs(_Args):
 
 
 class ReadFileArgs(_Args):
-    path: str = Field(min_length=1, max_length=4096, description="Path relative to the workspace")
+    path: str = _path_field()
 
 
 class WriteFileArgs(_Args):
-    path: str = Field(min_length=1, max_length=4096, description="Path relative to the workspace")
+    path: str = _path_field()
     content: str = Field(max_length=4 * 1024 * 1024, description="The whole new file content")
 
 
 class ListFilesArgs(_Args):
-    path: str = Field(default=".", max_length=4096, description="Directory, relative")
+    path: str = _path_field(".")
 
 
 class FinishArgs(_Args):

@@ -40,12 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 UI_PORT_OFFSET = 1000
 
 DEMO_SPEC: dict[str, Any] = {
-    "goal": "Create a file named hello.txt that contains the word hello, then finish.",
+    "goal": "Create the file hello.txt containing the word hello, then finish.",
     "instructions": (
-        "Step 1: call write_file with path hello.txt and content hello. "
-        "Step 2: call finish with a one-sentence answer."
+        "Paths are relative to the current directory. First call write_file with "
+        '{"path": "hello.txt", "content": "hello"}. '
+        'Then call finish with {"answer": "Created hello.txt"}.'
     ),
-    "tools": ["write_file", "shell", "read_file", "finish"],
+    "tools": ["write_file", "finish"],
+    "model": {"temperature": 0},
     "limits": {"max_steps": 6, "deadline_seconds": 600},
     "labels": {"source": "demo"},
 }

@@ -246,6 +246,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Request body too large",
         422: "Invalid request (the field errors are listed)",
         503: "Temporal or the workers are unreachable",
+        504: "No worker completed the update in time (it may still apply later)",
     }.items()
 }
 

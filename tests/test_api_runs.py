@@ -508,11 +508,18 @@ async def test_artifacts_list_and_download_only_the_runs_own(stack: Stack) -> No
     assert_problem(await stack.http.get(f"/v1/runs/{run_id}/artifacts/not-a-digest"), 422)
 
 
-async def test_artifacts_of_a_run_without_files_is_an_empty_list(stack: Stack) -> None:
+async def test_every_listed_artifact_downloads_with_its_digest_and_size(stack: Stack) -> None:
     run_id = await launch(stack, scripted(finish_turn()))
-    await wait_status(stack, run_id, "completed")
+    view = await wait_status(stack, run_id, "completed")
     resp = await stack.http.get(f"/v1/runs/{run_id}/artifacts")
-    assert resp.status_code == 200 and resp.json() == {"artifacts": []}
+    assert resp.status_code == 200
+    listing = resp.json()["artifacts"]
+    assert listing == view["artifacts"]  # the list is the status query's
+    for ref in listing:
+        data = await stack.http.get(f"/v1/runs/{run_id}/artifacts/{ref['digest']}")
+        assert data.status_code == 200
+        assert hashlib.sha256(data.content).hexdigest() == ref["digest"]
+        assert int(data.headers["content-length"]) == ref["size"] == len(data.content)
     assert_problem(await stack.http.get(f"/v1/runs/{run_id}/artifacts/{'a' * 64}"), 404)
 
 

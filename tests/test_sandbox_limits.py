@@ -82,22 +82,22 @@ def test_gigabytes_of_output_are_capped_without_buffering_them(
     docker_sandbox, run_ref, sandbox_settings
 ):
     cap = sandbox_settings.sandbox_output_store_bytes
-    out = sh(docker_sandbox, run_ref, "yes 0123456789abcdef", max_output_bytes=1000, timeout_s=60)
+    out = sh(
+        docker_sandbox,
+        run_ref,
+        "yes 0123456789abcdef",
+        call_id="s1-c0",
+        max_output_bytes=1000,
+        timeout_s=60,
+    )
     assert out.limit == "output"
     assert len(out.stdout) == 1000
     assert out.stdout_total > cap
-    full = docker_sandbox.read_call_output(
-        run_ref, _last_call(docker_sandbox, run_ref), "stdout", 64 << 20
-    )
+    full = docker_sandbox.read_call_output(run_ref, "s1-c0", "stdout", 64 << 20)
     assert len(full) == cap  # what was kept on disk, no more
     rss = sh(docker_sandbox, run_ref, "grep VmHWM /proc/$(pgrep -f executor.py | head -1)/status")
     assert int(rss.stdout.split()[1]) < 100_000  # kB: the executor never held the output
     still_works(docker_sandbox, run_ref)
-
-
-def _last_call(sandbox, run) -> str:
-    names = sh(sandbox, run, "ls -t /workspace/.agentrun/calls | sed -n 2p").stdout.decode().strip()
-    return names.split(".")[0]
 
 
 def test_binary_output_is_returned_byte_exact(docker_sandbox, run_ref):

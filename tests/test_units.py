@@ -144,3 +144,14 @@ def test_conversation_chain_stores_each_message_once_and_loads_in_order(tmp_path
     assert conv.load(head) == cold
     blobs = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(blobs) == 1 + 5 + 6  # 6 messages, 6 nodes
+
+
+def test_constrained_decoding_schema_keeps_the_relative_path_pattern_only() -> None:
+    from activities.models.openai_compat import grammar_schema
+    from activities.tools import RELATIVE_PATH_PATTERN
+
+    params = grammar_schema(tool_schemas(["write_file"])[0].parameters)
+    assert params["properties"]["path"]["pattern"] == RELATIVE_PATH_PATTERN
+    assert "maxLength" not in params["properties"]["content"]  # 4 MiB would blow up the grammar
+    assert "pattern" not in grammar_schema({"type": "string", "pattern": "^(a|b)+$"})
+    assert parse_arguments("read_file", '{"path": "my notes.txt"}')  # validation stays lenient

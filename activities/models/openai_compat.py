@@ -36,6 +36,7 @@ import httpx
 from activities.models._http import bad_shape, make_client, post_json
 from activities.models.base import ModelReply, ModelRequest, ToolSchema, turn_index
 from activities.models.errors import config_error
+from activities.tools import GRAMMAR_SAFE_PATTERNS
 from agentrun.contracts import Message, RawToolCall, Usage
 
 __all__ = [
@@ -210,7 +211,8 @@ def grammar_schema(schema: object, *, root: dict[str, Any] | None = None, depth:
 
     Keeps only structural keywords (type, properties, required, items, enum,
     const, anyOf/oneOf/allOf) and small length bounds; drops descriptions,
-    defaults, patterns, formats and numeric ranges (unsupported pattern syntax
+    defaults, formats, numeric ranges and patterns other than the few known to
+    compile (``activities.tools.GRAMMAR_SAFE_PATTERNS``; unsupported pattern syntax
     makes llama.cpp fail the request; the validator checks them anyway); inlines
     local ``$ref``s, because each tool's schema ends up nested inside the
     envelope where its ``#/$defs/...`` would no longer resolve.
@@ -233,6 +235,8 @@ def grammar_schema(schema: object, *, root: dict[str, Any] | None = None, depth:
         elif key in _COMBINATORS and isinstance(value, list):
             out[key] = [grammar_schema(sub, root=root, depth=depth) for sub in value]
         elif key in _STRUCTURAL or _small_bound(key, value):
+            out[key] = value
+        elif key == "pattern" and value in GRAMMAR_SAFE_PATTERNS:
             out[key] = value
     return out
 

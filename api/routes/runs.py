@@ -431,7 +431,7 @@ async def _control(
     return ControlResponse(run_id=run_id, status=result.status, detail=result.detail)
 
 
-CONTROL_RESPONSES = problems(404, 409, 413, 422, 503)
+CONTROL_RESPONSES = problems(404, 409, 413, 422, 503, 504)
 
 
 @router.post(

@@ -220,11 +220,23 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.01)
 
 
-def _limit_child(pid: int, fsize: int) -> None:
+def _limit_child(pid: int) -> None:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
         f.write("1000")
+
+
+def set_budget() -> int:
+    """Cap every file's size at what is left of the workspace budget.
+
+    Set on the executor itself (soft RLIMIT_FSIZE, so it can be raised again) and so
+    inherited by every command at fork, with no window in which a command runs
+    unlimited. The executor ignores SIGXFSZ (its own writes fail with EFBIG instead);
+    `restore_signals` gives commands the default action back, so a filler dies.
+    """
+    budget = max(int(_config["workspace_bytes"]) - int(_usage["bytes"]), 4096)
     with contextlib.suppress(OSError, ValueError):
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (budget, resource.RLIM_INFINITY))
+    return budget
 
 
 class _Sink:
@@ -238,17 +250,25 @@ class _Sink:
 
     def write(self, data: bytes) -> None:
         room = self.cap - self.total
-        if room > 0:
-            if self.file is None:
-                self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-            self.file.write(data[:room])
+        if room > 0 and self.file is not False:
+            try:
+                if self.file is None:
+                    self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+                self.file.write(data[:room])
+            except OSError:
+                # The workspace is full (EFBIG/ENOSPC): keep counting, stop storing.
+                if self.file:
+                    with contextlib.suppress(OSError):
+                        self.file.close()
+                self.file = False
         if len(self.head) < self.head_size:
             self.head += data[: self.head_size - len(self.head)]
         self.total += len(data)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        if self.file:
+            with contextlib.suppress(OSError):
+                self.file.close()
 
 
 def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +283,7 @@ def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
     # cost more than the call. It bounds single-file growth; the watchdog does the rest.
     usage = int(_usage["bytes"])
     call.usage_at_start = usage
-    budget = max(limit_bytes - usage, 4096)
+    budget = set_budget()
     pids0 = counter(PIDS_EVENTS, "max")
     oom0 = counter(OOM_CONTROL, "oom_kill")
     used0 = fs_used()
@@ -282,12 +302,12 @@ def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            restore_signals=True,
         )
-        # Set after spawning (no preexec_fn, so CPython can vfork: several times
-        # cheaper). Same uid, so no privilege is needed. Make the command the OOM
-        # killer's first choice so a memory bomb never takes the executor down, and cap
-        # single-file size at the workspace's remaining budget.
-        _limit_child(proc.pid, budget)
+        # Set after spawning (no preexec_fn, so CPython can vfork: about twice as
+        # cheap). Raising it needs no privilege. The command becomes the OOM killer's
+        # first choice, so a memory bomb does not take the executor down.
+        _limit_child(proc.pid)
     except OSError as exc:
         sinks["err"].write(f"agentrun: cannot start the command: {exc}\n".encode())
         sinks["err"].close()
@@ -604,6 +624,7 @@ def op_claim(req: dict[str, Any]) -> dict[str, Any]:
             _config["owner"] = owner = str(req["owner"])
             if req.get("workspace_bytes"):
                 _config["workspace_bytes"] = int(req["workspace_bytes"])
+            set_budget()
         return {"ok": owner == req["owner"], "owner": owner}
 
 
@@ -611,6 +632,7 @@ def op_config(req: dict[str, Any]) -> dict[str, Any]:
     with _calls_lock:
         if req.get("workspace_bytes"):
             _config["workspace_bytes"] = int(req["workspace_bytes"])
+            set_budget()
         if req.get("owner") and _config["owner"] is None:
             _config["owner"] = str(req["owner"])
     return {"owner": _config["owner"]}
@@ -708,6 +730,7 @@ def disk_watchdog() -> None:
         began = time.monotonic()
         usage = workspace_usage()
         _usage["bytes"], _usage["at"] = usage, time.monotonic()
+        set_budget()
         # Never spend more than a fifth of the time walking the workspace.
         interval = max(0.5, 4 * (_usage["at"] - began))
         if usage <= int(_config["workspace_bytes"]):
@@ -724,7 +747,9 @@ def main() -> None:
         if arg.startswith("--owner="):
             _config["owner"] = arg.split("=", 1)[1]
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _usage["bytes"], _usage["at"] = workspace_usage(), time.monotonic()
+    set_budget()
     threading.Thread(target=disk_watchdog, daemon=True).start()
     partial: dict[tuple[str, str], dict[int, bytes]] = {}
     started: dict[tuple[str, str], float] = {}
