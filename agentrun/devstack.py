@@ -126,7 +126,7 @@ class DevStack:
                     py,
                     "-m",
                     "uvicorn",
-                    "api.app:app",
+                    "--factory", "api.app:app_from_env",
                     "--host",
                     api.api_host,
                     "--port",

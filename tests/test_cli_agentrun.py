@@ -131,7 +131,7 @@ async def test_pause_resume_cancel_and_a_refused_transition(
     code, out = await agentrun(stack, "resume", run_id)
     assert code == 0 and out.strip() == f"{run_id}: running"
     code, out = await agentrun(stack, "cancel", run_id, "--abort")
-    assert code == 0 and "cancelling aborting the in-flight step" in out
+    assert code == 0 and "cancelling: aborting the in-flight step" in out
     capsys.readouterr()
 
     async def cancelled() -> bool:

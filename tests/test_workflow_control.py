@@ -110,7 +110,7 @@ async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
         handle = await start_run(client, task_queue, spec)
         await wait_for(handle, lambda v: v.steps >= 1)
         res = await handle.execute_update(AgentRunWorkflow.cancel, REQ)
-        assert "after the in-flight step" in res.detail
+        assert res.detail == "cancelling: after the in-flight step ends"
         result = await handle.result()
         events = await all_events(handle)
     assert result.status == RunStatus.CANCELLED
