@@ -11,9 +11,12 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.artifact_store import ArtifactStore, LocalArtifactStore
@@ -21,8 +24,10 @@ from activities.model_activities import ModelActivities, ModelRouter
 from activities.run_activities import RunActivities
 from activities.tool_activities import ToolActivities
 from agentrun.config import ConfigError, Settings, load_settings
+from agentrun.contracts import workflow_id_for
 from agentrun.temporal import connect
-from sandbox.base import Sandbox
+from sandbox.base import RunRef, Sandbox
+from sandbox.docker_sandbox import DockerSandbox
 from workflows.agent_run import AgentRunWorkflow
 
 log = logging.getLogger("agentrun.worker")
@@ -40,8 +45,6 @@ def build_worker(
     """Wire the workflow and all activities; tests pass their own queue and parts."""
     store = store or LocalArtifactStore(settings.artifacts_path)
     if sandbox is None:
-        from sandbox.docker_sandbox import DockerSandbox
-
         sandbox = DockerSandbox(settings)
     if router is None:
         from activities.models.registry import build_providers
@@ -70,21 +73,83 @@ def build_worker(
     )
 
 
+def liveness_checker(
+    client: Client, settings: Settings, loop: asyncio.AbstractEventLoop
+) -> Callable[[RunRef], bool]:
+    """`is_live` for the janitor (called from its thread): asks Temporal about the run.
+
+    A run is live while its workflow runs, and for `sandbox_retention_hours` after it
+    ended. Anything but a clear "no such run" or "ended long ago" counts as live: the
+    janitor must never remove the sandbox of a run it cannot see.
+    """
+    retention = timedelta(hours=settings.sandbox_retention_hours)
+
+    async def check(run: RunRef) -> bool:
+        handle = client.get_workflow_handle(workflow_id_for(run.tenant_id, run.run_id))
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            return exc.status != RPCStatusCode.NOT_FOUND
+        if desc.status == WorkflowExecutionStatus.RUNNING or desc.close_time is None:
+            return True
+        return datetime.now(UTC) - desc.close_time < retention
+
+    def is_live(run: RunRef) -> bool:
+        try:
+            return asyncio.run_coroutine_threadsafe(check(run), loop).result(timeout=30)
+        except Exception:  # Temporal unreachable, timeout: keep the sandbox
+            log.warning("janitor: cannot tell whether %s is live; keeping it", run)
+            return True
+
+    return is_live
+
+
+async def janitor_loop(client: Client, settings: Settings, sandbox: DockerSandbox) -> None:
+    """Sweep this worker's Docker host for sandboxes of runs that are gone (crashes,
+    terminated workflows), so nothing leaks; also keeps the warm pool at its size."""
+    is_live = liveness_checker(client, settings, asyncio.get_running_loop())
+    while True:
+        await asyncio.sleep(settings.sandbox_janitor_seconds)
+        try:
+            report = await asyncio.to_thread(sandbox.janitor, is_live)
+            if report.removed_containers or report.removed_volumes:
+                log.info(
+                    "janitor removed containers %s and volumes %s",
+                    report.removed_containers,
+                    report.removed_volumes,
+                )
+            sandbox.refill_pool_async()
+        except Exception:
+            log.exception("janitor sweep failed; trying again next period")
+
+
 async def run_worker(settings: Settings) -> None:
     client = await connect(settings)
-    worker = build_worker(client, settings)
+    sandbox = DockerSandbox(settings)
+    sandbox.refill_pool_async()  # the first run's first tool call skips the cold start
+    worker = build_worker(client, settings, sandbox=sandbox)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    janitor = (
+        asyncio.create_task(janitor_loop(client, settings, sandbox))
+        if settings.sandbox_janitor_seconds > 0
+        else None
+    )
     log.info(
         "worker polling task queue %r on %s (namespace %s)",
         settings.task_queue,
         settings.temporal_address,
         settings.temporal_namespace,
     )
-    async with worker:
-        await stop.wait()
+    try:
+        async with worker:
+            await stop.wait()
+    finally:
+        if janitor is not None:
+            janitor.cancel()
+        sandbox.close()
     log.info("worker stopped")
 
 

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from activities.models.base import ToolSchema
 from agentrun.contracts import ToolName
 
-
 RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$"
 """Advertised in the schema so constrained decoding cannot emit absolute paths.
 

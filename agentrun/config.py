@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     sandbox_allow_network: bool = False
     """Operator switch: without it, no run may ask for egress."""
     sandbox_keep_workspace: bool = False
+    sandbox_retention_hours: float = Field(default=1.0, ge=0)
+    """How long the janitor leaves the sandbox of an ended run (kept workspaces included)."""
+    sandbox_janitor_seconds: float = Field(default=300.0, ge=0)
+    """How often each worker sweeps its Docker host; 0 turns the janitor off."""
     sandbox_namespace: str = Field(default="agentrun", pattern=r"^[a-z0-9][a-z0-9.-]{0,30}$")
     """Prefix of sandbox container/volume names and value of their `agentrun.namespace`
     label; the janitor and the pool only touch their own namespace."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -33,15 +34,15 @@ def temporal_cli() -> str:
     return found
 
 
-def search_attribute_keys() -> list[SearchAttributeKey]:  # type: ignore[type-arg]
-    makers = {
+def search_attribute_keys() -> list[SearchAttributeKey[Any]]:
+    makers: dict[str, Callable[[str], SearchAttributeKey[Any]]] = {
         "Keyword": SearchAttributeKey.for_keyword,
         "KeywordList": SearchAttributeKey.for_keyword_list,
         "Int": SearchAttributeKey.for_int,
         "Text": SearchAttributeKey.for_text,
         "Datetime": SearchAttributeKey.for_datetime,
     }
-    return [makers[kind](name) for name, kind in SEARCH_ATTRIBUTES.items()]  # type: ignore[operator]
+    return [makers[kind](name) for name, kind in SEARCH_ATTRIBUTES.items()]
 
 
 @pytest.fixture(scope="session")

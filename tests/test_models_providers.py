@@ -8,9 +8,10 @@ test_models_embedded.py).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from activities.models.anthropic import AnthropicProvider
-from activities.models.base import ModelRequest
+from activities.models.base import ModelReply, ModelRequest
 from activities.models.openai_compat import OpenAICompatProvider, tool_call_schema
 from activities.tools import tool_schemas
 from agentrun.contracts import Message, ModelRef, RawToolCall
@@ -46,7 +47,7 @@ def conversation(turns: int = 0) -> list[Message]:
 
 async def openai_call(
     fake: FakeProvider, reply: dict[str, object], *, turns: int = 0, **options: object
-) -> tuple[object, dict[str, object]]:
+) -> tuple[ModelReply, dict[str, Any]]:
     name = fake.scenario(200, reply)
     provider = OpenAICompatProvider(base_url=fake.url(name, "/v1"), default_model="dflt", **options)  # type: ignore[arg-type]
     try:

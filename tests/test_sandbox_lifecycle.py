@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import docker
 import pytest
@@ -27,7 +28,7 @@ from tests.sandbox_fixtures import (  # noqa: F401
 pytestmark = pytest.mark.docker
 
 
-def container_of(settings, run):
+def container_of(settings: Settings, run: RunRef) -> Any:
     return docker.from_env().containers.get(_names.container_name(settings.sandbox_namespace, run))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
@@ -17,6 +18,7 @@ from agentrun.contracts import (
     ApprovalPolicy,
     ControlRequest,
     EventType,
+    RunSpec,
     RunStatus,
     TerminalReason,
     UserMessage,
@@ -152,12 +154,12 @@ async def test_temporal_native_cancel_cleans_up_and_marks_the_run_cancelled(
     assert view.reason == TerminalReason.CANCELLED
 
 
-def _approval_spec(**policy: object) -> object:
+def _approval_spec(**policy: Any) -> RunSpec:
     return scripted_spec(
         shell("echo approved-run >> ran.txt"),
         shell("cat ran.txt 2>&1 || echo missing"),
         finish("done"),
-        approval=ApprovalPolicy(mode="tools", tools=["shell"], **policy),  # type: ignore[arg-type]
+        approval=ApprovalPolicy(mode="tools", tools=["shell"], **policy),
     )
 
 
@@ -165,7 +167,7 @@ async def test_approve_runs_exactly_the_pending_call(
     client: Client, task_queue: str, state_dir: Path
 ) -> None:
     async with running_worker(client, task_queue, state_dir):
-        handle = await start_run(client, task_queue, _approval_spec())  # type: ignore[arg-type]
+        handle = await start_run(client, task_queue, _approval_spec())
         view = await wait_for(handle, lambda v: v.status == RunStatus.AWAITING_APPROVAL)
         pending = view.pending_approval
         assert pending is not None and pending.call.name == "shell"
@@ -225,9 +227,10 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
     client: Client, task_queue: str, state_dir: Path
 ) -> None:
     async with running_worker(client, task_queue, state_dir):
-        handle = await start_run(client, task_queue, _approval_spec())  # type: ignore[arg-type]
+        handle = await start_run(client, task_queue, _approval_spec())
         view = await wait_for(handle, lambda v: v.pending_approval is not None)
         assert view.pending_approval is not None
+        first_id = view.pending_approval.approval_id
         await handle.execute_update(
             AgentRunWorkflow.deny,
             ApprovalDecision(
@@ -241,8 +244,8 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
             handle,
             lambda v: (
                 v.pending_approval is not None
-                and v.pending_approval.approval_id != view.pending_approval.approval_id
-            ),  # type: ignore[union-attr]
+                and v.pending_approval.approval_id != first_id
+            ),
         )
         assert second.pending_approval is not None
         await handle.execute_update(
@@ -267,7 +270,7 @@ async def test_pending_approval_expires_with_the_default_outcome(
 ) -> None:
     spec = _approval_spec(timeout_seconds=1.0, on_timeout="deny")
     async with running_worker(client, task_queue, state_dir):
-        handle = await start_run(client, task_queue, spec)  # type: ignore[arg-type]
+        handle = await start_run(client, task_queue, spec)
         result = await handle.result()
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from temporalio.client import Client
@@ -32,7 +33,7 @@ from tests.workflow_harness import (
 
 
 def _spawn_worker(
-    env: WorkflowEnvironment, task_queue: str, state_dir: Path, log: Path
+    env: WorkflowEnvironment, task_queue: str, state_dir: Path, log: Path, namespace: str
 ) -> subprocess.Popen[bytes]:
     environ = {
         **os.environ,
@@ -42,6 +43,9 @@ def _spawn_worker(
         "AGENTRUN_DEFAULT_PROVIDER": "scripted",
         "AGENTRUN_SANDBOX_POOL_SIZE": "0",
         "AGENTRUN_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        # Both workers share one sandbox namespace (they serve the same runs), and it is
+        # this test's own, so no other test's janitor or pool can touch it.
+        "AGENTRUN_SANDBOX_NAMESPACE": namespace,
     }
     return subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py")],
@@ -62,16 +66,20 @@ async def test_run_survives_worker_sigkill_without_losing_or_repeating_a_tool_ca
         finish("counted"),
     )
     log = state_dir / "worker.log"
-    first = _spawn_worker(temporal_env, task_queue, state_dir, log)
+    namespace = f"rec-{uuid.uuid4().hex[:10]}"
+    first = _spawn_worker(temporal_env, task_queue, state_dir, log, namespace)
     second: subprocess.Popen[bytes] | None = None
     try:
         handle = await start_run(client, task_queue, spec)
         # Wait until the long second tool call is in flight, then kill the worker hard.
-        await wait_for(handle, lambda v: v.steps >= 2, timeout=90)
+        try:
+            await wait_for(handle, lambda v: v.steps >= 2, timeout=90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nworker log:\n{log.read_text()[-3000:]}") from None
         await asyncio.sleep(1.0)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        second = _spawn_worker(temporal_env, task_queue, state_dir, log)
+        second = _spawn_worker(temporal_env, task_queue, state_dir, log, namespace)
         result = await asyncio.wait_for(handle.result(), timeout=120)
         events = await all_events(handle)
     finally:

@@ -10,10 +10,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from agentrun.config import Settings, load_settings
 from agentrun.contracts import (
@@ -38,12 +40,14 @@ ALICE = Actor(subject="alice@example.com", kind="engineer")
 WEBHOOK_SECRET = "test-webhook-secret"
 
 
-def test_settings(state_dir: Path, **overrides: Any) -> Settings:
+def worker_settings(state_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "state_dir": state_dir,
         "default_provider": "scripted",
         "webhook_secret": WEBHOOK_SECRET,
         "sandbox_pool_size": 0,
+        # A namespace per worker: the janitor and pool of one never touch another's.
+        "sandbox_namespace": f"t-{uuid.uuid4().hex[:10]}",
     }
     values.update(overrides)
     return load_settings(**values)
@@ -53,7 +57,7 @@ def test_settings(state_dir: Path, **overrides: Any) -> Settings:
 async def running_worker(
     client: Client, task_queue: str, state_dir: Path, **overrides: Any
 ) -> AsyncIterator[Settings]:
-    settings = test_settings(state_dir, **overrides)
+    settings = worker_settings(state_dir, **overrides)
     worker = build_worker(client, settings, task_queue=task_queue)
     async with worker:
         yield settings
@@ -117,13 +121,18 @@ async def wait_for(
 ) -> RunStatusView:
     """Poll the status query until `predicate` holds (bounded; fails with the last view)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    view = await status(handle)
-    while not predicate(view):
+    view: RunStatusView | None = None
+    while True:
+        try:
+            # Queries need a worker; one still starting (or just killed) is not an error.
+            view = await handle.query(AgentRunWorkflow.status, rpc_timeout=timedelta(seconds=5))
+        except RPCError:
+            view = None
+        if view is not None and predicate(view):
+            return view
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not reached within {timeout}s; last status: {view}")
         await asyncio.sleep(0.1)
-        view = await status(handle)
-    return view
 
 
 async def all_events(

@@ -664,7 +664,9 @@ class AgentRunWorkflow:
         self._cancel = req
         self._emit(EventType.STATUS_CHANGED, self._status_payload(req, "cancel"))
         detail = (
-            "aborting the in-flight step" if req.abort_in_flight else "after the in-flight step ends"
+            "aborting the in-flight step"
+            if req.abort_in_flight
+            else "after the in-flight step ends"
         )
         return ControlResult(status=self._status(), detail=f"cancelling: {detail}")
 

@@ -234,9 +234,11 @@ def grammar_schema(schema: object, *, root: dict[str, Any] | None = None, depth:
             out[key] = grammar_schema(value, root=root, depth=depth)
         elif key in _COMBINATORS and isinstance(value, list):
             out[key] = [grammar_schema(sub, root=root, depth=depth) for sub in value]
-        elif key in _STRUCTURAL or _small_bound(key, value):
-            out[key] = value
-        elif key == "pattern" and value in GRAMMAR_SAFE_PATTERNS:
+        elif (
+            key in _STRUCTURAL
+            or _small_bound(key, value)
+            or (key == "pattern" and value in GRAMMAR_SAFE_PATTERNS)
+        ):
             out[key] = value
     return out
 

@@ -187,7 +187,8 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     bounded by the container's limits and dies with the container (documented).
     """
     leader = proc.pid
-    for _ in range(20):
+    # Repeat until nothing of the tree is left alive (a fork bomb forks while we kill).
+    for _ in range(100):
         victims: set[int] = set()
         parents: dict[int, int] = {}
         for name in os.listdir("/proc"):
@@ -199,6 +200,8 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
             except OSError:
                 continue
             pid, ppid, pgid, sid = int(name), int(fields[1]), int(fields[2]), int(fields[3])
+            if fields[0] == b"Z":
+                continue  # already dead; its parent or docker-init reaps it
             parents[pid] = ppid
             if pgid == leader or sid == leader or pid == leader:
                 victims.add(pid)
@@ -393,6 +396,10 @@ def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
             full = _usage["bytes"] >= limit_bytes - (64 << 10)
             if full and _usage["bytes"] > usage + (64 << 10):
                 limit = "disk"  # this call filled it (not an earlier one)
+    if limit is not None and call.kill_reason is None:
+        # A limit fired but the command's main process ended on its own (a fork bomb
+        # in the background): nothing of a call that hit a limit may linger.
+        kill_tree(proc)
     return {
         "exit_code": exit_code,
         "stdout_total": sinks["out"].total,
