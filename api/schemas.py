@@ -15,11 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentrun.contracts import (
     ArtifactRef,
     Digest,
-    PendingApproval,
     RunEvent,
     RunStatus,
-    TerminalReason,
-    Usage,
+    RunStatusView,
 )
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -67,8 +65,9 @@ class RunCreated(BaseModel):
     links: RunLinks
 
 
-class RunView(BaseModel):
-    """One run: the live `status` query, or what Temporal recorded once it ended."""
+class RunView(RunStatusView):
+    """One run: the live `status` query (all its fields), or what Temporal recorded
+    once it ended, plus what visibility and the memo know about it."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -96,21 +95,7 @@ class RunView(BaseModel):
             ]
         }
     )
-    run_id: str
     workflow_id: str
-    tenant_id: str
-    status: RunStatus
-    reason: TerminalReason | None = None
-    steps: int = 0
-    usage: Usage = Field(default_factory=Usage)
-    pending_approval: PendingApproval | None = None
-    final_answer: str | None = None
-    error: str | None = None
-    artifacts: list[ArtifactRef] = Field(default_factory=list)
-    last_seq: int = 0
-    continued: int = 0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
     created_at: datetime | None = None
     goal: str | None = Field(default=None, description="The first 200 characters of the goal")
     agent: str | None = None

@@ -14,10 +14,11 @@ else its search attributes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -140,11 +141,19 @@ def _run_id(handle: Handle) -> str:
 
 async def query_status(handle: Handle, wait_seconds: float) -> RunStatusView:
     """The live status; :class:`RunNotAnswering` when no worker answers in time."""
-    try:
+    with _query_errors(handle):
         view: RunStatusView = await handle.query(
             AgentRunWorkflow.status, rpc_timeout=timedelta(seconds=wait_seconds)
         )
-        return view
+    return view
+
+
+@contextlib.contextmanager
+def _query_errors(handle: Handle) -> Iterator[None]:
+    """Query failures → NotFound (no such run), RunNotAnswering (no worker answered in
+    time, or the query was rejected); Temporal itself unavailable propagates (503)."""
+    try:
+        yield
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise NotFound(f"run {_run_id(handle)} does not exist") from None
@@ -266,20 +275,12 @@ async def fetch_events(
 ) -> tuple[list[RunEvent], EventsPage]:
     """Events with `seq > after`, in order, at most `limit`: flushed segments first,
     then the run's in-memory events. Raises :class:`RunNotAnswering`."""
-    try:
+    with _query_errors(handle):
         page: EventsPage = await handle.query(
             AgentRunWorkflow.events,
             EventsQuery(after_seq=after, limit=limit),
             rpc_timeout=timedelta(seconds=wait_seconds),
         )
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound(f"run {_run_id(handle)} does not exist") from None
-        if err.status == RPCStatusCode.UNAVAILABLE:
-            raise
-        raise RunNotAnswering(str(err)) from None
-    except (WorkflowQueryFailedError, WorkflowQueryRejectedError, TimeoutError) as err:
-        raise RunNotAnswering(str(err)) from None
     merged: dict[int, RunEvent] = {}
     for segment in sorted(page.segments, key=lambda s: s.first_seq):
         if len(merged) >= limit:

@@ -75,3 +75,20 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "state"
     d.mkdir()
     yield d
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> Callable[[str], None]:
+    """Record a measured figure; the suite prints them all at its end (see below)."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures tests measured (history bytes per step, …), even under -q."""
+    if _FIGURES:
+        terminalreporter.section("agentrun figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

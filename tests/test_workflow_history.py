@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ STEPS = 100
 
 
 async def test_history_bytes_per_step_stay_flat_over_a_100_step_run(
-    client: Client, task_queue: str, state_dir: Path
+    client: Client, task_queue: str, state_dir: Path, figures: Callable[[str], None]
 ) -> None:
     # Every turn adds ~1 KiB of assistant text and a tool error to the conversation,
     # so by step 100 the conversation is ~200 messages / >100 KiB.
@@ -68,8 +69,8 @@ async def test_history_bytes_per_step_stay_flat_over_a_100_step_run(
         view.conversation_head
     )
     conv_bytes = sum(len(m.model_dump_json()) for m in conversation)
-    print(
-        f"\nhistory: {len(history.events)} events, {total} bytes for {STEPS} steps; "
+    figures(
+        f"history: {len(history.events)} events, {total} bytes for {STEPS} steps; "
         f"bytes/step early (5-15) {early:.0f}, late (last 10) {late:.0f}, "
         f"max {max(per_step)}, ratio late/early {late / early:.3f}; "
         f"conversation {len(conversation)} messages, {conv_bytes} bytes (in the artifact store)"
