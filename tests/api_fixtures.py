@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ from temporalio.client import Client
 
 from agentrun.config import Settings, load_settings
 from api.app import create_app
+from tests.model_fixtures import free_port
 from worker import build_worker
 
 WEBHOOK_SECRET = "api-test-webhook-secret"  # a test key, not a credential
@@ -44,13 +44,6 @@ def api_settings(state_dir: Path, task_queue: str, **overrides: Any) -> Settings
     }
     values.update(overrides)
     return load_settings(**values)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Server(uvicorn.Server):

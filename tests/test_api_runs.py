@@ -33,13 +33,13 @@ from tests.api_fixtures import (
     api_settings,
     api_stack,
     finish_turn,
-    free_port,
     scripted,
     serve_api,
     tool_turn,
     unique,
     wait_until,
 )
+from tests.model_fixtures import free_port
 from worker import build_worker
 
 PROBLEM = "application/problem+json"

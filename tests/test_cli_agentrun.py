@@ -24,12 +24,12 @@ from tests.api_fixtures import (
     Stack,
     api_stack,
     finish_turn,
-    free_port,
     scripted,
     tool_turn,
     unique,
     wait_until,
 )
+from tests.model_fixtures import free_port
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from tests.model_fixtures import free_port
 TOOLS = tool_schemas(["shell", "write_file", "finish"])
 GOAL = "Write the word hello to hello.txt, then finish."
 
-pytest_plugins = ["tests.model_fixtures"]  # provides the fake_provider and embedded_llm fixtures
 
 
 def goal_conversation() -> list[Message]:

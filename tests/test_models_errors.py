@@ -28,7 +28,6 @@ API_KEY = "sk-test-Zq8vT3kPw9LmN2xR7sY4"
 
 ProviderFactory = Callable[[FakeProvider, str, float], ModelProvider]
 
-pytest_plugins = ["tests.model_fixtures"]  # provides the fake_provider and embedded_llm fixtures
 
 
 def openai(fake: FakeProvider, name: str, timeout: float = 5.0) -> ModelProvider:

@@ -19,7 +19,6 @@ from tests.model_fixtures import FakeProvider
 
 TOOLS = tool_schemas(["shell", "finish"])
 
-pytest_plugins = ["tests.model_fixtures"]  # provides the fake_provider and embedded_llm fixtures
 
 
 def chat_completion(message: dict[str, object], finish: str = "stop") -> dict[str, object]:

@@ -18,7 +18,6 @@ from tests.model_fixtures import FakeProvider
 OK_CHAT = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
 OK_MESSAGE = {"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"}
 
-pytest_plugins = ["tests.model_fixtures"]  # provides the fake_provider and embedded_llm fixtures
 
 
 def settings(**values: object) -> Settings:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
 """`exec` is exactly-once per call id, across worker crashes and container restarts."""
 
 from __future__ import annotations
@@ -16,15 +15,7 @@ import docker
 import pytest
 
 from sandbox import _names
-from tests.sandbox_fixtures import (  # noqa: F401
-    POLICY,
-    ROOT,
-    docker_sandbox,
-    run_ref,
-    sandbox_image,
-    sandbox_settings,
-    sh,
-)
+from tests.sandbox_fixtures import POLICY, ROOT, sh
 
 pytestmark = pytest.mark.docker
 

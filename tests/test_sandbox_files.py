@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
 """File operations go through the executor and never leave the workspace."""
 
 from __future__ import annotations
@@ -8,14 +7,7 @@ import os
 import pytest
 
 from sandbox.base import SandboxPathError
-from tests.sandbox_fixtures import (  # noqa: F401
-    POLICY,
-    docker_sandbox,
-    run_ref,
-    sandbox_image,
-    sandbox_settings,
-    sh,
-)
+from tests.sandbox_fixtures import POLICY, sh
 
 pytestmark = pytest.mark.docker
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
 """The sandbox's isolation, observed from inside the container (real Docker).
 
 Network isolation is judged from inside only (interfaces and routes); no test sends
@@ -17,14 +16,7 @@ from agentrun.contracts import SandboxPolicy
 from sandbox import _names
 from sandbox.base import RunRef, SandboxPolicyError, SandboxUnavailable
 from sandbox.docker_sandbox import DockerSandbox
-from tests.sandbox_fixtures import (  # noqa: F401
-    docker_sandbox,
-    new_run,
-    run_ref,
-    sandbox_image,
-    sandbox_settings,
-    sh,
-)
+from tests.sandbox_fixtures import new_run, sh
 
 pytestmark = pytest.mark.docker
 

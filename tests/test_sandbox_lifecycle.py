@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
 """Container and workspace lifecycle: pause/resume, restarts, destroy, janitor, pool."""
 
 from __future__ import annotations
@@ -14,16 +13,7 @@ from agentrun.config import Settings
 from sandbox import _names
 from sandbox.base import RunRef
 from sandbox.docker_sandbox import DockerSandbox
-from tests.sandbox_fixtures import (  # noqa: F401
-    POLICY,
-    docker_sandbox,
-    leftovers,
-    new_run,
-    run_ref,
-    sandbox_image,
-    sandbox_settings,
-    sh,
-)
+from tests.sandbox_fixtures import POLICY, leftovers, new_run, sh
 
 pytestmark = pytest.mark.docker
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported, then requested by name)
 """Bad input is contained and named (`ExecOutcome.limit`), never raised (real Docker).
 
 After each bad command the same sandbox answers a normal call, which proves the
@@ -10,13 +9,7 @@ from __future__ import annotations
 import pytest
 
 from agentrun.contracts import SandboxPolicy
-from tests.sandbox_fixtures import (  # noqa: F401
-    docker_sandbox,
-    run_ref,
-    sandbox_image,
-    sandbox_settings,
-    sh,
-)
+from tests.sandbox_fixtures import sh
 
 pytestmark = pytest.mark.docker
 
