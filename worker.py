@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.artifact_store import ArtifactStore, LocalArtifactStore
+from activities.delta_log import DeltaLog
 from activities.model_activities import ModelActivities, ModelRouter
 from activities.run_activities import RunActivities
 from activities.tool_activities import ToolActivities
@@ -50,7 +51,8 @@ def build_worker(
         from activities.models.registry import build_providers
 
         router = build_providers(settings)
-    models = ModelActivities(router, store)
+    deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
+    models = ModelActivities(router, store, deltas)
     runs = RunActivities(store, webhook_secret=settings.webhook_secret)
     tools = ToolActivities(sandbox, store, keep_workspace_default=settings.sandbox_keep_workspace)
     return Worker(

@@ -4,7 +4,8 @@ Input and output are small: the conversation arrives as a head digest plus the
 digests of messages to append, and the reply leaves as a new head digest plus
 tool calls whose arguments are stored by reference. The provider is chosen by
 the run's `ModelRef`; it classifies its own errors (see `activities.models.base`),
-and Temporal does the retrying.
+and Temporal does the retrying. With a delta log, the reply is streamed and its
+fragments are logged for SSE followers as they arrive (see `activities.delta_log`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.artifact_store import ArtifactStore, get_bytes
 from activities.conversation import ConversationStore
+from activities.delta_log import DeltaLog
 from activities.models.base import ModelReply, ModelRequest
 from activities.tools import tool_schemas
 from agentrun.contracts import (
@@ -66,9 +68,12 @@ async def heartbeating(every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
 
 
 class ModelActivities:
-    def __init__(self, router: ModelRouter, store: ArtifactStore) -> None:
+    def __init__(
+        self, router: ModelRouter, store: ArtifactStore, deltas: DeltaLog | None = None
+    ) -> None:
         self._router = router
         self._store = store
+        self._deltas = deltas
         self._conversations = ConversationStore(store)
         self._scripts: dict[str, list[ScriptedTurn]] = {}
 
@@ -91,7 +96,14 @@ class ModelActivities:
             attempt=attempt,
         )
         async with heartbeating():
-            reply = await self._router.complete(request)
+            if self._deltas is None:
+                reply = await self._router.complete(request)
+            else:
+                async with self._deltas.writer(
+                    inp.tenant_id, inp.run_id, inp.step, attempt
+                ) as sink:
+                    request.on_delta = sink
+                    reply = await self._router.complete(request)
 
         calls: list[ToolCall] = []
         stored_calls: list[RawToolCall] = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ import httpx
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+DELTA_EVENT = "model.delta"
 TOOLS = ["shell", "read_file", "write_file", "list_files", "finish"]
 
 
@@ -76,27 +78,33 @@ class ApiClient:
         return resp.json()
 
     def stream_events(self, run_id: str, after: int) -> Iterator[dict[str, Any]]:
-        """Follow the SSE stream, reconnecting with `Last-Event-ID` if it drops."""
-        last = after
+        """Follow the SSE stream, reconnecting with `Last-Event-ID` if it drops.
+
+        Yields durable events, and token deltas as ``{"type": "model.delta", ...}``.
+        """
+        cursor = str(after)
         failures = 0
         while True:
             try:
                 with self._http.stream(
                     "GET",
                     f"/v1/runs/{run_id}/events/stream",
-                    headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
+                    headers={"Accept": "text/event-stream", "Last-Event-ID": cursor},
                     timeout=httpx.Timeout(30.0, read=None),
                 ) as resp:
                     if resp.status_code != 200:
                         resp.read()
                         raise CliError(_problem_text(resp))
                     failures = 0
-                    for kind, data in _sse_messages(resp.iter_lines()):
+                    for ident, kind, data in _sse_messages(resp.iter_lines()):
                         if kind == "end":
                             return
-                        event = json.loads(data)
-                        last = int(event["seq"])
-                        yield event
+                        message = json.loads(data)
+                        if kind == DELTA_EVENT:
+                            message = {"type": DELTA_EVENT, **message}
+                        if ident is not None:
+                            cursor = ident
+                        yield message
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 failures += 1
                 if failures > 5:
@@ -104,16 +112,19 @@ class ApiClient:
                 time.sleep(min(2.0, 0.2 * 2**failures))
 
 
-def _sse_messages(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+def _sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
+    ident: str | None = None
     kind = "message"
     data: list[str] = []
     for line in lines:
         if not line:
             if data:
-                yield kind, "\n".join(data)
-            kind, data = "message", []
+                yield ident, kind, "\n".join(data)
+            ident, kind, data = None, "message", []
         elif line.startswith(":"):
             continue
+        elif line.startswith("id:"):
+            ident = line[3:].strip()
         elif line.startswith("event:"):
             kind = line[6:].strip()
         elif line.startswith("data:"):
@@ -175,7 +186,15 @@ def format_event(event: dict[str, Any]) -> str:
             summary += f": {payload['error']}"
     else:
         summary = ", ".join(f"{k}={v}" for k, v in payload.items() if v is not None)
-    return f"#{event.get('seq', '?'):<4} {at}  {kind:<22} {summary}".rstrip()
+    return printable(f"#{event.get('seq', '?'):<4} {at}  {kind:<22} {summary}".rstrip())
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
+
+
+def printable(text: str) -> str:
+    """Model and tool output is hostile: no escape sequences reach the terminal."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
 
 
 def _print_json(value: Any, out: TextIO) -> None:
@@ -245,16 +264,43 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
+class _LiveLine:
+    """Prints a model call's token deltas as they arrive, on one indented line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._attempt: int | None = None
+
+    def delta(self, delta: dict[str, Any]) -> None:
+        attempt = delta.get("attempt")
+        if self._attempt is None:
+            self._out.write("      ▸ ")
+        elif attempt != self._attempt:
+            self._out.write(f"\n      ▸ (attempt {attempt}, the previous one failed) ")
+        self._attempt = attempt
+        self._out.write(printable(str(delta.get("text", ""))))
+
+    def end(self) -> None:
+        if self._attempt is not None:
+            self._out.write("\n")
+            self._attempt = None
+
+
 def follow(api: ApiClient, run_id: str, after: int, out: TextIO, as_json: bool) -> int:
     status = None
+    live = _LiveLine(out)
     for event in api.stream_events(run_id, after):
         if as_json:
             out.write(json.dumps(event, sort_keys=True) + "\n")
+        elif event.get("type") == DELTA_EVENT:
+            live.delta(event)
         else:
+            live.end()
             out.write(format_event(event) + "\n")
         out.flush()
         if event.get("type") == "run.finished":
             status = (event.get("payload") or {}).get("status")
+    live.end()
     if status is None:
         status = api.request("GET", f"/v1/runs/{run_id}")["status"]
     return EXIT_OK if status == "completed" else EXIT_RUN_FAILED

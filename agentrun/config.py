@@ -51,10 +51,15 @@ class Settings(BaseSettings):
     state_dir: Path = DEFAULT_STATE_DIR
     artifact_dir: Path | None = None
     """Defaults to `<state_dir>/artifacts`."""
+    delta_dir: Path | None = None
+    """Where model token deltas are logged; defaults to `<state_dir>/deltas`. The API
+    and the workers must share it, as they share the artifact directory."""
 
     # Models
     default_provider: Literal["openai", "anthropic", "scripted"] = "openai"
     default_model: str = "smollm2-135m-instruct"
+    model_stream: bool = True
+    """Ask providers for streamed replies and log their token deltas for SSE clients."""
     openai_base_url: str = "http://127.0.0.1:8081/v1"
     """OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server …)."""
     openai_api_key: str | None = Field(default=None, repr=False)
@@ -127,6 +132,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return self.artifact_dir or (self.state_dir / "artifacts")
+
+    @property
+    def deltas_path(self) -> Path:
+        return self.delta_dir or (self.state_dir / "deltas")
 
     def allowed_images(self) -> list[str]:
         return [self.sandbox_image, *self.sandbox_image_allowlist]

@@ -127,6 +127,9 @@ class ScriptedTurn(BaseModel):
     fail_attempts: int = Field(default=0, ge=0, le=10)
     """The first `fail_attempts` activity attempts of this turn fail with `fail_status`."""
     fail_status: int = Field(default=503, ge=400, le=599)
+    fail_after_chunks: int = Field(default=0, ge=0, le=10000)
+    """When the reply is streamed, a failing attempt first streams this many chunks
+    (partial output that a client must drop once the retried attempt streams)."""
 
 
 class ModelRef(BaseModel):
@@ -483,6 +486,7 @@ class WebhookOutput(BaseModel):
 class EventType(StrEnum):
     RUN_STARTED = "run.started"
     STATUS_CHANGED = "run.status_changed"
+    MODEL_STARTED = "model.started"
     MODEL_CALLED = "model.called"
     TOOL_CALLED = "tool.called"
     TOOL_RESULT = "tool.result"
@@ -562,6 +566,12 @@ class EventsQuery(BaseModel):
     limit: int = Field(default=500, ge=1, le=5000)
 
 
+class ModelCallInFlight(BaseModel):
+    step: int
+    started_seq: int
+    """The seq of the step's `model.started` event."""
+
+
 class EventsPage(BaseModel):
     """The `events` query: in-memory events after `after_seq`, plus flushed segments."""
 
@@ -570,6 +580,30 @@ class EventsPage(BaseModel):
     """Older events stored by reference that overlap `after_seq` (read them from the store)."""
     last_seq: int = 0
     terminal: bool = False
+    model_call: ModelCallInFlight | None = None
+    """The model call running now, if any (its deltas are being streamed)."""
+
+
+class ModelDelta(BaseModel):
+    """A fragment of a model reply as it is generated: live output, not a durable event.
+
+    Deltas are written by the `call_model` activity to the delta log (outside
+    Temporal history) and interleaved into the SSE stream. Only the step's
+    `model.called` event is authoritative; a client keeps the deltas whose
+    `attempt` equals that event's `attempt` and drops the rest (partial output of
+    attempts that failed and were retried).
+    """
+
+    step: int
+    n: int = Field(ge=1, description="Position in the step's delta log, from 1")
+    attempt: int
+    kind: Literal["text", "tool_call"]
+    text: str
+    index: int = 0
+    """For `tool_call`: which tool call of the reply the fragment belongs to."""
+    name: str | None = None
+    """For `tool_call`: the tool's name, on the fragment where the model names it."""
+    at: datetime
 
 
 class RunResult(BaseModel):

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from activities.artifact_store import LocalArtifactStore
+from activities.delta_log import DeltaLog
 from agentrun.config import Settings, load_settings
 from api.deps import TemporalConnection
 from api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers, problem_response
@@ -118,6 +119,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     store = LocalArtifactStore(settings.artifacts_path)
     app.state.store = store
     app.state.segments = SegmentReader(store)
+    app.state.deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
     app.state.temporal = conn
     install_error_handlers(app)
     app.include_router(health.router)

@@ -1,18 +1,28 @@
-"""Server-sent events: follow a run's events live, resumable with `Last-Event-ID`.
+"""Server-sent events: follow a run live, durable events and model token deltas,
+resumable with `Last-Event-ID`.
 
-The stream polls the run's `events` query (every `api_sse_poll_seconds`) and
-writes each new event once, in `seq` order, with `id: <seq>`; a client that
-reconnects with `Last-Event-ID: <seq>` (browsers do it automatically) resumes
-right after it. Because the query always addresses the workflow id, never a
-Temporal run id, the stream follows continue-as-new: older events come from the
-flushed segments in the artifact store, newer ones from the new run's memory.
+Durable events come from the run's `events` query, polled every
+`api_sse_poll_seconds`; the query addresses the workflow id, never a Temporal run
+id, so the stream follows continue-as-new (older events come from the segments
+flushed to the artifact store). Each event is written once, in `seq` order.
+
+Model token deltas (`event: model.delta`, data a `ModelDelta`) come from the delta
+log (`activities.delta_log`), polled every `DELTA_POLL_SECONDS` while a model call
+is open. A step's stream opens with its `model.started` event and closes with its
+`model.called` event (or `run.finished`); the log is drained before the closing
+event is written, so every delta of the step arrives before it.
+
+Every message's `id:` is a resume cursor: `<seq>` when no model stream is open,
+`<seq>.<step>.<n>` while one is (the last durable event sent, the open step, and
+the last delta of that step sent). Reconnecting with it as `Last-Event-ID`
+resumes after exactly that point: no gap, no duplicate. A bare `<seq>` from a
+client that only tracks durable events (or `?after=`) also works: the deltas of a
+model call open at that point are then sent from its first one.
 
 Idle streams get a `: keep-alive` comment every `api_sse_keepalive_seconds`. The
 stream ends with an `end` event (no id, so it never moves `Last-Event-ID`) once
 the run reports `terminal` and every event up to `last_seq` was sent, or when
 Temporal says the execution ended without the workflow finishing (terminated).
-
-Model token deltas are not streamed: the workflow does not produce them yet.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -28,8 +40,9 @@ from fastapi.responses import StreamingResponse
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from activities.delta_log import DeltaTail
 from agentrun.config import Settings
-from agentrun.contracts import RunEvent
+from agentrun.contracts import EventsPage, EventType, ModelDelta, RunEvent
 from api.errors import NotFound
 from api.service import RunNotAnswering, SegmentReader, describe, fetch_events
 
@@ -38,15 +51,117 @@ log = logging.getLogger("agentrun.api.sse")
 PAGE = 500
 CLOSED_CHECK_SECONDS = 2.0
 """With no new event for this long, ask Temporal whether the execution ended."""
+DELTA_POLL_SECONDS = 0.05
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DELTA_EVENT = "model.delta"
+_CURSOR = re.compile(r"^(\d{1,15})(?:\.(\d{1,9})\.(\d{1,9}))?$")
+_CLOSES_STREAM = (EventType.MODEL_STARTED, EventType.MODEL_CALLED, EventType.RUN_FINISHED)
+
+TailOpener = Callable[[int, int], DeltaTail]
+"""`(step, after_n)` → a tail of that step's delta log of this run."""
 
 
-def format_event(event: RunEvent) -> str:
-    return f"id: {event.seq}\nevent: {event.type.value}\ndata: {event.model_dump_json()}\n\n"
+@dataclass
+class Cursor:
+    """Where a client is in the stream; its text form is the SSE `id:`."""
+
+    seq: int
+    step: int | None = None
+    """The step whose model stream is open, if one is."""
+    n: int = 0
+    """The last delta of that step sent."""
+
+    def __str__(self) -> str:
+        return str(self.seq) if self.step is None else f"{self.seq}.{self.step}.{self.n}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        match = _CURSOR.match(text.strip())
+        if match is None:
+            raise ValueError(text)
+        seq, step, n = match.groups()
+        return cls(int(seq), None if step is None else int(step), int(n or 0))
+
+
+def format_event(event: RunEvent, cursor: Cursor) -> str:
+    return f"id: {cursor}\nevent: {event.type.value}\ndata: {event.model_dump_json()}\n\n"
+
+
+def format_delta(delta: ModelDelta, cursor: Cursor) -> str:
+    return f"id: {cursor}\nevent: {DELTA_EVENT}\ndata: {delta.model_dump_json()}\n\n"
 
 
 def _end(last_seq: int, reason: str) -> str:
     return f"event: end\ndata: {json.dumps({'last_seq': last_seq, 'reason': reason})}\n\n"
+
+
+class _Interleaver:
+    """Turns polled events and delta-log reads into SSE messages, moving the cursor.
+
+    Deltas are read from files (blocking), so the read methods are called from a
+    thread; one interleaver serves one connection.
+    """
+
+    def __init__(self, cursor: Cursor, opener: TailOpener | None) -> None:
+        self.cursor = cursor
+        self._opener = opener
+        self._tail: DeltaTail | None = None
+        self._closed_step: int | None = None
+        if opener is None:
+            cursor.step, cursor.n = None, 0
+        self._bare_start = cursor.step is None
+        if opener is not None and cursor.step is not None:
+            self._tail = opener(cursor.step, cursor.n)
+
+    @property
+    def streaming(self) -> bool:
+        return self._tail is not None
+
+    def deltas(self) -> list[str]:
+        """Deltas of the open stream that arrived since the last read."""
+        if self._tail is None:
+            return []
+        out = []
+        for delta in self._tail.poll():
+            self.cursor.n = delta.n
+            out.append(format_delta(delta, self.cursor))
+        return out
+
+    def events(self, events: list[RunEvent], page: EventsPage | None) -> list[str]:
+        out: list[str] = []
+        if self._bare_start and page is not None:
+            # A bare `<seq>` cursor inside a model call: send that call's deltas from 1.
+            self._bare_start = False
+            call = page.model_call
+            if self._opener and call is not None and call.started_seq <= self.cursor.seq:
+                self._open(call.step)
+                out += self.deltas()
+        for event in events:
+            step = event.payload.get("step")
+            if event.type in _CLOSES_STREAM and self._tail is not None:
+                out += self.deltas()
+                self._closed_step, self._tail, self.cursor.step = self.cursor.step, None, None
+            elif (
+                event.type is EventType.MODEL_CALLED
+                and self._opener is not None
+                and isinstance(step, int)
+                and step != self._closed_step
+            ):
+                # Opened before this connection's cursor (bare `<seq>` resume): all of it.
+                self._open(step)
+                out += self.deltas()
+                self._closed_step, self._tail, self.cursor.step = step, None, None
+            self.cursor.seq = event.seq
+            if event.type is EventType.MODEL_STARTED and self._opener and isinstance(step, int):
+                self._open(step)
+            out.append(format_event(event, self.cursor))
+            out += self.deltas()  # a finished call's deltas are all there already
+        return out
+
+    def _open(self, step: int) -> None:
+        assert self._opener is not None
+        self._tail = self._opener(step, 0)
+        self.cursor.step, self.cursor.n = step, 0
 
 
 async def event_stream(
@@ -54,12 +169,13 @@ async def event_stream(
     handle: Any,
     reader: SegmentReader,
     settings: Settings,
-    after: int,
+    start: Cursor,
+    opener: TailOpener | None,
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     poll = settings.api_sse_poll_seconds
     keepalive = settings.api_sse_keepalive_seconds
-    last = after
+    weave = await asyncio.to_thread(_Interleaver, Cursor(start.seq, start.step, start.n), opener)
     last_write = last_event = loop.time()
     yield "retry: 1000\n\n"
     while True:
@@ -67,24 +183,27 @@ async def event_stream(
             return
         try:
             events, page = await fetch_events(
-                handle, reader, last, PAGE, settings.api_query_timeout_seconds
+                handle, reader, weave.cursor.seq, PAGE, settings.api_query_timeout_seconds
             )
         except RunNotAnswering:
             # Between two Temporal runs (continue-as-new) or no worker up: keep waiting.
             events, page = [], None
         except NotFound:
-            yield _end(last, "not_found")
+            yield _end(weave.cursor.seq, "not_found")
             return
         except RPCError as err:
             log.warning("events poll for %s failed: %s", handle.id, err)
             events, page = [], None
         now = loop.time()
+        messages = await asyncio.to_thread(weave.events, events, page)
+        if messages:
+            yield "".join(messages)
+            last_write = now
         if events:
-            yield "".join(format_event(e) for e in events)
-            last = events[-1].seq
-            last_write = last_event = now
+            last_event = now
             if len(events) >= PAGE:
                 continue  # more are waiting: no sleep
+        last = weave.cursor.seq
         if page is not None and page.terminal and last >= page.last_seq:
             yield _end(last, "terminal")
             return
@@ -96,7 +215,22 @@ async def event_stream(
         if now - last_write >= keepalive:
             yield ": keep-alive\n\n"
             last_write = now
-        await asyncio.sleep(poll)
+        async for chunk in _deltas_until(loop.time() + poll, weave):
+            yield chunk
+            last_write = loop.time()
+
+
+async def _deltas_until(deadline: float, weave: _Interleaver) -> AsyncIterator[str]:
+    """Sleep until `deadline`, meanwhile relaying the open model stream's deltas."""
+    loop = asyncio.get_running_loop()
+    while (left := deadline - loop.time()) > 0:
+        if not weave.streaming:
+            await asyncio.sleep(left)
+            return
+        await asyncio.sleep(min(DELTA_POLL_SECONDS, left))
+        messages = await asyncio.to_thread(weave.deltas)
+        if messages:
+            yield "".join(messages)
 
 
 async def _ended_without_finishing(handle: Any) -> bool:
@@ -114,10 +248,15 @@ async def _ended_without_finishing(handle: Any) -> bool:
 
 
 def sse_response(
-    request: Request, handle: Any, reader: SegmentReader, settings: Settings, after: int
+    request: Request,
+    handle: Any,
+    reader: SegmentReader,
+    settings: Settings,
+    start: Cursor,
+    opener: TailOpener | None,
 ) -> StreamingResponse:
     return StreamingResponse(
-        event_stream(request, handle, reader, settings, after),
+        event_stream(request, handle, reader, settings, start, opener),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

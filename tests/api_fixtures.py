@@ -126,9 +126,13 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+DELTA = "model.delta"
+
+
 @dataclass
 class SseMessage:
-    id: int | None
+    id: str | None
+    """The resume cursor: `<seq>` or `<seq>.<step>.<n>`."""
     event: str
     data: str
     received: float
@@ -136,6 +140,17 @@ class SseMessage:
 
     def json(self) -> Any:
         return json.loads(self.data)
+
+    @property
+    def durable(self) -> bool:
+        """A run event (not a token delta, not the closing `end`)."""
+        return self.event not in (DELTA, "end")
+
+    @property
+    def cursor_seq(self) -> int:
+        """The durable seq part of the cursor."""
+        assert self.id is not None
+        return int(self.id.split(".")[0])
 
 
 @dataclass
@@ -147,7 +162,7 @@ class SseReader:
     retry: int | None = None
 
     async def messages(self) -> AsyncIterator[SseMessage]:
-        ident: int | None = None
+        ident: str | None = None
         event = "message"
         data: list[str] = []
         async for line in self.response.aiter_lines():
@@ -158,7 +173,7 @@ class SseReader:
             elif line.startswith(":"):
                 self.comments.append(line)
             elif line.startswith("id:"):
-                ident = int(line[3:].strip())
+                ident = line[3:].strip()
             elif line.startswith("event:"):
                 event = line[6:].strip()
             elif line.startswith("data:"):

@@ -44,6 +44,11 @@ class Canned:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     """Seconds to wait before answering (a hanging provider)."""
+    chunks: list[bytes] | None = None
+    """When set, the body is sent in these pieces, flushed one by one without a
+    content-length (the connection's close ends it), ``chunk_delay`` apart: a
+    server streaming its reply."""
+    chunk_delay: float = 0.0
 
 
 @dataclass
@@ -90,9 +95,14 @@ class FakeProvider:
                     self.send_response(canned.status)
                     for key, value in canned.headers.items():
                         self.send_header(key, value)
-                    self.send_header("content-length", str(len(canned.body)))
+                    if canned.chunks is None:
+                        self.send_header("content-length", str(len(canned.body)))
                     self.end_headers()
-                    self.wfile.write(canned.body)
+                    for n, chunk in enumerate(canned.chunks or [canned.body]):
+                        if n and canned.chunk_delay and fake.stopping.wait(canned.chunk_delay):
+                            return
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (the timeout tests)
 
@@ -120,15 +130,24 @@ class FakeProvider:
         *,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
+        chunks: list[bytes | str] | None = None,
+        chunk_delay: float = 0.0,
     ) -> str:
-        """Register a canned response under a fresh name and return the name."""
+        """Register a canned response under a fresh name and return the name.
+
+        ``chunks`` (instead of ``body``) streams the body piece by piece, see
+        :class:`Canned`.
+        """
         if isinstance(body, dict):
             body = json.dumps(body)
         if isinstance(body, str):
             body = body.encode()
+        pieces = (
+            None if chunks is None else [c.encode() if isinstance(c, str) else c for c in chunks]
+        )
         name = f"s{uuid.uuid4().hex[:12]}"
         with self._lock:
-            self._canned[name] = Canned(status, body, headers or {}, delay)
+            self._canned[name] = Canned(status, body, headers or {}, delay, pieces, chunk_delay)
         return name
 
     def url(self, name: str, suffix: str = "") -> str:

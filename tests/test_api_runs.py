@@ -26,8 +26,10 @@ from activities.run_activities import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from agentrun.contracts import Actor, RunSpec
 from agentrun.runs import idempotent_run_id, start_run
 from tests.api_fixtures import (
+    DELTA,
     NOOP_TURN,
     WEBHOOK_SECRET,
+    SseMessage,
     SseReader,
     Stack,
     api_settings,
@@ -291,9 +293,9 @@ async def test_sse_streams_every_event_once_with_keepalives_and_ends(stack: Stac
         assert resp.headers["content-type"].startswith("text/event-stream")
         reader = SseReader(resp)
         messages = [m async for m in reader.messages()]
-    events = [m for m in messages if m.event != "end"]
-    assert [m.id for m in events] == list(range(1, len(events) + 1))
-    assert [m.json()["seq"] for m in events] == [m.id for m in events]
+    events = [m for m in messages if m.durable]
+    assert [m.json()["seq"] for m in events] == list(range(1, len(events) + 1))
+    assert [m.cursor_seq for m in events] == [m.json()["seq"] for m in events]
     assert events[-1].event == "run.finished"
     assert messages[-1].event == "end" and messages[-1].json()["reason"] == "terminal"
     assert reader.comments, "no keep-alive comment during the idle turn"
@@ -318,40 +320,54 @@ async def test_sse_resumes_from_last_event_id_across_continue_as_new(
     turns = [dict(NOOP_TURN, delay_seconds=0.2) for _ in range(7)] + [finish_turn("after CAN")]
     async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as http:
         run_id = (await http.post("/v1/runs", json=scripted(*turns))).json()["run_id"]
-        received: list[int] = []
-        # First connection: read a few events, then drop the connection mid-run.
+        received: list[SseMessage] = []
+        # First connection: read a few messages, then drop the connection mid-run.
         async with http.stream("GET", f"/v1/runs/{run_id}/events/stream") as resp:
             async for msg in SseReader(resp).messages():
-                received.append(msg.id or 0)
-                if len(received) == 4:
+                received.append(msg)
+                if len(received) == 6:
                     break
         # Reconnect with Last-Event-ID (what EventSource does) until the end.
-        types: list[str] = []
         async with http.stream(
             "GET",
             f"/v1/runs/{run_id}/events/stream",
-            headers={"Last-Event-ID": str(received[-1])},
+            headers={"Last-Event-ID": str(received[-1].id)},
             timeout=60,
         ) as resp:
             async for msg in SseReader(resp).messages():
                 if msg.event == "end":
                     break
-                received.append(msg.id or 0)
-                types.append(msg.event)
+                received.append(msg)
         view = (await http.get(f"/v1/runs/{run_id}")).json()
     assert view["status"] == "completed" and view["final_answer"] == "after CAN"
     assert view["continued"] >= 3, view
-    assert "run.continued_as_new" in types
-    assert received == list(range(1, view["last_seq"] + 1)), received
+    durable = [m.json()["seq"] for m in received if m.durable]
+    assert "run.continued_as_new" in [m.event for m in received]
+    assert durable == list(range(1, view["last_seq"] + 1)), durable
+    assert_deltas_gapless(received)
     # The JSON endpoint merges the flushed segments the same way.
     page = (await stack.http.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()
-    assert [e["seq"] for e in page["events"]] == received
+    assert [e["seq"] for e in page["events"]] == durable
     # `after` works as a resume point too, starting inside a flushed segment.
     async with stack.http.stream(
         "GET", f"/v1/runs/{run_id}/events/stream", params={"after": 2}
     ) as resp:
-        tail = [m.id async for m in SseReader(resp).messages() if m.event != "end"]
-    assert tail == received[2:]
+        tail = [m.json()["seq"] async for m in SseReader(resp).messages() if m.durable]
+    assert tail == durable[2:]
+
+
+def assert_deltas_gapless(messages: list[SseMessage]) -> None:
+    """Each step's deltas arrive once, numbered 1..N, before the step's `model.called`."""
+    seen: dict[int, list[int]] = {}
+    for msg in messages:
+        if msg.event == DELTA:
+            delta = msg.json()
+            seen.setdefault(delta["step"], []).append(delta["n"])
+        elif msg.event == "model.called":
+            step = msg.json()["payload"]["step"]
+            numbers = seen.get(step, [])
+            assert numbers == list(range(1, len(numbers) + 1)), (step, numbers)
+            assert numbers, f"no delta before model.called of step {step}"
 
 
 async def test_sse_bad_last_event_id_is_422(stack: Stack) -> None:

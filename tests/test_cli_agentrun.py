@@ -78,6 +78,31 @@ async def test_run_follow_prints_the_id_then_every_event_and_exits_0(
     assert code == 0 and json.loads(raw)["final_answer"] == "cli done"
 
 
+async def test_follow_shows_token_deltas_live_and_keeps_escapes_off_the_terminal(
+    stack: Stack, tmp_path: Path
+) -> None:
+    hostile = "streamed \x1b[2Jwords\x07 arrive"
+    path = spec_file(tmp_path, scripted({"content": hostile, "delay_seconds": 0.5}))
+    code, out = await agentrun(stack, "run", path, "--follow")
+    assert code == 0, out
+    lines = out.splitlines()
+    live = next(i for i, line in enumerate(lines) if line.startswith("      ▸ "))
+    called = next(i for i, line in enumerate(lines) if "model.called" in line)
+    assert live < called
+    assert (
+        lines[live]
+        == "      ▸ streamed \N{REPLACEMENT CHARACTER}[2Jwords\N{REPLACEMENT CHARACTER} arrive"
+    )
+    assert "\x1b" not in out and "\x07" not in out
+
+    code, raw = await agentrun(stack, "logs", lines[0], "-f", "--json")
+    assert code == 0
+    messages = [json.loads(line) for line in raw.splitlines()]
+    deltas = [m for m in messages if m["type"] == "model.delta"]
+    assert "".join(d["text"] for d in deltas) == hostile  # JSON output is exact
+    assert [d["n"] for d in deltas] == list(range(1, len(deltas) + 1))
+
+
 async def test_run_from_yaml_with_labels_is_idempotent_and_listed(
     stack: Stack, tmp_path: Path
 ) -> None:

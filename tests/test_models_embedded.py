@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from activities.models.base import ModelReply, ModelRequest
-from activities.models.openai_compat import OpenAICompatProvider
+from activities.models.base import Delta, ModelReply, ModelRequest
+from activities.models.openai_compat import OpenAICompatProvider, parse_tool_envelope
 from activities.models.registry import build_providers
 from activities.tools import tool_schemas
 from agentrun.config import Settings
@@ -24,7 +24,6 @@ from tests.model_fixtures import free_port
 
 TOOLS = tool_schemas(["shell", "write_file", "finish"])
 GOAL = "Write the word hello to hello.txt, then finish."
-
 
 
 def goal_conversation() -> list[Message]:
@@ -154,6 +153,49 @@ async def test_default_deployment_settings_reach_the_embedded_model(embedded_llm
     finally:
         await providers.aclose()
     assert_one_valid_call(reply, turn=0)
+
+
+@pytest.mark.llm
+async def test_embedded_model_streams_deltas_that_add_up_to_the_reply(embedded_llm):
+    # llama-cpp-python's server streams one chunk per token but never reports usage
+    # in a stream (it ignores stream_options): the provider estimates it then, so a
+    # streamed call still counts toward the run's token budget.
+    provider = OpenAICompatProvider(
+        base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
+    )
+
+    async def call(tools: bool, deltas: list[Delta] | None) -> ModelReply:
+        return await provider.complete(
+            ModelRequest(
+                model=ModelRef(temperature=0, max_output_tokens=256 if tools else 24),
+                messages=goal_conversation(),
+                tools=TOOLS if tools else [],
+                on_delta=None if deltas is None else deltas.append,
+            )
+        )
+
+    text_deltas: list[Delta] = []
+    envelope_deltas: list[Delta] = []
+    try:
+        streamed, plain = await call(False, text_deltas), await call(False, None)
+        constrained, constrained_plain = await call(True, envelope_deltas), await call(True, None)
+    finally:
+        await provider.aclose()
+    assert len(text_deltas) > 1 and {d.kind for d in text_deltas} == {"text"}
+    assert streamed.text and "".join(d.text for d in text_deltas) == streamed.text
+    # Greedy decoding: the stream is the same completion as the plain call.
+    assert (streamed.text, streamed.stop_reason) == (plain.text, plain.stop_reason)
+    assert streamed.usage.output_tokens == plain.usage.output_tokens
+    real = plain.usage.input_tokens
+    assert real / 2 <= streamed.usage.input_tokens <= real * 2, (streamed.usage, plain.usage)
+    # Schema-constrained: the envelope streams as text and parses into the same call.
+    assert_one_valid_call(constrained, turn=0)
+    assert constrained.tool_calls == constrained_plain.tool_calls
+    assert {d.kind for d in envelope_deltas} == {"text"}
+    envelope = "".join(d.text for d in envelope_deltas)
+    assert parse_tool_envelope(envelope, call_id="call_0_0") == constrained.tool_calls[0]
+    assert constrained.usage.input_tokens > 0 and constrained.usage.output_tokens > 0
+    print(f"streamed usage {streamed.usage} (estimated) vs reported {plain.usage}")
 
 
 def test_server_that_cannot_start_raises_with_its_log_tail(tmp_path: Path):

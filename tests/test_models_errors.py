@@ -29,7 +29,6 @@ API_KEY = "sk-test-Zq8vT3kPw9LmN2xR7sY4"
 ProviderFactory = Callable[[FakeProvider, str, float], ModelProvider]
 
 
-
 def openai(fake: FakeProvider, name: str, timeout: float = 5.0) -> ModelProvider:
     return OpenAICompatProvider(
         base_url=fake.url(name, "/v1"), api_key=API_KEY, timeout=timeout, default_model="m"

@@ -20,7 +20,6 @@ from tests.model_fixtures import FakeProvider
 TOOLS = tool_schemas(["shell", "finish"])
 
 
-
 def chat_completion(message: dict[str, object], finish: str = "stop") -> dict[str, object]:
     return {
         "id": "x",

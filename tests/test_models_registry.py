@@ -19,7 +19,6 @@ OK_CHAT = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
 OK_MESSAGE = {"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"}
 
 
-
 def settings(**values: object) -> Settings:
     """Settings from explicit values only, whatever AGENTRUN_* the test process has."""
     base: dict[str, object] = {

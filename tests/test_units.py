@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from activities.artifact_store import BlobNotFound, LocalArtifactStore, get_bytes
 from activities.conversation import ConversationStore
+from activities.delta_log import DeltaLog
+from activities.models.base import Delta
 from activities.tools import ShellArgs, ToolArgumentError, parse_arguments, tool_schemas
 from agentrun.config import ConfigError, load_settings
 from agentrun.contracts import (
@@ -22,6 +24,7 @@ from agentrun.contracts import (
     run_ref_from_workflow_id,
     workflow_id_for,
 )
+from api.sse import Cursor
 from tests.conftest import ROOT
 
 
@@ -155,3 +158,68 @@ def test_constrained_decoding_schema_keeps_the_relative_path_pattern_only() -> N
     assert "maxLength" not in params["properties"]["content"]  # 4 MiB would blow up the grammar
     assert "pattern" not in grammar_schema({"type": "string", "pattern": "^(a|b)+$"})
     assert parse_arguments("read_file", '{"path": "my notes.txt"}')  # validation stays lenient
+
+
+# ------------------------------------------------------------------ delta log
+
+
+async def test_delta_writer_flushes_on_exit_and_the_tail_returns_each_delta_once(
+    tmp_path: Path,
+) -> None:
+    log = DeltaLog(tmp_path)
+    async with log.writer("t1", "run-1", 3, attempt=1) as sink:
+        sink(Delta("text", "Hel"))
+        sink(Delta("text", ""))  # nothing to show: not logged
+        sink(Delta("tool_call", "", index=0, name="shell"))  # a name alone is news
+    tail = log.tail("t1", "run-1", 3)
+    first = tail.poll()
+    assert [(d.n, d.kind, d.text, d.name) for d in first] == [
+        (1, "text", "Hel", None),
+        (2, "tool_call", "", "shell"),
+    ]
+    assert tail.poll() == []
+    async with log.writer("t1", "run-1", 3, attempt=2) as sink:
+        sink(Delta("text", "lo"))
+    assert [(d.n, d.attempt, d.text) for d in tail.poll()] == [(3, 2, "lo")]
+    # A reader resuming after delta 2 starts at 3; other steps have their own logs.
+    assert [d.n for d in log.tail("t1", "run-1", 3, after_n=2).poll()] == [3]
+    assert log.tail("t1", "run-1", 4).poll() == []
+
+
+def test_delta_tail_waits_for_whole_lines_and_skips_damaged_ones(tmp_path: Path) -> None:
+    log = DeltaLog(tmp_path)
+    path = log.path("t1", "run-1", 1)
+    path.parent.mkdir(parents=True)
+    good = json.dumps(
+        {"step": 1, "attempt": 1, "kind": "text", "text": "a", "at": "2026-01-01T00:00:00Z"}
+    )
+    path.write_text(good + "\n{not json}\n" + good[:10])  # a batch caught half-written
+    tail = log.tail("t1", "run-1", 1)
+    assert [d.n for d in tail.poll()] == [1]  # line 2 is damaged but keeps its number
+    with path.open("a") as file:
+        file.write(good[10:] + "\n")
+    assert [d.n for d in tail.poll()] == [3]
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", "", ".hidden", "x" * 200])
+def test_delta_log_refuses_unsafe_path_parts(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="unsafe"):
+        DeltaLog(tmp_path).path(name, "run-1", 1)
+    with pytest.raises(ValueError, match="unsafe"):
+        DeltaLog(tmp_path).path("t1", name, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("7", (7, None, 0)), (" 12.3.40 ", (12, 3, 40)), ("0", (0, None, 0))],
+)
+def test_sse_cursor_round_trips(text: str, parsed: tuple[int, int | None, int]) -> None:
+    cursor = Cursor.parse(text)
+    assert (cursor.seq, cursor.step, cursor.n) == parsed
+    assert Cursor.parse(str(cursor)) == cursor
+
+
+@pytest.mark.parametrize("text", ["", "x", "1.2", "1.2.3.4", "-1", "1.2.x", "1" * 16])
+def test_sse_cursor_rejects_malformed_ids(text: str) -> None:
+    with pytest.raises(ValueError):
+        Cursor.parse(text)

@@ -242,10 +242,7 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
         )
         second = await wait_for(
             handle,
-            lambda v: (
-                v.pending_approval is not None
-                and v.pending_approval.approval_id != first_id
-            ),
+            lambda v: v.pending_approval is not None and v.pending_approval.approval_id != first_id,
         )
         assert second.pending_approval is not None
         await handle.execute_update(

@@ -97,4 +97,10 @@ async def test_committed_history_replays_deterministically(path: Path) -> None:
 
 def test_histories_are_committed() -> None:
     names = {p.stem for p in _recorded()}
-    assert {"happy_path", "approval", "continue_as_new", "pause_cancel"} <= names, names
+    assert {
+        "happy_path",
+        "approval",
+        "continue_as_new",
+        "pause_cancel",
+        "streamed_retry",
+    } <= names, names

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from temporalio.client import Client
 
 from activities.artifact_store import LocalArtifactStore, get_bytes
+from activities.delta_log import DeltaLog
 from agentrun.contracts import (
+    EventsPage,
+    EventsQuery,
     EventType,
     Limits,
     RunResult,
@@ -27,7 +31,9 @@ from tests.workflow_harness import (
     status,
     turn,
     types,
+    wait_for,
 )
+from workflows.agent_run import AgentRunWorkflow
 
 
 async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes(
@@ -207,3 +213,37 @@ async def test_continue_as_new_preserves_state_and_event_sequence(
     last_shell = [e for e in events if e.type == EventType.TOOL_RESULT][-2]
     assert "3" in str(last_shell.payload["summary"])  # the workspace survived each hop
     assert {a.name for a in result.artifacts} >= {"log.txt"}
+
+
+async def test_each_model_call_opens_a_delta_stream_the_events_query_reports(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(
+        turn(call("finish"), delay_seconds=1.0),  # invalid arguments: the loop goes on
+        turn(content="streamed answer", delay_seconds=1.0),
+    )
+    async with running_worker(client, task_queue, state_dir) as settings:
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.steps >= 0)  # the worker answers queries
+        seen: dict[int, int] = {}
+        while len(seen) < 2:
+            page: EventsPage = await handle.query(AgentRunWorkflow.events, EventsQuery())
+            if page.model_call is not None:
+                seen[page.model_call.step] = page.model_call.started_seq
+            assert not page.terminal, "finished before both model calls were seen in flight"
+            await asyncio.sleep(0.1)
+        result = await handle.result()
+        events = await all_events(handle)
+        log = DeltaLog(settings.deltas_path)
+        logged = [log.tail("test", result.run_id, step).poll() for step in (1, 2)]
+        final = await handle.query(AgentRunWorkflow.events, EventsQuery())
+
+    started = {e.payload["step"]: e.seq for e in events if e.type == EventType.MODEL_STARTED}
+    assert started == seen  # the in-flight call names the seq of its model.started
+    called = {e.payload["step"]: e.seq for e in events if e.type == EventType.MODEL_CALLED}
+    assert all(started[step] < called[step] for step in (1, 2))
+    assert final.model_call is None
+    # The activity logged the streamed reply outside history: tool arguments, then text.
+    assert [d.kind for d in logged[0]] == ["tool_call"] and logged[0][0].name == "finish"
+    assert "".join(d.text for d in logged[1]) == "streamed answer"
+    assert {d.attempt for d in logged[1]} == {1} and [d.n for d in logged[1]] == [1, 2]

@@ -51,11 +51,14 @@ with workflow.unsafe.imports_passed_through():
         EventsQuery,
         EventType,
         InitRunInput,
+        ModelCallInFlight,
         ModelCallInput,
+        ModelCallOutput,
         PendingApproval,
         RunEvent,
         RunInput,
         RunResult,
+        RunSpec,
         RunStatus,
         RunStatusView,
         SandboxControlInput,
@@ -119,6 +122,8 @@ SANDBOX_TOOLS = frozenset(
     {ToolName.SHELL, ToolName.READ_FILE, ToolName.WRITE_FILE, ToolName.LIST_FILES}
 )
 MAX_PENDING_MESSAGES = 20
+PATCH_MODEL_STARTED = "model-started-event"
+"""Runs started before `model.started` existed replay without it (same event seqs)."""
 
 
 class _Abort(Exception):
@@ -180,6 +185,7 @@ class AgentRunWorkflow:
         self._steps_this_run = 0
         self._sa_status: RunStatus | None = None
         self._done = False
+        self._model_call: ModelCallInFlight | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -250,25 +256,14 @@ class AgentRunWorkflow:
             self._steps_this_run += 1
             # Messages that arrive while the model call is in flight wait for the next one.
             consumed = len(self._user_messages)
-            reply = await self._race(
-                workflow.start_activity_method(
-                    ModelActivities.call_model,
-                    ModelCallInput(
-                        run_id=self._inp.run_id,
-                        tenant_id=self._inp.tenant_id,
-                        step=self._step,
-                        model=spec.model.model_copy(update={"script": None}),
-                        script_digest=self._script_digest,
-                        conversation_head=self._require_head(),
-                        append=self._append,
-                        user_messages=list(self._user_messages[:consumed]),
-                        tools=[t.value for t in spec.tools],
-                    ),
-                    start_to_close_timeout=timedelta(minutes=10),
-                    heartbeat_timeout=HEARTBEAT,
-                    retry_policy=MODEL_RETRY,
-                )
-            )
+            if workflow.patched(PATCH_MODEL_STARTED):
+                # Opens the step's delta stream for SSE followers (see api.sse).
+                self._emit(EventType.MODEL_STARTED, {"step": self._step})
+                self._model_call = ModelCallInFlight(step=self._step, started_seq=self._last_seq)
+            try:
+                reply = await self._call_model(spec, consumed)
+            finally:
+                self._model_call = None
             self._head = reply.conversation_head
             self._append = []
             self._user_messages = self._user_messages[consumed:]
@@ -298,6 +293,27 @@ class AgentRunWorkflow:
                     return await self._finish(TerminalReason.COMPLETED)
                 if self._cancel is not None:
                     break
+
+    async def _call_model(self, spec: RunSpec, consumed: int) -> ModelCallOutput:
+        return await self._race(
+            workflow.start_activity_method(
+                ModelActivities.call_model,
+                ModelCallInput(
+                    run_id=self._inp.run_id,
+                    tenant_id=self._inp.tenant_id,
+                    step=self._step,
+                    model=spec.model.model_copy(update={"script": None}),
+                    script_digest=self._script_digest,
+                    conversation_head=self._require_head(),
+                    append=self._append,
+                    user_messages=list(self._user_messages[:consumed]),
+                    tools=[t.value for t in spec.tools],
+                ),
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=MODEL_RETRY,
+            )
+        )
 
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         spec = self._inp.spec
@@ -740,6 +756,7 @@ class AgentRunWorkflow:
             segments=[s for s in self._segments if s.last_seq > q.after_seq],
             last_seq=self._last_seq,
             terminal=self._done,
+            model_call=self._model_call,
         )
 
     # ------------------------------------------------------------ helpers

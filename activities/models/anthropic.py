@@ -16,12 +16,14 @@ module must not retry (Temporal does) and must not log or quote the API key.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from activities.models._http import bad_shape, make_client, post_json
-from activities.models.base import ModelReply, ModelRequest, ToolSchema
+from activities.models._http import bad_shape, make_client, post_json, stream_json
+from activities.models.base import Delta, ModelReply, ModelRequest, ToolSchema
 from activities.models.errors import config_error
 from agentrun.contracts import Message, RawToolCall, Usage
 
@@ -69,34 +71,145 @@ class AnthropicProvider:
         if request.model.temperature is not None:
             # Anthropic accepts 0..1; ModelRef allows up to 2 (OpenAI's range).
             body["temperature"] = min(request.model.temperature, 1.0)
-        data = await post_json(
-            self._client, "v1/messages", body, provider=PROVIDER, secrets=self._secrets
-        )
-        try:
-            blocks = data["content"]
-            texts = [b["text"] for b in blocks if b.get("type") == "text"]
-            calls = [
-                RawToolCall(
-                    id=str(b["id"]),
-                    name=str(b["name"]),
-                    # Anthropic returns parsed input; this is its canonical text.
-                    arguments=json.dumps(b.get("input", {}), ensure_ascii=False),
-                )
-                for b in blocks
-                if b.get("type") == "tool_use"
-            ]
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise bad_shape(PROVIDER, f"unexpected message shape ({exc})", self._secrets) from exc
-        stop = data.get("stop_reason")
-        return ModelReply(
-            text="".join(texts) if texts else None,
-            tool_calls=calls,
-            usage=_usage(data.get("usage")),
-            stop_reason=stop if isinstance(stop, str) else None,
-        )
+        if request.on_delta is None:
+            data = await post_json(
+                self._client, "v1/messages", body, provider=PROVIDER, secrets=self._secrets
+            )
+        else:
+            data = await stream_json(
+                self._client,
+                "v1/messages",
+                {**body, "stream": True},
+                provider=PROVIDER,
+                secrets=self._secrets,
+                is_end=_is_message_stop,
+                fold=_StreamedMessage(),
+                sink=request.on_delta,
+            )
+        return _reply(data, self._secrets)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _reply(data: dict[str, Any], secrets: Sequence[str | None]) -> ModelReply:
+    """A Messages response (non-streamed, or folded from a stream) as a ``ModelReply``."""
+    try:
+        blocks = data["content"]
+        texts = [b["text"] for b in blocks if b.get("type") == "text"]
+        calls = [
+            RawToolCall(id=str(b["id"]), name=str(b["name"]), arguments=_arguments(b))
+            for b in blocks
+            if b.get("type") == "tool_use"
+        ]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise bad_shape(PROVIDER, f"unexpected message shape ({exc})", secrets) from exc
+    stop = data.get("stop_reason")
+    return ModelReply(
+        text="".join(texts) if texts else None,
+        tool_calls=calls,
+        usage=_usage(data.get("usage")),
+        stop_reason=stop if isinstance(stop, str) else None,
+    )
+
+
+_RAW_INPUT = "agentrun_raw_input"
+"""Set on a streamed ``tool_use`` block whose ``partial_json`` did not parse."""
+
+
+def _arguments(block: dict[str, Any]) -> str:
+    raw = block.get(_RAW_INPUT)
+    if isinstance(raw, str):
+        return raw  # passed on as the model wrote it: the validator rejects it
+    # Anthropic returns parsed input; this is its canonical text.
+    return json.dumps(block.get("input", {}), ensure_ascii=False)
+
+
+def _is_message_stop(event: str, data: str) -> bool:
+    return event == "message_stop"
+
+
+@dataclass
+class _StreamedMessage:
+    """Folds Messages stream events into the body a non-streamed call returns.
+
+    A :class:`~activities.models._http.StreamFold`. Events: ``message_start``
+    (usage so far), ``content_block_start`` (a text or ``tool_use`` block),
+    ``content_block_delta`` (``text_delta`` or ``input_json_delta``),
+    ``content_block_stop``, ``message_delta`` (stop reason, cumulative usage),
+    ``ping``; unknown events and delta types (thinking, say) are ignored, as
+    Anthropic asks. ``message_stop`` and ``error`` are handled by
+    :func:`~activities.models._http.stream_json`. A tool call's delta ``index``
+    is its position among the ``tool_use`` blocks, as in ``ModelReply.tool_calls``.
+    """
+
+    blocks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    json_parts: dict[int, list[str]] = field(default_factory=dict)
+    """``partial_json`` fragments per content-block index of a ``tool_use`` block."""
+    tool_positions: dict[int, int] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+    stop_reason: object = None
+
+    def add(self, event: str, data: dict[str, Any]) -> list[Delta]:
+        kind = data.get("type") or event
+        if kind == "message_start":
+            self._add_usage(data["message"].get("usage"))
+        elif kind == "message_delta":
+            self.stop_reason = data["delta"].get("stop_reason", self.stop_reason)
+            self._add_usage(data.get("usage"))
+        elif kind == "content_block_start":
+            return self._start(int(data["index"]), dict(data["content_block"]))
+        elif kind == "content_block_delta":
+            return self._delta(int(data["index"]), data["delta"])
+        return []
+
+    def _add_usage(self, usage: object) -> None:
+        if isinstance(usage, dict):  # message_delta's counts are cumulative
+            self.usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+
+    def _start(self, index: int, block: dict[str, Any]) -> list[Delta]:
+        self.blocks[index] = block
+        if block.get("type") == "tool_use":
+            position = self.tool_positions[index] = len(self.tool_positions)
+            self.json_parts[index] = []
+            return [Delta(kind="tool_call", text="", index=position, name=str(block["name"]))]
+        text = block.get("text")
+        if block.get("type") == "text" and isinstance(text, str) and text:
+            return [Delta(kind="text", text=text)]
+        return []
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[Delta]:
+        block, kind = self.blocks[index], delta.get("type")
+        if kind == "text_delta":
+            text = delta["text"]
+            if not isinstance(text, str):
+                raise TypeError("text_delta text is not a string")
+            block["text"] = str(block.get("text") or "") + text
+            return [Delta(kind="text", text=text)] if text else []
+        if kind == "input_json_delta":
+            part = delta["partial_json"]
+            if not isinstance(part, str):
+                raise TypeError("partial_json is not a string")
+            self.json_parts[index].append(part)
+            position = self.tool_positions[index]
+            return [Delta(kind="tool_call", text=part, index=position)] if part else []
+        return []
+
+    def result(self) -> dict[str, Any]:
+        """The Messages response body the stream amounts to."""
+        for index, parts in self.json_parts.items():
+            raw = "".join(parts)
+            if not raw.strip():
+                continue  # no arguments streamed: the start block's input (``{}``)
+            try:
+                self.blocks[index]["input"] = json.loads(raw)
+            except ValueError:
+                self.blocks[index][_RAW_INPUT] = raw
+        return {
+            "content": [self.blocks[index] for index in sorted(self.blocks)],
+            "stop_reason": self.stop_reason,
+            "usage": self.usage,
+        }
 
 
 def _input_object(arguments: str) -> dict[str, Any]:

@@ -15,8 +15,9 @@ Error messages must never include API keys or request headers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from agentrun.contracts import Message, ModelRef, RawToolCall, ScriptedTurn, Usage
 
@@ -32,6 +33,28 @@ class ToolSchema:
     """JSON schema of the arguments object."""
 
 
+@dataclass(frozen=True)
+class Delta:
+    """One fragment of a reply, passed to ``ModelRequest.on_delta`` as it is generated.
+
+    ``kind="text"`` is assistant text (in schema-constrained mode that is the raw
+    JSON envelope the model writes); ``kind="tool_call"`` is a fragment of the
+    arguments of native tool call number ``index``, with ``name`` set on the
+    fragment where the provider first names the tool. Concatenating the fragments
+    of one kind and index gives what the final ``ModelReply`` holds, but only the
+    reply is authoritative: deltas are a live preview, never parsed.
+    """
+
+    kind: Literal["text", "tool_call"]
+    text: str
+    index: int = 0
+    name: str | None = None
+
+
+DeltaSink = Callable[[Delta], None]
+"""Must not block: the activity's sink only appends to a buffer."""
+
+
 @dataclass
 class ModelRequest:
     model: ModelRef
@@ -41,6 +64,9 @@ class ModelRequest:
     """Only for the scripted provider."""
     attempt: int = 1
     """The activity attempt (the scripted provider uses it to simulate transient errors)."""
+    on_delta: DeltaSink | None = None
+    """When set, a provider that can stream asks for a streamed reply and reports
+    each fragment here as it arrives; the returned ``ModelReply`` is unchanged."""
 
 
 @dataclass

@@ -15,7 +15,11 @@ HTTP 401, 403                               ModelAuthError      no
 HTTP 404                                    ModelNotFound       no
 any other 4xx                               ModelBadRequest     no
 bad configuration (URL, key, model, script) ModelConfigError    no
+an error event inside a 2xx stream          as its status       as its status
 ==========================================  ==================  =============
+
+An error event in a stream (Anthropic's ``overloaded_error``, say) is classified
+as the HTTP status its type stands for (see ``STREAM_ERROR_STATUS``).
 
 Retryable errors carry ``next_retry_delay`` when the server sent ``Retry-After``
 (or OpenAI's ``retry-after-ms``), so Temporal waits as long as the provider asked.
@@ -40,11 +44,13 @@ from temporalio.exceptions import ApplicationError
 
 __all__ = [
     "EXCERPT_CHARS",
+    "STREAM_ERROR_STATUS",
     "BadResponseError",
     "config_error",
     "error_for_status",
     "model_error",
     "retry_after",
+    "stream_error",
 ]
 
 EXCERPT_CHARS = 300
@@ -136,6 +142,32 @@ def retry_after(headers: httpx.Headers | None, *, now: datetime | None = None) -
     return timedelta(seconds=seconds)
 
 
+def _classify(status: int) -> tuple[str, bool, str]:
+    """THE classification table for HTTP statuses: ``(type, retryable, hint)``."""
+    if status == 429:
+        return "ModelRateLimited", True, "rate limited"
+    if status in (408, 409) or status >= 500:
+        return "ModelUnavailable", True, "provider unavailable"
+    if status in (401, 403):
+        return (
+            "ModelAuthError",
+            False,
+            "authentication failed: check the provider's API key setting",
+        )
+    if status == 404:
+        return "ModelNotFound", False, "not found: check the model name and the provider's base URL"
+    if 400 <= status < 500:
+        return "ModelBadRequest", False, "request rejected"
+    if 300 <= status < 400:
+        # Redirects are never followed (that would resend the key elsewhere).
+        return (
+            "ModelConfigError",
+            False,
+            "redirected: set the provider's base URL to the final address",
+        )
+    return "ModelUnavailable", True, "unexpected status"
+
+
 def error_for_status(
     status: int,
     *,
@@ -143,29 +175,12 @@ def error_for_status(
     excerpt: str = "",
     retry_delay: timedelta | None = None,
 ) -> ApplicationError:
-    """THE classification table for HTTP statuses (see the module docstring).
+    """An HTTP error status, classified (see the module docstring).
 
     The scripted provider calls this too, so a simulated 503 is indistinguishable
     from a real one.
     """
-    if status == 429:
-        kind, retryable, hint = "ModelRateLimited", True, "rate limited"
-    elif status in (408, 409) or status >= 500:
-        kind, retryable, hint = "ModelUnavailable", True, "provider unavailable"
-    elif status in (401, 403):
-        kind, retryable = "ModelAuthError", False
-        hint = "authentication failed: check the provider's API key setting"
-    elif status == 404:
-        kind, retryable = "ModelNotFound", False
-        hint = "not found: check the model name and the provider's base URL"
-    elif 400 <= status < 500:
-        kind, retryable, hint = "ModelBadRequest", False, "request rejected"
-    elif 300 <= status < 400:
-        # Redirects are never followed (that would resend the key elsewhere).
-        kind, retryable = "ModelConfigError", False
-        hint = "redirected: set the provider's base URL to the final address"
-    else:
-        kind, retryable, hint = "ModelUnavailable", True, "unexpected status"
+    kind, retryable, hint = _classify(status)
     message = f"{provider}: HTTP {status} {hint}"
     if excerpt:
         message += f": {excerpt}"
@@ -175,6 +190,54 @@ def error_for_status(
         type=kind,
         non_retryable=not retryable,
         next_retry_delay=retry_delay if retryable else None,
+    )
+
+
+STREAM_ERROR_STATUS = {
+    # Anthropic's error types (https://docs.anthropic.com/en/api/errors)
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+    # OpenAI-compatible servers
+    "rate_limit_exceeded": 429,
+    "server_error": 500,
+}
+"""The HTTP status each error type stands for when a server reports it *inside* a
+2xx event stream (the status line was sent before the failure)."""
+
+
+def stream_error(
+    payload: object, *, provider: str, secrets: Iterable[str | None] = ()
+) -> ApplicationError:
+    """An error event inside a streamed response, classified like the status it stands for.
+
+    Anthropic sends ``{"type": "error", "error": {"type": "overloaded_error", ...}}``;
+    OpenAI-compatible servers send ``{"error": {"message": ..., "type": ..., "code": ...}}``
+    (llama.cpp puts the HTTP status in ``code``). A numeric ``code`` wins, then the
+    type; an unknown error is retryable ``ModelUnavailable`` (the server failed
+    mid-reply, which is what a 5xx means).
+    """
+    error = payload.get("error") if isinstance(payload, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, kind = error.get("code"), error.get("type")
+    if isinstance(code, int) and 400 <= code <= 599:
+        status = code
+    else:
+        named = kind if isinstance(kind, str) and kind in STREAM_ERROR_STATUS else code
+        status = STREAM_ERROR_STATUS.get(named, 500) if isinstance(named, str) else 500
+    error_type, retryable, hint = _classify(status)
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return ApplicationError(
+        f"{provider}: error in the response stream, {hint}: {body_excerpt(text, secrets)}",
+        {"status": status, "stream_error": kind if isinstance(kind, str) else None},
+        type=error_type,
+        non_retryable=not retryable,
     )
 
 

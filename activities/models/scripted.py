@@ -6,6 +6,11 @@ replayed activity (after a worker crash, say) gets exactly the same answer; and
 its simulated failures are built by the same helper that classifies real provider
 errors, so the workflow cannot tell a scripted 503 from a real one.
 
+When the request asks for deltas (``on_delta``), it streams the reply in word-sized
+text chunks and 16-character argument chunks, spreading ``delay_seconds`` over
+them, so tests see deltas arrive live; a failing attempt first streams
+``fail_after_chunks`` chunks, the partial output that clients must drop.
+
 It must never call anything outside the process: it is what workflow tests use
 instead of a model.
 """
@@ -14,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
-from activities.models.base import ModelReply, ModelRequest, turn_index
+from activities.models.base import Delta, DeltaSink, ModelReply, ModelRequest, turn_index
 from activities.models.errors import config_error, error_for_status
 from agentrun.contracts import RawToolCall, ScriptedTurn, Usage
 
 __all__ = ["ScriptedProvider"]
 
 PROVIDER = "scripted"
+ARGUMENT_CHUNK = 16
+_WORDS = re.compile(r"\s*\S+\s*|\s+")
 
 
 class ScriptedProvider:
@@ -41,19 +49,51 @@ class ScriptedProvider:
                 "add turns or make the last one call `finish`",
             )
         turn = request.script[n]
-        if request.attempt <= turn.fail_attempts:
+        reply = _reply(n, turn)
+        failing = request.attempt <= turn.fail_attempts
+        if request.on_delta is not None:
+            chunks = _chunks(reply)
+            pause = turn.delay_seconds / max(len(chunks), 1)
+            if failing:
+                chunks = chunks[: turn.fail_after_chunks]
+            await _stream(chunks, request.on_delta, pause)
+        elif turn.delay_seconds and not failing:
+            await asyncio.sleep(turn.delay_seconds)
+        if failing:
             raise error_for_status(
                 turn.fail_status,
                 provider=PROVIDER,
                 excerpt=f"simulated failure (attempt {request.attempt} of "
                 f"{turn.fail_attempts} failing attempts at turn {n})",
             )
-        if turn.delay_seconds:
-            await asyncio.sleep(turn.delay_seconds)
-        return _reply(n, turn)
+        return reply
 
     async def aclose(self) -> None:
         """Nothing to close; present to satisfy ``ModelProvider``."""
+
+
+def _chunks(reply: ModelReply) -> list[Delta]:
+    chunks = [Delta("text", word) for word in _WORDS.findall(reply.text or "")]
+    for i, call in enumerate(reply.tool_calls):
+        pieces = [
+            call.arguments[k : k + ARGUMENT_CHUNK]
+            for k in range(0, len(call.arguments), ARGUMENT_CHUNK)
+        ] or [""]
+        chunks += [
+            Delta("tool_call", piece, index=i, name=call.name if k == 0 else None)
+            for k, piece in enumerate(pieces)
+        ]
+    return chunks
+
+
+async def _stream(chunks: list[Delta], sink: DeltaSink, pause: float) -> None:
+    """Hand ``chunks`` to ``sink`` one by one, ``pause`` seconds apart (at least one pause)."""
+    if not chunks:
+        await asyncio.sleep(pause)
+    for chunk in chunks:
+        if pause:
+            await asyncio.sleep(pause)
+        sink(chunk)
 
 
 def _reply(n: int, turn: ScriptedTurn) -> ModelReply:

@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BeforeValidator
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.delta_log import DeltaLog
 from agentrun.contracts import (
     ApprovalDecision,
     ControlRequest,
@@ -58,7 +59,7 @@ from api.service import (
     run_view,
     summary_from_execution,
 )
-from api.sse import sse_response
+from api.sse import Cursor, TailOpener, sse_response
 from workflows.agent_run import AgentRunWorkflow
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -309,26 +310,48 @@ async def get_run(
     return await run_view(client, settings, tenant, run_id)
 
 
+SSE_EXAMPLE = (
+    'id: 4.1.0\nevent: model.started\ndata: {"seq":4,"type":"model.started",…}\n\n'
+    'id: 4.1.1\nevent: model.delta\ndata: {"step":1,"n":1,"attempt":1,"kind":"text",'
+    '"text":"Hello",…}\n\n'
+    'id: 5\nevent: model.called\ndata: {"seq":5,"type":"model.called",…}\n\n'
+)
 EVENTS_200: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A page of events (JSON), or an SSE stream with `Accept: text/event-stream`",
         "content": {
             SSE_MEDIA: {
                 "schema": {"type": "string"},
-                "example": 'id: 1\nevent: run.started\ndata: {"seq":1,"type":"run.started",…}\n\n',
+                "example": SSE_EXAMPLE,
             }
         },
     }
 }
 
 
-def _start_after(after: int, last_event_id: str | None) -> int:
+def _start_cursor(after: int, last_event_id: str | None) -> Cursor:
     if last_event_id is None or not last_event_id.strip():
-        return after
-    value = last_event_id.strip()
-    if not value.isdigit() or len(value) > 18:
-        raise BadRequest("Last-Event-ID must be the seq (an integer) of the last event received")
-    return int(value)
+        return Cursor(after)
+    try:
+        return Cursor.parse(last_event_id)
+    except ValueError:
+        raise BadRequest(
+            "Last-Event-ID must be the `id:` of the last message received: "
+            "`<seq>` or `<seq>.<step>.<n>`"
+        ) from None
+
+
+def _tails(request: Request, tenant: str, run_id: str, wanted: bool) -> TailOpener | None:
+    deltas: DeltaLog | None = request.app.state.deltas
+    if not wanted or deltas is None:
+        return None
+    return lambda step, after_n: deltas.tail(tenant, run_id, step, after_n)
+
+
+DeltasParam = Annotated[
+    bool,
+    Query(description="SSE only: also stream model token deltas (`model.delta` messages)"),
+]
 
 
 @router.get(
@@ -345,6 +368,7 @@ async def get_events(
     tenant: TenantDep,
     after: Annotated[int, Query(ge=0, le=10**15, description="Events with seq > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    deltas: DeltasParam = True,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", include_in_schema=False)
@@ -354,7 +378,10 @@ async def get_events(
     come from segments in the artifact store)."""
     handle = run_handle(client, tenant, run_id)
     if accept and SSE_MEDIA in accept:
-        return await _stream(request, handle, settings, _start_after(after, last_event_id))
+        start = _start_cursor(after, last_event_id)
+        return await _stream(
+            request, handle, settings, start, _tails(request, tenant, run_id, deltas)
+        )
     try:
         events, page = await fetch_events(
             handle, _reader(request), after, limit, settings.api_query_timeout_seconds
@@ -373,9 +400,11 @@ async def get_events(
     )
 
 
-async def _stream(request: Request, handle: Any, settings: Any, after: int) -> StreamingResponse:
+async def _stream(
+    request: Request, handle: Any, settings: Any, start: Cursor, opener: TailOpener | None
+) -> StreamingResponse:
     await describe(handle)  # 404 before the stream starts
-    return sse_response(request, handle, _reader(request), settings, after)
+    return sse_response(request, handle, _reader(request), settings, start, opener)
 
 
 @router.get(
@@ -384,10 +413,16 @@ async def _stream(request: Request, handle: Any, settings: Any, after: int) -> S
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "`text/event-stream`: `id:` is the event seq, `event:` its type, "
-            "`data:` the event JSON; ends with an `end` event after the terminal event. "
-            "Resume with `Last-Event-ID`.",
-            "content": {SSE_MEDIA: {"schema": {"type": "string"}}},
+            "description": "`text/event-stream`: `event:` is the event type (or "
+            "`model.delta` for a token delta), `data:` the event (or delta) JSON, `id:` a "
+            "resume cursor (`<seq>`, or `<seq>.<step>.<n>` while a model call streams); "
+            "ends with an `end` event after the terminal event. Resume with `Last-Event-ID`.",
+            "content": {
+                SSE_MEDIA: {
+                    "schema": {"type": "string"},
+                    "example": SSE_EXAMPLE,
+                }
+            },
         },
         **problems(404, 422, 503),
     },
@@ -399,17 +434,20 @@ async def stream_events(
     settings: SettingsDep,
     tenant: TenantDep,
     after: Annotated[int, Query(ge=0, le=10**15, description="Start after this seq")] = 0,
+    deltas: DeltasParam = True,
     last_event_id: Annotated[
         str | None,
         Header(
             alias="Last-Event-ID",
-            description="Resume after this seq (takes precedence over `after`)",
-            max_length=18,
+            description="Resume after this cursor: the `id:` of the last message received, "
+            "`<seq>` or `<seq>.<step>.<n>` (takes precedence over `after`)",
+            max_length=40,
         ),
     ] = None,
 ) -> StreamingResponse:
     handle = run_handle(client, tenant, run_id)
-    return await _stream(request, handle, settings, _start_after(after, last_event_id))
+    start = _start_cursor(after, last_event_id)
+    return await _stream(request, handle, settings, start, _tails(request, tenant, run_id, deltas))
 
 
 # ------------------------------------------------------------------ control
