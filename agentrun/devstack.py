@@ -21,7 +21,6 @@ docker-compose.yml for that); it only ever listens on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -34,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from agentrun.cli import ApiClient, CliError, follow
 from agentrun.config import SEARCH_ATTRIBUTES, ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,20 +254,15 @@ class DevStack:
             return 1
         run = resp.json()
         run_id = run["run_id"]
-        print(f"\nLaunched run {run_id}: {spec['goal']}\nFollowing its events:\n")
-        after = 0
-        deadline = time.monotonic() + 900
-        terminal = False
-        while not terminal and time.monotonic() < deadline:
-            page = httpx.get(
-                f"{api}/v1/runs/{run_id}/events", params={"after": after}, timeout=30
-            ).json()
-            for event in page["events"]:
-                after = event["seq"]
-                print(f"  #{event['seq']:<3} {event['type']:22} {_short(event['payload'])}")
-            terminal = bool(page.get("terminal"))
-            if not terminal:
-                time.sleep(0.5)
+        print(f"\nLaunched run {run_id}: {spec['goal']}\nFollowing its events (SSE):\n")
+        # The CLI's follower: events as they happen, the model's output token by token.
+        client = ApiClient(api, actor="demo")
+        try:
+            follow(client, run_id, 0, sys.stdout, as_json=False)
+        except CliError as err:
+            print(f"following the run failed: {err}", file=sys.stderr)
+        finally:
+            client.close()
         view = httpx.get(f"{api}/v1/runs/{run_id}", timeout=30).json()
         arts = httpx.get(f"{api}/v1/runs/{run_id}/artifacts", timeout=30).json()
         print(f"\nRun {run_id} ended: status={view['status']} reason={view.get('reason')}")
@@ -293,11 +288,6 @@ def _quote(value: str) -> str:
     from urllib.parse import quote
 
     return quote(value, safe="")
-
-
-def _short(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, ensure_ascii=False)
-    return text if len(text) <= 110 else text[:107] + "..."
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -152,6 +152,8 @@ SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "continue_as_new": _continue_as_new,
     "pause_cancel": _pause_cancel,
     "streamed_retry": _streamed_retry,
+    # The same approvals after the patch "decision-answers-new-status".
+    "approval_answers_status": _approval,
 }
 
 

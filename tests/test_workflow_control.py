@@ -196,7 +196,8 @@ async def test_approve_runs_exactly_the_pending_call(
             actor=ALICE,
             reason="looks safe",
         )
-        await handle.execute_update(AgentRunWorkflow.approve, decision)
+        answer = await handle.execute_update(AgentRunWorkflow.approve, decision)
+        assert (answer.status, answer.detail) == (RunStatus.RUNNING, "approved")
         second = await wait_for(
             handle,
             lambda v: (
@@ -231,7 +232,7 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
         view = await wait_for(handle, lambda v: v.pending_approval is not None)
         assert view.pending_approval is not None
         first_id = view.pending_approval.approval_id
-        await handle.execute_update(
+        answer = await handle.execute_update(
             AgentRunWorkflow.deny,
             ApprovalDecision(
                 approval_id=view.pending_approval.approval_id,
@@ -240,6 +241,7 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
                 reason="no writes today",
             ),
         )
+        assert (answer.status, answer.detail) == (RunStatus.RUNNING, "denied")
         second = await wait_for(
             handle,
             lambda v: v.pending_approval is not None and v.pending_approval.approval_id != first_id,

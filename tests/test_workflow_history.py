@@ -22,6 +22,7 @@ from temporalio.worker import Replayer
 from activities.artifact_store import LocalArtifactStore
 from activities.conversation import ConversationStore
 from agentrun.contracts import Limits, RunStatus, ScriptedToolCall, ScriptedTurn
+from tests.record_histories import SCENARIOS
 from tests.workflow_harness import finish, running_worker, scripted_spec, start_run, status
 from workflows.agent_run import AgentRunWorkflow
 
@@ -97,10 +98,4 @@ async def test_committed_history_replays_deterministically(path: Path) -> None:
 
 def test_histories_are_committed() -> None:
     names = {p.stem for p in _recorded()}
-    assert {
-        "happy_path",
-        "approval",
-        "continue_as_new",
-        "pause_cancel",
-        "streamed_retry",
-    } <= names, names
+    assert set(SCENARIOS) <= names, f"not recorded: {set(SCENARIOS) - names}"

@@ -124,6 +124,8 @@ SANDBOX_TOOLS = frozenset(
 MAX_PENDING_MESSAGES = 20
 PATCH_MODEL_STARTED = "model-started-event"
 """Runs started before `model.started` existed replay without it (same event seqs)."""
+PATCH_DECISION_STATUS = "decision-answers-new-status"
+"""approve/deny answered `awaiting_approval` before; now the status the run moved to."""
 
 
 class _Abort(Exception):
@@ -694,8 +696,7 @@ class AgentRunWorkflow:
 
     @workflow.update
     async def approve(self, decision: ApprovalDecision) -> ControlResult:
-        self._decision = (True, decision)
-        return ControlResult(status=self._status(), detail="approved")
+        return await self._decide(True, decision)
 
     @approve.validator
     def _validate_approve(self, decision: ApprovalDecision) -> None:
@@ -703,8 +704,17 @@ class AgentRunWorkflow:
 
     @workflow.update
     async def deny(self, decision: ApprovalDecision) -> ControlResult:
-        self._decision = (False, decision)
-        return ControlResult(status=self._status(), detail="denied")
+        return await self._decide(False, decision)
+
+    async def _decide(self, approved: bool, decision: ApprovalDecision) -> ControlResult:
+        """Hand the decision to the loop and answer with the status it moves the run to.
+
+        The loop takes the decision in the same workflow task, but the update now
+        completes after the loop's next commands, hence the patch for older runs."""
+        self._decision = (approved, decision)
+        if workflow.patched(PATCH_DECISION_STATUS):
+            await workflow.wait_condition(lambda: self._decision is None or self._done)
+        return ControlResult(status=self._status(), detail="approved" if approved else "denied")
 
     @deny.validator
     def _validate_deny(self, decision: ApprovalDecision) -> None:
