@@ -247,16 +247,5 @@ async def _ended_without_finishing(handle: Any) -> bool:
     )
 
 
-def sse_response(
-    request: Request,
-    handle: Any,
-    reader: SegmentReader,
-    settings: Settings,
-    start: Cursor,
-    opener: TailOpener | None,
-) -> StreamingResponse:
-    return StreamingResponse(
-        event_stream(request, handle, reader, settings, start, opener),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+def sse_response(stream: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -59,7 +59,7 @@ from api.service import (
     run_view,
     summary_from_execution,
 )
-from api.sse import Cursor, TailOpener, sse_response
+from api.sse import Cursor, TailOpener, event_stream, sse_response
 from workflows.agent_run import AgentRunWorkflow
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -404,7 +404,7 @@ async def _stream(
     request: Request, handle: Any, settings: Any, start: Cursor, opener: TailOpener | None
 ) -> StreamingResponse:
     await describe(handle)  # 404 before the stream starts
-    return sse_response(request, handle, _reader(request), settings, start, opener)
+    return sse_response(event_stream(request, handle, _reader(request), settings, start, opener))
 
 
 @router.get(
