@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     """How often an SSE stream polls the run's `events` query for new events."""
     api_sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
     """Idle SSE streams send a comment line this often so proxies keep them open."""
+    api_sse_shared_feed: bool = True
+    """One events poller per followed run, shared by its SSE connections (`api.feed`);
+    false gives every connection its own (the benchmark's baseline)."""
 
     @field_validator("temporal_address")
     @classmethod

@@ -28,6 +28,7 @@ from activities.delta_log import DeltaLog
 from agentrun.config import Settings, load_settings
 from api.deps import TemporalConnection
 from api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers, problem_response
+from api.feed import RunFeeds
 from api.routes import health, runs
 from api.service import SegmentReader
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     store = LocalArtifactStore(settings.artifacts_path)
     app.state.store = store
     app.state.segments = SegmentReader(store)
+    app.state.feeds = RunFeeds(app.state.segments, settings, shared=settings.api_sse_shared_feed)
     app.state.deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
     app.state.temporal = conn
     install_error_handlers(app)

@@ -2,9 +2,11 @@
 resumable with `Last-Event-ID`.
 
 Durable events come from the run's `events` query, polled every
-`api_sse_poll_seconds`; the query addresses the workflow id, never a Temporal run
-id, so the stream follows continue-as-new (older events come from the segments
-flushed to the artifact store). Each event is written once, in `seq` order.
+`api_sse_poll_seconds` by the run's feed (`api.feed`), which all connections
+following the run share; the query addresses the workflow id, never a Temporal
+run id, so the stream follows continue-as-new (older events come from the
+segments flushed to the artifact store). Each event is written once, in `seq`
+order.
 
 Model token deltas (`event: model.delta`, data a `ModelDelta`) come from the delta
 log (`activities.delta_log`), polled every `DELTA_POLL_SECONDS` while a model call
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -37,20 +38,12 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 
 from activities.delta_log import DeltaTail
-from agentrun.config import Settings
 from agentrun.contracts import EventsPage, EventType, ModelDelta, RunEvent
 from api.errors import NotFound
-from api.service import RunNotAnswering, SegmentReader, describe, fetch_events
+from api.feed import RunFeed, RunFeeds
 
-log = logging.getLogger("agentrun.api.sse")
-
-PAGE = 500
-CLOSED_CHECK_SECONDS = 2.0
-"""With no new event for this long, ask Temporal whether the execution ended."""
 DELTA_POLL_SECONDS = 0.05
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DELTA_EVENT = "model.delta"
@@ -165,86 +158,59 @@ class _Interleaver:
 
 
 async def event_stream(
-    request: Request,
-    handle: Any,
-    reader: SegmentReader,
-    settings: Settings,
-    start: Cursor,
-    opener: TailOpener | None,
+    request: Request, feeds: RunFeeds, handle: Any, start: Cursor, opener: TailOpener | None
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
-    poll = settings.api_sse_poll_seconds
-    keepalive = settings.api_sse_keepalive_seconds
+    settings = feeds.settings
     weave = await asyncio.to_thread(_Interleaver, Cursor(start.seq, start.step, start.n), opener)
-    last_write = last_event = loop.time()
+    last_write = loop.time()
     yield "retry: 1000\n\n"
-    while True:
-        if await request.is_disconnected():
-            return
-        try:
-            events, page = await fetch_events(
-                handle, reader, weave.cursor.seq, PAGE, settings.api_query_timeout_seconds
-            )
-        except RunNotAnswering:
-            # Between two Temporal runs (continue-as-new) or no worker up: keep waiting.
-            events, page = [], None
-        except NotFound:
-            yield _end(weave.cursor.seq, "not_found")
-            return
-        except RPCError as err:
-            log.warning("events poll for %s failed: %s", handle.id, err)
-            events, page = [], None
-        now = loop.time()
-        messages = await asyncio.to_thread(weave.events, events, page)
-        if messages:
-            yield "".join(messages)
-            last_write = now
-        if events:
-            last_event = now
-            if len(events) >= PAGE:
-                continue  # more are waiting: no sleep
-        last = weave.cursor.seq
-        if page is not None and page.terminal and last >= page.last_seq:
-            yield _end(last, "terminal")
-            return
-        if now - last_event >= CLOSED_CHECK_SECONDS:
-            last_event = now
-            if await _ended_without_finishing(handle):
-                yield _end(last, "execution_closed")
+    async with feeds.follow(handle, start.seq) as feed:
+        while True:
+            if await request.is_disconnected():
                 return
-        if now - last_write >= keepalive:
-            yield ": keep-alive\n\n"
-            last_write = now
-        async for chunk in _deltas_until(loop.time() + poll, weave):
-            yield chunk
-            last_write = loop.time()
+            try:
+                events, page = await feed.read(weave.cursor.seq)
+            except NotFound:
+                yield _end(weave.cursor.seq, "not_found")
+                return
+            messages = await asyncio.to_thread(weave.events, events, page)
+            if messages:
+                yield "".join(messages)
+                last_write = loop.time()
+            last = weave.cursor.seq
+            if page is not None and page.terminal and last >= page.last_seq:
+                yield _end(last, "terminal")
+                return
+            if events and last < feed.last_seq:
+                continue  # catching up: no waiting
+            if feed.ended is not None:
+                yield _end(last, feed.ended)
+                return
+            if loop.time() - last_write >= settings.api_sse_keepalive_seconds:
+                yield ": keep-alive\n\n"
+                last_write = loop.time()
+            async for chunk in _deltas_until_change(feed, weave, settings.api_sse_poll_seconds):
+                yield chunk
+                last_write = loop.time()
 
 
-async def _deltas_until(deadline: float, weave: _Interleaver) -> AsyncIterator[str]:
-    """Sleep until `deadline`, meanwhile relaying the open model stream's deltas."""
+async def _deltas_until_change(
+    feed: RunFeed, weave: _Interleaver, seconds: float
+) -> AsyncIterator[str]:
+    """Wait for the feed to change (at most `seconds`), meanwhile relaying the open
+    model stream's deltas."""
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
     while (left := deadline - loop.time()) > 0:
         if not weave.streaming:
-            await asyncio.sleep(left)
+            await feed.wait(left)
             return
-        await asyncio.sleep(min(DELTA_POLL_SECONDS, left))
+        if await feed.wait(min(DELTA_POLL_SECONDS, left)):
+            return
         messages = await asyncio.to_thread(weave.deltas)
         if messages:
             yield "".join(messages)
-
-
-async def _ended_without_finishing(handle: Any) -> bool:
-    """True when Temporal closed the execution but the workflow never said `terminal`
-    (terminated, timed out): no more events will come."""
-    try:
-        desc = await describe(handle)
-    except (NotFound, RPCError):
-        return False
-    return desc.status in (
-        WorkflowExecutionStatus.TERMINATED,
-        WorkflowExecutionStatus.TIMED_OUT,
-        WorkflowExecutionStatus.FAILED,
-    )
 
 
 def sse_response(stream: AsyncIterator[str]) -> StreamingResponse:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from temporalio.client import Client
 
 from agentrun.config import Settings, load_settings
@@ -54,11 +55,13 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings, client: Client | None) -> AsyncIterator[str]:
-    """Serve `create_app(settings, client)` on 127.0.0.1; yields the base URL."""
+async def serve_api(
+    settings: Settings, client: Client | None, app: FastAPI | None = None
+) -> AsyncIterator[str]:
+    """Serve `app` (default: `create_app(settings, client)`) on 127.0.0.1; yields the base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, client=client),
+        app or create_app(settings, client=client),
         host="127.0.0.1",
         port=port,
         log_level="warning",

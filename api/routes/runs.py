@@ -35,6 +35,7 @@ from agentrun.contracts import (
 from agentrun.runs import IdempotencyConflict, run_handle, start_run
 from api.deps import ActorDep, ClientDep, SettingsDep, StoreDep, TenantDep
 from api.errors import BadRequest, Conflict, NotFound, Unavailable, problems
+from api.feed import RunFeeds
 from api.schemas import (
     RUN_ID_PATTERN,
     ApprovalBody,
@@ -404,7 +405,8 @@ async def _stream(
     request: Request, handle: Any, settings: Any, start: Cursor, opener: TailOpener | None
 ) -> StreamingResponse:
     await describe(handle)  # 404 before the stream starts
-    return sse_response(event_stream(request, handle, _reader(request), settings, start, opener))
+    feeds: RunFeeds = request.app.state.feeds
+    return sse_response(event_stream(request, feeds, handle, start, opener))
 
 
 @router.get(
