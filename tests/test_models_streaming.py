@@ -11,7 +11,7 @@ test_models_embedded.py.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -144,6 +144,7 @@ def anthropic(fake: FakeProvider, name: str, timeout: float = 5.0) -> ModelProvi
     )
 
 
+MakeProvider = Callable[[FakeProvider, str], ModelProvider]
 PROVIDERS = pytest.mark.parametrize("make", [openai, anthropic], ids=["openai", "anthropic"])
 
 
@@ -201,8 +202,8 @@ def texts(deltas: list[Delta], kind: str = "text", index: int = 0) -> str:
 
 
 async def test_openai_text_stream_reports_each_fragment_and_equals_the_plain_reply(
-    fake_provider,
-):
+    fake_provider: FakeProvider,
+) -> None:
     streamed = openai_stream(
         chunk({"role": "assistant", "content": ""}),
         chunk({"content": "Hel"}),
@@ -225,7 +226,9 @@ async def test_openai_text_stream_reports_each_fragment_and_equals_the_plain_rep
     assert body["stream_options"] == {"include_usage": True}
 
 
-async def test_openai_native_tool_calls_assemble_from_fragments_across_chunks(fake_provider):
+async def test_openai_native_tool_calls_assemble_from_fragments_across_chunks(
+    fake_provider: FakeProvider,
+) -> None:
     first_args, second_args = '{"command": "ls -la"}', '{"answer": "done"}'
     streamed = openai_stream(
         chunk({"role": "assistant", "content": None}),
@@ -274,7 +277,9 @@ async def test_openai_native_tool_calls_assemble_from_fragments_across_chunks(fa
     assert [t["function"]["name"] for t in body["tools"]] == ["shell", "finish"]
 
 
-async def test_openai_whole_tool_calls_without_index_are_kept_apart(fake_provider):
+async def test_openai_whole_tool_calls_without_index_are_kept_apart(
+    fake_provider: FakeProvider,
+) -> None:
     # Some servers (Ollama) stream each call whole, without an index, arguments as an object.
     whole = [
         {"id": "call_a", "function": {"name": "shell", "arguments": {"command": "ls"}}},
@@ -303,7 +308,9 @@ async def test_openai_whole_tool_calls_without_index_are_kept_apart(fake_provide
     ]
 
 
-async def test_openai_constrained_mode_streams_the_envelope_as_text(fake_provider):
+async def test_openai_constrained_mode_streams_the_envelope_as_text(
+    fake_provider: FakeProvider,
+) -> None:
     envelope = '{"tool": "shell", "arguments": {"command":  "ls -la"}}'
     pieces = ['{"tool": "sh', 'ell", "argu', 'ments": {"command":  "ls', ' -la"}}']
     assert "".join(pieces) == envelope
@@ -325,7 +332,9 @@ async def test_openai_constrained_mode_streams_the_envelope_as_text(fake_provide
     assert "response_format" in body
 
 
-async def test_openai_stream_without_usage_estimates_instead_of_reporting_zero(fake_provider):
+async def test_openai_stream_without_usage_estimates_instead_of_reporting_zero(
+    fake_provider: FakeProvider,
+) -> None:
     # llama-cpp-python's server (the embedded model's) streams one chunk per token
     # and no usage at all, whatever stream_options says.
     streamed = openai_stream(
@@ -345,7 +354,9 @@ async def test_openai_stream_without_usage_estimates_instead_of_reporting_zero(f
     assert 0 < reply.usage.input_tokens <= prompt_chars
 
 
-async def test_openai_sse_comments_crlf_and_missing_space_are_read(fake_provider):
+async def test_openai_sse_comments_crlf_and_missing_space_are_read(
+    fake_provider: FakeProvider,
+) -> None:
     raw = (
         ": keep-alive\r\n\r\n"
         'data:{"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]}\r\n'
@@ -363,7 +374,7 @@ async def test_openai_sse_comments_crlf_and_missing_space_are_read(fake_provider
     assert (reply.usage.input_tokens, reply.usage.output_tokens) == (2, 1)
 
 
-async def test_sse_parser_follows_the_event_stream_rules():
+async def test_sse_parser_follows_the_event_stream_rules() -> None:
     async def lines() -> AsyncIterator[str]:
         for line in [
             "\ufeffevent: first",
@@ -391,7 +402,9 @@ async def test_sse_parser_follows_the_event_stream_rules():
 # ---------------------------------------------------------------------------
 
 
-async def test_anthropic_text_and_tool_use_stream_equals_the_plain_reply(fake_provider):
+async def test_anthropic_text_and_tool_use_stream_equals_the_plain_reply(
+    fake_provider: FakeProvider,
+) -> None:
     streamed = anthropic_stream(
         message_start(input_tokens=20, cache_read_input_tokens=100, output_tokens=1),
         block_start(0),
@@ -439,7 +452,9 @@ async def test_anthropic_text_and_tool_use_stream_equals_the_plain_reply(fake_pr
     assert "stream_options" not in body
 
 
-async def test_anthropic_unparseable_streamed_input_is_passed_on_raw(fake_provider):
+async def test_anthropic_unparseable_streamed_input_is_passed_on_raw(
+    fake_provider: FakeProvider,
+) -> None:
     streamed = anthropic_stream(
         message_start(input_tokens=3, output_tokens=1),
         block_start(0, id="toolu_1", name="shell"),
@@ -501,8 +516,8 @@ async def plain_failure(provider: ModelProvider) -> ApplicationError:
     ],
 )
 async def test_error_status_before_the_stream_is_classified_as_without_streaming(
-    make, status, headers, kind, fake_provider
-):
+    make: MakeProvider, status: int, headers: dict[str, str], kind: str, fake_provider: FakeProvider
+) -> None:
     body = {"error": {"message": f"no luck, key {API_KEY}", "type": "some_error"}}
     name = fake_provider.scenario(status, body, headers=headers)
     streamed = await failure(make(fake_provider, name))
@@ -521,7 +536,9 @@ async def test_error_status_before_the_stream_is_classified_as_without_streaming
 
 
 @PROVIDERS
-async def test_stream_cut_before_its_terminator_is_retryable(make, fake_provider):
+async def test_stream_cut_before_its_terminator_is_retryable(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     if make is openai:
         body = openai_stream(chunk({"content": "partial"}), done=False)
     else:
@@ -539,14 +556,16 @@ async def test_stream_cut_before_its_terminator_is_retryable(make, fake_provider
 
 
 @PROVIDERS
-async def test_unparseable_stream_chunk_is_retryable(make, fake_provider):
+async def test_unparseable_stream_chunk_is_retryable(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     body = 'event: message_start\ndata: {"type": "message_st\n\ndata: [DONE]\n\n'
     error = await failure(make(fake_provider, fake_provider.scenario(200, body, headers=SSE)))
     assert error.type == "ModelUnavailable" and not error.non_retryable
     assert "not a JSON object" in str(error)
 
 
-async def test_openai_chunk_of_the_wrong_shape_is_retryable(fake_provider):
+async def test_openai_chunk_of_the_wrong_shape_is_retryable(fake_provider: FakeProvider) -> None:
     body = openai_stream({"choices": [{"delta": {"content": 42}}]})
     error = await failure(openai(fake_provider, fake_provider.scenario(200, body)))
     assert error.type == "ModelUnavailable" and not error.non_retryable
@@ -566,8 +585,8 @@ async def test_openai_chunk_of_the_wrong_shape_is_retryable(fake_provider):
     ],
 )
 async def test_anthropic_error_event_in_the_stream_is_classified_by_type(
-    error_type, kind, retryable, fake_provider
-):
+    error_type: str, kind: str, retryable: bool, fake_provider: FakeProvider
+) -> None:
     body = anthropic_stream(
         message_start(input_tokens=5, output_tokens=1),
         block_start(0),
@@ -583,7 +602,7 @@ async def test_anthropic_error_event_in_the_stream_is_classified_by_type(
     assert deltas == [Delta("text", "Hal")]
 
 
-async def test_openai_error_object_in_the_stream_is_classified(fake_provider):
+async def test_openai_error_object_in_the_stream_is_classified(fake_provider: FakeProvider) -> None:
     # llama.cpp's server reports a failure mid-stream as a data line with the status in code.
     error_chunk = {"error": {"code": 500, "message": "context overflow", "type": "server_error"}}
     body = openai_stream(chunk({"content": "a"}), error_chunk, done=False)
@@ -596,7 +615,9 @@ async def test_openai_error_object_in_the_stream_is_classified(fake_provider):
     assert "[redacted] revoked" in str(error)
 
 
-async def test_deltas_arrive_live_and_a_stalled_stream_times_out(fake_provider):
+async def test_deltas_arrive_live_and_a_stalled_stream_times_out(
+    fake_provider: FakeProvider,
+) -> None:
     first = openai_stream(chunk({"content": "early"}), done=False)
     rest = openai_stream(chunk({}, "stop"))
     name = fake_provider.scenario(200, headers=SSE, chunks=[first, rest], chunk_delay=30)
@@ -607,7 +628,9 @@ async def test_deltas_arrive_live_and_a_stalled_stream_times_out(fake_provider):
     assert deltas == [Delta("text", "early")]
 
 
-async def test_connection_dropped_mid_stream_is_retryable_unavailable(fake_provider):
+async def test_connection_dropped_mid_stream_is_retryable_unavailable(
+    fake_provider: FakeProvider,
+) -> None:
     # The server promises more body than it sends, then closes the connection.
     first = openai_stream(chunk({"content": "early"}), done=False)
     headers = {**SSE, "content-length": str(len(first) + 100)}
