@@ -44,7 +44,9 @@ def assert_one_valid_call(reply: ModelReply, turn: int) -> dict[str, object]:
 
 
 @pytest.mark.llm
-async def test_embedded_model_answers_the_goal_with_one_parseable_offered_tool_call(embedded_llm):
+async def test_embedded_model_answers_the_goal_with_one_parseable_offered_tool_call(
+    embedded_llm: EmbeddedModelServer,
+) -> None:
     provider = OpenAICompatProvider(
         base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
     )
@@ -62,7 +64,9 @@ async def test_embedded_model_answers_the_goal_with_one_parseable_offered_tool_c
 
 
 @pytest.mark.llm
-async def test_embedded_model_output_parses_even_when_sampling_hot(embedded_llm):
+async def test_embedded_model_output_parses_even_when_sampling_hot(
+    embedded_llm: EmbeddedModelServer,
+) -> None:
     provider = OpenAICompatProvider(
         base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
     )
@@ -87,7 +91,9 @@ async def test_embedded_model_output_parses_even_when_sampling_hot(embedded_llm)
 
 
 @pytest.mark.llm
-async def test_embedded_model_continues_a_conversation_with_tool_results(embedded_llm):
+async def test_embedded_model_continues_a_conversation_with_tool_results(
+    embedded_llm: EmbeddedModelServer,
+) -> None:
     provider = OpenAICompatProvider(
         base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
     )
@@ -108,7 +114,9 @@ async def test_embedded_model_continues_a_conversation_with_tool_results(embedde
 
 
 @pytest.mark.llm
-async def test_embedded_model_arguments_parse_strictly_for_varied_goals(embedded_llm):
+async def test_embedded_model_arguments_parse_strictly_for_varied_goals(
+    embedded_llm: EmbeddedModelServer,
+) -> None:
     # These goals once produced a raw newline inside a string (invalid JSON) that
     # llama-cpp-python's grammar allows; the provider must hand over strict JSON.
     provider = OpenAICompatProvider(
@@ -137,7 +145,9 @@ async def test_embedded_model_arguments_parse_strictly_for_varied_goals(embedded
 
 
 @pytest.mark.llm
-async def test_default_deployment_settings_reach_the_embedded_model(embedded_llm):
+async def test_default_deployment_settings_reach_the_embedded_model(
+    embedded_llm: EmbeddedModelServer,
+) -> None:
     cfg = Settings(
         default_provider="openai",
         default_model=DEFAULT_MODEL_ALIAS,
@@ -156,7 +166,9 @@ async def test_default_deployment_settings_reach_the_embedded_model(embedded_llm
 
 
 @pytest.mark.llm
-async def test_embedded_model_streams_deltas_that_add_up_to_the_reply(embedded_llm):
+async def test_embedded_model_streams_deltas_that_add_up_to_the_reply(
+    embedded_llm: EmbeddedModelServer,
+) -> None:
     # llama-cpp-python's server streams one chunk per token but never reports usage
     # in a stream (it ignores stream_options): the provider estimates it then, so a
     # streamed call still counts toward the run's token budget.
@@ -198,7 +210,7 @@ async def test_embedded_model_streams_deltas_that_add_up_to_the_reply(embedded_l
     print(f"streamed usage {streamed.usage} (estimated) vs reported {plain.usage}")
 
 
-def test_server_that_cannot_start_raises_with_its_log_tail(tmp_path: Path):
+def test_server_that_cannot_start_raises_with_its_log_tail(tmp_path: Path) -> None:
     bogus = tmp_path / "not-a-model.gguf"
     bogus.write_bytes(b"this is not a gguf file")
     server = EmbeddedModelServer(port=free_port(), threads=1, model=bogus, startup_timeout=60)

@@ -41,6 +41,7 @@ def anthropic(fake: FakeProvider, name: str, timeout: float = 5.0) -> ModelProvi
     )
 
 
+MakeProvider = Callable[..., ModelProvider]
 PROVIDERS = pytest.mark.parametrize("make", [openai, anthropic], ids=["openai", "anthropic"])
 
 
@@ -68,7 +69,9 @@ def openai_error(message: str) -> dict[str, object]:
 
 
 @PROVIDERS
-async def test_429_is_retryable_rate_limit_honouring_retry_after(make, fake_provider):
+async def test_429_is_retryable_rate_limit_honouring_retry_after(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(429, openai_error("slow down"), headers={"Retry-After": "7"})
     error = await failure(make(fake_provider, name))
     assert error.type == "ModelRateLimited"
@@ -78,7 +81,9 @@ async def test_429_is_retryable_rate_limit_honouring_retry_after(make, fake_prov
 
 @PROVIDERS
 @pytest.mark.parametrize("status", [500, 503, 529, 408])
-async def test_server_side_statuses_are_retryable_unavailable(make, status, fake_provider):
+async def test_server_side_statuses_are_retryable_unavailable(
+    make: MakeProvider, status: int, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(
         status, {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
     )
@@ -99,7 +104,9 @@ async def test_server_side_statuses_are_retryable_unavailable(make, status, fake
         (422, "ModelBadRequest"),
     ],
 )
-async def test_client_errors_are_permanent(make, status, kind, fake_provider):
+async def test_client_errors_are_permanent(
+    make: MakeProvider, status: int, kind: str, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(status, openai_error("nope"))
     error = await failure(make(fake_provider, name))
     assert error.type == kind
@@ -108,7 +115,9 @@ async def test_client_errors_are_permanent(make, status, kind, fake_provider):
 
 
 @PROVIDERS
-async def test_key_echoed_by_the_provider_is_scrubbed_from_the_message(make, fake_provider):
+async def test_key_echoed_by_the_provider_is_scrubbed_from_the_message(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(
         401, openai_error(f"Incorrect API key provided: {API_KEY}. Header: Bearer {API_KEY}")
     )
@@ -119,7 +128,9 @@ async def test_key_echoed_by_the_provider_is_scrubbed_from_the_message(make, fak
 
 
 @PROVIDERS
-async def test_the_key_is_sent_in_the_provider_specific_header(make, fake_provider):
+async def test_the_key_is_sent_in_the_provider_specific_header(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(500, "boom")
     await failure(make(fake_provider, name))
     headers = {k.lower(): v for k, v in fake_provider.requests(name)[0].headers.items()}
@@ -131,7 +142,9 @@ async def test_the_key_is_sent_in_the_provider_specific_header(make, fake_provid
 
 
 @PROVIDERS
-async def test_long_error_bodies_are_quoted_as_a_short_excerpt(make, fake_provider):
+async def test_long_error_bodies_are_quoted_as_a_short_excerpt(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(400, "x" * 5000)
     error = await failure(make(fake_provider, name))
     assert "x" * EXCERPT_CHARS not in str(error)
@@ -139,7 +152,9 @@ async def test_long_error_bodies_are_quoted_as_a_short_excerpt(make, fake_provid
 
 
 @PROVIDERS
-async def test_malformed_json_on_200_is_retryable_unavailable(make, fake_provider):
+async def test_malformed_json_on_200_is_retryable_unavailable(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(
         200, "{this is not json", headers={"content-type": "application/json"}
     )
@@ -149,23 +164,26 @@ async def test_malformed_json_on_200_is_retryable_unavailable(make, fake_provide
 
 
 @PROVIDERS
-async def test_json_of_the_wrong_shape_is_retryable_unavailable(make, fake_provider):
+async def test_json_of_the_wrong_shape_is_retryable_unavailable(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     name = fake_provider.scenario(200, {"unexpected": True})
     error = await failure(make(fake_provider, name))
     assert error.type == "ModelUnavailable"
 
 
 @PROVIDERS
-async def test_a_hanging_provider_times_out_as_retryable_model_timeout(make, fake_provider):
+async def test_a_hanging_provider_times_out_as_retryable_model_timeout(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
+    # Had the client waited out the 10 s delay, "{}" would be a bad shape instead.
     name = fake_provider.scenario(200, "{}", delay=10)
-    started = datetime.now(UTC)
     error = await failure(make(fake_provider, name, 0.3))
     assert error.type == "ModelTimeout"
-    assert datetime.now(UTC) - started < timedelta(seconds=5)
 
 
 @PROVIDERS
-async def test_connection_refused_is_retryable_unavailable(make):
+async def test_connection_refused_is_retryable_unavailable(make: MakeProvider) -> None:
     provider = (OpenAICompatProvider if make is openai else AnthropicProvider)(
         base_url=f"http://127.0.0.1:{free_port()}", api_key=API_KEY, default_model="m"
     )
@@ -175,7 +193,9 @@ async def test_connection_refused_is_retryable_unavailable(make):
 
 
 @PROVIDERS
-async def test_redirects_are_not_followed_and_are_a_config_error(make, fake_provider):
+async def test_redirects_are_not_followed_and_are_a_config_error(
+    make: MakeProvider, fake_provider: FakeProvider
+) -> None:
     target = fake_provider.scenario(200, "{}")
     name = fake_provider.scenario(307, "", headers={"location": fake_provider.url(target, "/v1")})
     error = await failure(make(fake_provider, name))
@@ -183,7 +203,7 @@ async def test_redirects_are_not_followed_and_are_a_config_error(make, fake_prov
     assert fake_provider.requests(target) == []  # the key never went to the new location
 
 
-async def test_invalid_base_url_is_a_permanent_config_error():
+async def test_invalid_base_url_is_a_permanent_config_error() -> None:
     provider = OpenAICompatProvider(
         base_url="ftp://example.invalid/v1", api_key=API_KEY, default_model="m"
     )
@@ -194,7 +214,7 @@ async def test_invalid_base_url_is_a_permanent_config_error():
 # --- the helper's pure parts -------------------------------------------------
 
 
-def test_retry_after_accepts_seconds_http_dates_and_openai_milliseconds():
+def test_retry_after_accepts_seconds_http_dates_and_openai_milliseconds() -> None:
     now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert retry_after(httpx.Headers({"retry-after": "3"})) == timedelta(seconds=3)
     date = "Wed, 01 Jan 2025 12:00:30 GMT"
@@ -206,7 +226,7 @@ def test_retry_after_accepts_seconds_http_dates_and_openai_milliseconds():
     assert retry_after(httpx.Headers({})) is None
 
 
-def test_excerpt_reads_openai_and_anthropic_error_shapes_and_scrubs_key_shapes():
+def test_excerpt_reads_openai_and_anthropic_error_shapes_and_scrubs_key_shapes() -> None:
     assert body_excerpt('{"error": {"message": "bad model", "type": "x"}}') == "x: bad model"
     anthropic_body = (
         '{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'

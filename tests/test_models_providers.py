@@ -63,7 +63,9 @@ async def openai_call(
     return result, sent.json()
 
 
-async def test_constrained_mode_sends_json_object_schema_and_reads_one_call(fake_provider):
+async def test_constrained_mode_sends_json_object_schema_and_reads_one_call(
+    fake_provider: FakeProvider,
+) -> None:
     content = '{"tool": "shell", "arguments": {"command":  "ls -la"}}'
     reply, body = await openai_call(fake_provider, chat_completion({"content": content}), turns=2)
     assert body["response_format"] == {"type": "json_object", "schema": tool_call_schema(TOOLS)}
@@ -76,7 +78,9 @@ async def test_constrained_mode_sends_json_object_schema_and_reads_one_call(fake
     assert (reply.usage.input_tokens, reply.usage.output_tokens) == (11, 5)
 
 
-async def test_constrained_mode_can_send_openai_json_schema_format(fake_provider):
+async def test_constrained_mode_can_send_openai_json_schema_format(
+    fake_provider: FakeProvider,
+) -> None:
     content = '{"tool": "finish", "arguments": {"answer": "done"}}'
     _, body = await openai_call(
         fake_provider, chat_completion({"content": content}), schema_format="json_schema"
@@ -87,14 +91,18 @@ async def test_constrained_mode_can_send_openai_json_schema_format(fake_provider
     }
 
 
-async def test_constrained_reply_without_tool_name_comes_back_as_text(fake_provider):
+async def test_constrained_reply_without_tool_name_comes_back_as_text(
+    fake_provider: FakeProvider,
+) -> None:
     reply, _ = await openai_call(fake_provider, chat_completion({"content": '{"to'}, "length"))
     assert reply.tool_calls == []
     assert reply.text == '{"to'
     assert reply.stop_reason == "length"
 
 
-async def test_native_mode_sends_tools_and_keeps_provider_ids_and_raw_arguments(fake_provider):
+async def test_native_mode_sends_tools_and_keeps_provider_ids_and_raw_arguments(
+    fake_provider: FakeProvider,
+) -> None:
     wire_calls = [
         {
             "id": "call_abc",
@@ -120,7 +128,7 @@ async def test_native_mode_sends_tools_and_keeps_provider_ids_and_raw_arguments(
     assert reply.stop_reason == "tool_calls"
 
 
-async def test_no_api_key_means_no_authorization_header(fake_provider):
+async def test_no_api_key_means_no_authorization_header(fake_provider: FakeProvider) -> None:
     name = fake_provider.scenario(200, chat_completion({"content": "hi"}))
     provider = OpenAICompatProvider(base_url=fake_provider.url(name, "/v1"), default_model="m")
     reply = await provider.complete(
@@ -133,7 +141,7 @@ async def test_no_api_key_means_no_authorization_header(fake_provider):
     assert "response_format" not in sent.json()  # nothing to constrain without tools
 
 
-async def test_anthropic_reads_text_tool_use_and_cache_usage(fake_provider):
+async def test_anthropic_reads_text_tool_use_and_cache_usage(fake_provider: FakeProvider) -> None:
     response = {
         "id": "msg_1",
         "type": "message",

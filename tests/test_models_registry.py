@@ -6,6 +6,8 @@ headers, so "this key is never sent there" is observed, not inferred.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from temporalio.exceptions import ApplicationError
 
@@ -34,7 +36,9 @@ def request(ref: ModelRef) -> ModelRequest:
     return ModelRequest(model=ref, messages=[Message(role="user", content="hi")], tools=[])
 
 
-async def call(fake: FakeProvider, name: str, cfg: Settings, env: dict[str, str], ref: ModelRef):
+async def call(
+    fake: FakeProvider, name: str, cfg: Settings, env: dict[str, str], ref: ModelRef
+) -> tuple[dict[str, str], Any]:
     providers = build_providers(cfg, environ=env)
     try:
         await providers.complete(request(ref))
@@ -44,21 +48,21 @@ async def call(fake: FakeProvider, name: str, cfg: Settings, env: dict[str, str]
     return {k.lower(): v for k, v in sent.headers.items()}, sent.json()
 
 
-async def test_default_provider_and_model_come_from_settings(fake_provider):
+async def test_default_provider_and_model_come_from_settings(fake_provider: FakeProvider) -> None:
     name = fake_provider.scenario(200, OK_CHAT)
     cfg = settings(openai_base_url=fake_provider.url(name, "/v1"), default_model="tiny")
     _, body = await call(fake_provider, name, cfg, {}, ModelRef())
     assert body["model"] == "tiny"
 
 
-async def test_model_ref_name_overrides_the_default_model(fake_provider):
+async def test_model_ref_name_overrides_the_default_model(fake_provider: FakeProvider) -> None:
     name = fake_provider.scenario(200, OK_CHAT)
     cfg = settings(openai_base_url=fake_provider.url(name, "/v1"))
     _, body = await call(fake_provider, name, cfg, {}, ModelRef(provider="openai", name="big"))
     assert body["model"] == "big"
 
 
-async def test_default_scripted_deployment_routes_default_refs_to_the_script():
+async def test_default_scripted_deployment_routes_default_refs_to_the_script() -> None:
     providers = build_providers(settings(default_provider="scripted"), environ={})
     req = request(ModelRef())
     req.script = [ScriptedTurn(content="scripted!")]
@@ -67,7 +71,7 @@ async def test_default_scripted_deployment_routes_default_refs_to_the_script():
     assert reply.text == "scripted!"
 
 
-async def test_anthropic_without_any_key_fails_at_call_time_with_config_error():
+async def test_anthropic_without_any_key_fails_at_call_time_with_config_error() -> None:
     providers = build_providers(settings(), environ={})
     with pytest.raises(ApplicationError) as info:
         await providers.complete(request(ModelRef(provider="anthropic", name="claude-x")))
@@ -77,7 +81,7 @@ async def test_anthropic_without_any_key_fails_at_call_time_with_config_error():
     assert "AGENTRUN_ANTHROPIC_API_KEY" in str(info.value)
 
 
-async def test_non_default_provider_needs_an_explicit_model_name():
+async def test_non_default_provider_needs_an_explicit_model_name() -> None:
     providers = build_providers(settings(anthropic_api_key="k"), environ={})
     with pytest.raises(ApplicationError) as info:
         await providers.complete(request(ModelRef(provider="anthropic")))
@@ -86,7 +90,7 @@ async def test_non_default_provider_needs_an_explicit_model_name():
     assert "ModelRef.name is required" in str(info.value)
 
 
-async def test_openai_com_without_a_key_is_a_config_error_not_a_401():
+async def test_openai_com_without_a_key_is_a_config_error_not_a_401() -> None:
     providers = build_providers(settings(openai_base_url="https://api.openai.com/v1"), environ={})
     with pytest.raises(ApplicationError) as info:
         await providers.complete(request(ModelRef()))
@@ -95,14 +99,16 @@ async def test_openai_com_without_a_key_is_a_config_error_not_a_401():
     assert "OPENAI_API_KEY" in str(info.value)
 
 
-async def test_conventional_openai_variables_are_used_together(fake_provider):
+async def test_conventional_openai_variables_are_used_together(fake_provider: FakeProvider) -> None:
     name = fake_provider.scenario(200, OK_CHAT)
     env = {"OPENAI_BASE_URL": fake_provider.url(name, "/v1"), "OPENAI_API_KEY": "sk-env-key-0001"}
     headers, _ = await call(fake_provider, name, settings(), env, ModelRef())
     assert headers["authorization"] == "Bearer sk-env-key-0001"
 
 
-async def test_agentrun_settings_win_over_conventional_variables(fake_provider):
+async def test_agentrun_settings_win_over_conventional_variables(
+    fake_provider: FakeProvider,
+) -> None:
     name = fake_provider.scenario(200, OK_CHAT)
     other = fake_provider.scenario(200, OK_CHAT)
     cfg = settings(
@@ -114,7 +120,9 @@ async def test_agentrun_settings_win_over_conventional_variables(fake_provider):
     assert fake_provider.requests(other) == []
 
 
-async def test_openai_api_key_is_never_sent_to_a_server_set_by_agentrun_base_url(fake_provider):
+async def test_openai_api_key_is_never_sent_to_a_server_set_by_agentrun_base_url(
+    fake_provider: FakeProvider,
+) -> None:
     name = fake_provider.scenario(200, OK_CHAT)
     cfg = settings(openai_base_url=fake_provider.url(name, "/v1"))
     headers, _ = await call(
@@ -123,7 +131,9 @@ async def test_openai_api_key_is_never_sent_to_a_server_set_by_agentrun_base_url
     assert "authorization" not in headers
 
 
-async def test_conventional_anthropic_variables_are_used_together(fake_provider):
+async def test_conventional_anthropic_variables_are_used_together(
+    fake_provider: FakeProvider,
+) -> None:
     name = fake_provider.scenario(200, OK_MESSAGE)
     env = {"ANTHROPIC_BASE_URL": fake_provider.url(name), "ANTHROPIC_API_KEY": "sk-ant-env-0003"}
     headers, body = await call(
@@ -133,7 +143,9 @@ async def test_conventional_anthropic_variables_are_used_together(fake_provider)
     assert body["model"] == "claude-x"
 
 
-async def test_anthropic_api_key_is_never_sent_to_a_server_set_by_agentrun_base_url(fake_provider):
+async def test_anthropic_api_key_is_never_sent_to_a_server_set_by_agentrun_base_url(
+    fake_provider: FakeProvider,
+) -> None:
     name = fake_provider.scenario(200, OK_MESSAGE)
     cfg = settings(anthropic_base_url=fake_provider.url(name))
     providers = build_providers(cfg, environ={"ANTHROPIC_API_KEY": "sk-ant-env-0003"})
@@ -144,6 +156,6 @@ async def test_anthropic_api_key_is_never_sent_to_a_server_set_by_agentrun_base_
     assert fake_provider.requests(name) == []
 
 
-def test_settings_repr_never_shows_keys():
+def test_settings_repr_never_shows_keys() -> None:
     cfg = settings(openai_api_key="sk-secret-0004", anthropic_api_key="sk-ant-secret-0005")
     assert "sk-secret-0004" not in repr(cfg) and "sk-ant-secret-0005" not in repr(cfg)

@@ -52,20 +52,20 @@ def request(
     )
 
 
-async def test_turn_is_chosen_by_the_number_of_assistant_messages():
+async def test_turn_is_chosen_by_the_number_of_assistant_messages() -> None:
     provider = ScriptedProvider()
     texts = [(await provider.complete(request(n))).text for n in range(3)]
     assert texts == ["first", "second", None]
 
 
-async def test_same_request_gives_the_same_reply_so_retries_replay_identically():
+async def test_same_request_gives_the_same_reply_so_retries_replay_identically() -> None:
     provider = ScriptedProvider()
     first = await provider.complete(request(0))
     again = await ScriptedProvider().complete(request(0))
     assert first == again
 
 
-async def test_dict_arguments_become_json_text_with_turn_based_ids_and_usage():
+async def test_dict_arguments_become_json_text_with_turn_based_ids_and_usage() -> None:
     reply = await ScriptedProvider().complete(request(0))
     assert [c.id for c in reply.tool_calls] == ["call_0_0", "call_0_1"]
     assert [c.name for c in reply.tool_calls] == ["shell", "read_file"]
@@ -74,13 +74,13 @@ async def test_dict_arguments_become_json_text_with_turn_based_ids_and_usage():
     assert reply.stop_reason == "tool_calls"
 
 
-async def test_string_arguments_pass_through_raw_to_simulate_malformed_model_output():
+async def test_string_arguments_pass_through_raw_to_simulate_malformed_model_output() -> None:
     reply = await ScriptedProvider().complete(request(1))
     assert reply.tool_calls[0].arguments == '{"command": '
     assert reply.tool_calls[0].id == "call_1_0"
 
 
-async def test_fail_attempts_raise_retryable_unavailable_then_a_later_attempt_succeeds():
+async def test_fail_attempts_raise_retryable_unavailable_then_a_later_attempt_succeeds() -> None:
     script = [ScriptedTurn(content="ok", fail_attempts=2, fail_status=503)]
     provider = ScriptedProvider()
     for attempt in (1, 2):
@@ -93,7 +93,7 @@ async def test_fail_attempts_raise_retryable_unavailable_then_a_later_attempt_su
     assert reply.text == "ok"
 
 
-async def test_fail_status_429_is_rate_limited_like_a_real_provider():
+async def test_fail_status_429_is_rate_limited_like_a_real_provider() -> None:
     script = [ScriptedTurn(fail_attempts=1, fail_status=429)]
     with pytest.raises(ApplicationError) as info:
         await ScriptedProvider().complete(request(0, script))
@@ -101,7 +101,7 @@ async def test_fail_status_429_is_rate_limited_like_a_real_provider():
     assert not info.value.non_retryable
 
 
-async def test_fail_status_401_is_a_non_retryable_auth_error():
+async def test_fail_status_401_is_a_non_retryable_auth_error() -> None:
     script = [ScriptedTurn(content="never", fail_attempts=1, fail_status=401)]
     with pytest.raises(ApplicationError) as info:
         await ScriptedProvider().complete(request(0, script))
@@ -109,7 +109,7 @@ async def test_fail_status_401_is_a_non_retryable_auth_error():
     assert info.value.non_retryable
 
 
-async def test_running_past_the_script_is_a_non_retryable_config_error_naming_the_turn():
+async def test_running_past_the_script_is_a_non_retryable_config_error_naming_the_turn() -> None:
     with pytest.raises(ApplicationError) as info:
         await ScriptedProvider().complete(request(3))
     assert info.value.type == "ModelConfigError"
@@ -117,14 +117,14 @@ async def test_running_past_the_script_is_a_non_retryable_config_error_naming_th
     assert "script exhausted at turn 3" in str(info.value)
 
 
-async def test_missing_script_is_a_non_retryable_config_error():
+async def test_missing_script_is_a_non_retryable_config_error() -> None:
     with pytest.raises(ApplicationError) as info:
         await ScriptedProvider().complete(request(0, script=None))
     assert info.value.type == "ModelConfigError"
     assert info.value.non_retryable
 
 
-async def test_delay_seconds_waits_before_answering():
+async def test_delay_seconds_waits_before_answering() -> None:
     script = [ScriptedTurn(content="late", delay_seconds=0.3)]
     started = time.monotonic()
     reply = await ScriptedProvider().complete(request(0, script))
@@ -132,7 +132,7 @@ async def test_delay_seconds_waits_before_answering():
     assert time.monotonic() - started >= 0.3
 
 
-async def test_turn_without_tool_calls_reports_stop():
+async def test_turn_without_tool_calls_reports_stop() -> None:
     reply = await ScriptedProvider().complete(request(0, [ScriptedTurn(content="just text")]))
     assert reply.tool_calls == []
     assert reply.stop_reason == "stop"

@@ -34,7 +34,7 @@ def history() -> list[Message]:
 # --- OpenAI-compatible ---------------------------------------------------------
 
 
-def test_schema_has_one_branch_per_tool_pinning_its_name_to_its_own_arguments():
+def test_schema_has_one_branch_per_tool_pinning_its_name_to_its_own_arguments() -> None:
     schema = tool_call_schema(TOOLS)
     branches = schema["anyOf"]
     assert [b["properties"]["tool"]["const"] for b in branches] == ["shell", "write_file", "finish"]
@@ -47,13 +47,13 @@ def test_schema_has_one_branch_per_tool_pinning_its_name_to_its_own_arguments():
         assert list(branch["properties"]) == ["tool", "arguments"]  # name first
 
 
-def test_single_tool_schema_is_that_tools_branch_without_anyof():
+def test_single_tool_schema_is_that_tools_branch_without_anyof() -> None:
     schema = tool_call_schema(tool_schemas(["finish"]))
     assert "anyOf" not in schema
     assert schema["properties"]["tool"]["const"] == "finish"
 
 
-def test_grammar_schema_drops_huge_length_bounds_that_crash_llama_cpp():
+def test_grammar_schema_drops_huge_length_bounds_that_crash_llama_cpp() -> None:
     # write_file's content allows 4 MiB: as a grammar that is millions of nested rules.
     params = tool_schemas(["write_file"])[0].parameters
     assert params["properties"]["content"]["maxLength"] > GRAMMAR_LENGTH_BOUND
@@ -63,7 +63,7 @@ def test_grammar_schema_drops_huge_length_bounds_that_crash_llama_cpp():
     assert "description" not in json.dumps(safe)
 
 
-def test_grammar_schema_inlines_local_refs_and_drops_patterns():
+def test_grammar_schema_inlines_local_refs_and_drops_patterns() -> None:
     params = {
         "type": "object",
         "properties": {
@@ -81,7 +81,7 @@ def test_grammar_schema_inlines_local_refs_and_drops_patterns():
     assert "$defs" not in safe
 
 
-def test_grammar_schema_stops_recursive_refs():
+def test_grammar_schema_stops_recursive_refs() -> None:
     params = {
         "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
         "$ref": "#/$defs/Node",
@@ -89,7 +89,7 @@ def test_grammar_schema_stops_recursive_refs():
     assert json.dumps(grammar_schema(params))  # terminates
 
 
-def test_constrained_messages_carry_the_tool_catalogue_and_replay_calls_as_json():
+def test_constrained_messages_carry_the_tool_catalogue_and_replay_calls_as_json() -> None:
     wire = wire_messages(history(), TOOLS, constrained=True)
     assert [m["role"] for m in wire] == ["system", "user", "assistant", "user"]
     assert wire[0]["content"].startswith("be brief\n\n")
@@ -101,13 +101,13 @@ def test_constrained_messages_carry_the_tool_catalogue_and_replay_calls_as_json(
     assert all("tool_calls" not in m for m in wire)
 
 
-def test_constrained_messages_without_system_prompt_get_one():
+def test_constrained_messages_without_system_prompt_get_one() -> None:
     wire = wire_messages([Message(role="user", content="hi")], TOOLS, constrained=True)
     assert wire[0]["role"] == "system" and "Tools:" in wire[0]["content"]
     assert tools_prompt(TOOLS) == wire[0]["content"]
 
 
-def test_native_messages_use_tool_calls_and_tool_call_id():
+def test_native_messages_use_tool_calls_and_tool_call_id() -> None:
     wire = wire_messages(history(), TOOLS, constrained=False)
     assert wire[2] == {
         "role": "assistant",
@@ -124,7 +124,7 @@ def test_native_messages_use_tool_calls_and_tool_call_id():
     assert "Tools:" not in wire[0]["content"]
 
 
-def test_envelope_keeps_the_raw_argument_text_exactly():
+def test_envelope_keeps_the_raw_argument_text_exactly() -> None:
     content = '{ "tool" : "write_file", "arguments" : { "path": "a",  "content" : "x\\ny" } }'
     call = parse_tool_envelope(content, call_id="call_2_0")
     assert call == RawToolCall(
@@ -132,7 +132,7 @@ def test_envelope_keeps_the_raw_argument_text_exactly():
     )
 
 
-def test_raw_newlines_inside_strings_are_escaped_so_arguments_parse():
+def test_raw_newlines_inside_strings_are_escaped_so_arguments_parse() -> None:
     # llama-cpp-python's grammar lets a literal newline into a JSON string.
     content = '{"tool": "write_file",\n "arguments": {"path": "a", "content": "l1\nl2\t\x01"}}'
     call = parse_tool_envelope(content, call_id="c")
@@ -141,13 +141,13 @@ def test_raw_newlines_inside_strings_are_escaped_so_arguments_parse():
     assert json.loads(call.arguments)["content"] == "l1\nl2\t\x01"
 
 
-def test_escaping_leaves_whitespace_between_tokens_and_escaped_quotes_alone():
+def test_escaping_leaves_whitespace_between_tokens_and_escaped_quotes_alone() -> None:
     text = '{\n "a": "x\\"\ny",\n\t"b": 1}'
     assert escape_control_characters(text) == '{\n "a": "x\\"\\ny",\n\t"b": 1}'
     assert json.loads(escape_control_characters(text)) == {"a": 'x"\ny', "b": 1}
 
 
-def test_envelope_in_any_key_order_is_read():
+def test_envelope_in_any_key_order_is_read() -> None:
     call = parse_tool_envelope('{"arguments": {"answer": "ok"}, "tool": "finish"}', call_id="c")
     assert (
         call is not None
@@ -156,20 +156,20 @@ def test_envelope_in_any_key_order_is_read():
     )
 
 
-def test_truncated_arguments_are_passed_through_for_the_validator():
+def test_truncated_arguments_are_passed_through_for_the_validator() -> None:
     call = parse_tool_envelope('{"tool": "shell", "arguments": {"command": "ech', call_id="c")
     assert call is not None and call.name == "shell"
     assert call.arguments == '{"command": "ech'
 
 
-def test_envelope_without_a_tool_name_is_not_a_call():
+def test_envelope_without_a_tool_name_is_not_a_call() -> None:
     assert parse_tool_envelope('{"arguments": {}}', call_id="c") is None
     assert parse_tool_envelope("I will write the file now.", call_id="c") is None
     assert parse_tool_envelope('{"tool": 3, "arguments": {}}', call_id="c") is None
     assert parse_tool_envelope('{"to', call_id="c") is None
 
 
-def test_envelope_missing_arguments_yields_empty_malformed_arguments():
+def test_envelope_missing_arguments_yields_empty_malformed_arguments() -> None:
     call = parse_tool_envelope('{"tool": "finish"}', call_id="c")
     assert call is not None and call.arguments == ""
 
@@ -177,7 +177,7 @@ def test_envelope_missing_arguments_yields_empty_malformed_arguments():
 # --- Anthropic -----------------------------------------------------------------
 
 
-def test_anthropic_system_is_top_level_and_calls_become_tool_use_blocks():
+def test_anthropic_system_is_top_level_and_calls_become_tool_use_blocks() -> None:
     body = wire_request(history(), TOOLS)
     assert body["system"] == "be brief"
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
@@ -195,7 +195,7 @@ def test_anthropic_system_is_top_level_and_calls_become_tool_use_blocks():
     }
 
 
-def test_anthropic_results_of_one_turn_and_steering_share_one_user_message():
+def test_anthropic_results_of_one_turn_and_steering_share_one_user_message() -> None:
     calls = [RawToolCall(id=f"c{i}", name="shell", arguments="{}") for i in range(2)]
     messages = [
         Message(role="user", content="go"),
@@ -215,7 +215,7 @@ def test_anthropic_results_of_one_turn_and_steering_share_one_user_message():
     assert "system" not in body and "tools" not in body
 
 
-def test_anthropic_wraps_malformed_past_arguments_instead_of_failing():
+def test_anthropic_wraps_malformed_past_arguments_instead_of_failing() -> None:
     messages = [
         Message(role="user", content="go"),
         Message(
@@ -226,6 +226,6 @@ def test_anthropic_wraps_malformed_past_arguments_instead_of_failing():
     assert block["input"] == {"raw_arguments": '{"co'}
 
 
-def test_tool_schema_round_trip_keeps_description():
+def test_tool_schema_round_trip_keeps_description() -> None:
     tool = ToolSchema(name="t", description="does t", parameters={"type": "object"})
     assert "- t: does t Arguments: none" in tools_prompt([tool])

@@ -14,7 +14,10 @@ import time
 import docker
 import pytest
 
+from agentrun.config import Settings
 from sandbox import _names
+from sandbox.base import RunRef
+from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import POLICY, ROOT, sh
 
 pytestmark = pytest.mark.docker
@@ -39,13 +42,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def count_lines(sandbox, run) -> int:
+def count_lines(sandbox: DockerSandbox, run: RunRef) -> int:
     return int(sh(sandbox, run, "wc -l < count.txt").stdout)
 
 
 def test_call_of_a_killed_worker_is_reattached_and_runs_exactly_once(
-    docker_sandbox, run_ref, sandbox_settings
-):
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     sh(docker_sandbox, run_ref, "true")  # the container exists before the worker starts
     worker = subprocess.Popen(
         [
@@ -84,7 +87,9 @@ def test_call_of_a_killed_worker_is_reattached_and_runs_exactly_once(
     assert count_lines(docker_sandbox, run_ref) == 1
 
 
-def test_reattaching_to_a_finished_call_returns_the_recorded_result(docker_sandbox, run_ref):
+def test_reattaching_to_a_finished_call_returns_the_recorded_result(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     cmd = "echo ran >> count.txt; echo out; echo err >&2; exit 4"
     first = docker_sandbox.exec(
         run_ref, "s2-c0", cmd, policy=POLICY, timeout_s=10, max_output_bytes=100
@@ -98,7 +103,9 @@ def test_reattaching_to_a_finished_call_returns_the_recorded_result(docker_sandb
     assert count_lines(docker_sandbox, run_ref) == 1
 
 
-def test_concurrent_requests_for_one_call_id_start_it_once(docker_sandbox, run_ref):
+def test_concurrent_requests_for_one_call_id_start_it_once(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     results = []
 
     def call() -> None:
@@ -123,8 +130,8 @@ def test_concurrent_requests_for_one_call_id_start_it_once(docker_sandbox, run_r
 
 
 def test_call_cut_by_a_container_restart_is_reported_interrupted_not_rerun(
-    docker_sandbox, run_ref, sandbox_settings
-):
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     sh(docker_sandbox, run_ref, "true")
     results = []
     thread = threading.Thread(
@@ -154,7 +161,9 @@ def test_call_cut_by_a_container_restart_is_reported_interrupted_not_rerun(
     assert count_lines(docker_sandbox, run_ref) == 1
 
 
-def test_a_command_cannot_forge_the_record_of_a_future_call(docker_sandbox, run_ref):
+def test_a_command_cannot_forge_the_record_of_a_future_call(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     forge = (
         "for d in s9-c0 s9-c0.0 s9-c0.x; do mkdir -p .agentrun/calls/$d; "
         'echo \'{"exit_code": 0, "stdout_total": 6, "stderr_total": 0, "duration_ms": 1,'
@@ -168,7 +177,9 @@ def test_a_command_cannot_forge_the_record_of_a_future_call(docker_sandbox, run_
     assert (out.stdout, out.reattached) == (b"real\n", False)
 
 
-def test_a_long_call_heartbeats_while_the_worker_waits(docker_sandbox, run_ref):
+def test_a_long_call_heartbeats_while_the_worker_waits(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     beats: list[float] = []
     out = docker_sandbox.exec(
         run_ref,

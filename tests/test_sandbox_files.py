@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from sandbox.base import SandboxPathError
+from sandbox.base import RunRef, SandboxPathError
+from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import POLICY, sh
 
 pytestmark = pytest.mark.docker
@@ -15,7 +16,9 @@ pytestmark = pytest.mark.docker
 @pytest.mark.parametrize(
     "path", ["/etc/passwd", "../x", "a/../../x", "..", "a/../../../etc/shadow"]
 )
-def test_paths_escaping_the_workspace_are_rejected(docker_sandbox, run_ref, path):
+def test_paths_escaping_the_workspace_are_rejected(
+    docker_sandbox: DockerSandbox, run_ref: RunRef, path: str
+) -> None:
     with pytest.raises(SandboxPathError):
         docker_sandbox.read_file(run_ref, path, policy=POLICY, max_bytes=100)
     with pytest.raises(SandboxPathError):
@@ -24,7 +27,9 @@ def test_paths_escaping_the_workspace_are_rejected(docker_sandbox, run_ref, path
         docker_sandbox.list_files(run_ref, path, policy=POLICY)
 
 
-def test_symlinks_pointing_outside_are_rejected(docker_sandbox, run_ref):
+def test_symlinks_pointing_outside_are_rejected(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     sh(docker_sandbox, run_ref, "ln -s /etc/passwd passwd; ln -s / root; mkdir d; ln -s ../.. d/up")
     for path in ("passwd", "root/etc/hostname", "d/up/etc/passwd"):
         with pytest.raises(SandboxPathError, match="outside"):
@@ -36,7 +41,9 @@ def test_symlinks_pointing_outside_are_rejected(docker_sandbox, run_ref):
     assert not SandboxPathError.retryable
 
 
-def test_large_binary_file_round_trips_byte_exact(docker_sandbox, run_ref):
+def test_large_binary_file_round_trips_byte_exact(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     data = os.urandom(1_500_000)
     docker_sandbox.write_file(run_ref, "deep/dir/blob.bin", data, policy=POLICY)
     assert (
@@ -50,7 +57,9 @@ def test_large_binary_file_round_trips_byte_exact(docker_sandbox, run_ref):
     assert sh(docker_sandbox, run_ref, "stat -c %s deep/dir/blob.bin").stdout == b"1500000\n"
 
 
-def test_non_utf8_file_names_are_listed_and_readable(docker_sandbox, run_ref):
+def test_non_utf8_file_names_are_listed_and_readable(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     sh(docker_sandbox, run_ref, "printf 'latin' > \"$(printf 'caf\\351')\"")
     [entry] = docker_sandbox.list_files(run_ref, "", policy=POLICY)
     assert os.fsencode(entry.path) == b"caf\xe9"
@@ -59,7 +68,9 @@ def test_non_utf8_file_names_are_listed_and_readable(docker_sandbox, run_ref):
     assert sh(docker_sandbox, run_ref, "cat caf*.copy").stdout == b"again"
 
 
-def test_list_files_hides_call_records_and_caps_entries(docker_sandbox, run_ref):
+def test_list_files_hides_call_records_and_caps_entries(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     sh(docker_sandbox, run_ref, "mkdir sub; for i in 1 2 3; do echo $i > sub/f$i; done")
     top = docker_sandbox.list_files(run_ref, "", policy=POLICY)
     assert [(e.path, e.is_dir) for e in top] == [("sub", True)]
@@ -68,7 +79,9 @@ def test_list_files_hides_call_records_and_caps_entries(docker_sandbox, run_ref)
         docker_sandbox.read_file(run_ref, ".agentrun/calls", policy=POLICY, max_bytes=10)
 
 
-def test_collect_returns_regular_files_and_skips_hidden_dirs(docker_sandbox, run_ref):
+def test_collect_returns_regular_files_and_skips_hidden_dirs(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     sh(
         docker_sandbox,
         run_ref,
@@ -81,7 +94,9 @@ def test_collect_returns_regular_files_and_skips_hidden_dirs(docker_sandbox, run
     assert [f.path for f in only] == ["out/a.txt"]
 
 
-def test_full_call_output_is_readable_beyond_max_output_bytes(docker_sandbox, run_ref):
+def test_full_call_output_is_readable_beyond_max_output_bytes(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = docker_sandbox.exec(
         run_ref, "s5-c0", "seq 1 20000", policy=POLICY, timeout_s=10, max_output_bytes=100
     )

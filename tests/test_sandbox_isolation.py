@@ -21,7 +21,9 @@ from tests.sandbox_fixtures import new_run, sh
 pytestmark = pytest.mark.docker
 
 
-def test_container_has_only_loopback_and_no_routes(docker_sandbox, run_ref):
+def test_container_has_only_loopback_and_no_routes(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(docker_sandbox, run_ref, "cat /proc/net/dev; echo ---; cat /proc/net/route")
     dev, routes = out.stdout.decode().split("---\n")
     interfaces = [line.split(":")[0].strip() for line in dev.splitlines()[2:]]
@@ -29,7 +31,9 @@ def test_container_has_only_loopback_and_no_routes(docker_sandbox, run_ref):
     assert routes.strip().splitlines()[1:] == []  # only the header line
 
 
-def test_worker_environment_is_not_visible_inside(docker_sandbox, run_ref, monkeypatch):
+def test_worker_environment_is_not_visible_inside(
+    docker_sandbox: DockerSandbox, run_ref: RunRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AGENTRUN_TEST_CANARY", "sekrit-canary-value")
     out = sh(docker_sandbox, run_ref, "env; cat /proc/1/environ | tr '\\0' '\\n'")
     assert out.exit_code == 0
@@ -49,7 +53,9 @@ def test_worker_environment_is_not_visible_inside(docker_sandbox, run_ref, monke
     }
 
 
-def test_root_filesystem_is_read_only_and_etc_is_not_writable(docker_sandbox, run_ref):
+def test_root_filesystem_is_read_only_and_etc_is_not_writable(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(docker_sandbox, run_ref, "echo x > /etc/evil; echo $?; touch /usr/evil; echo $?")
     codes = out.stdout.split()
     assert codes == [b"1", b"1"] or all(c != b"0" for c in codes)
@@ -58,7 +64,9 @@ def test_root_filesystem_is_read_only_and_etc_is_not_writable(docker_sandbox, ru
     assert ok.stdout == b"fine\n"
 
 
-def test_commands_run_as_uid_10001_with_no_capabilities(docker_sandbox, run_ref):
+def test_commands_run_as_uid_10001_with_no_capabilities(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(
         docker_sandbox, run_ref, "grep -E '^(Uid|Gid|CapEff|CapPrm|NoNewPrivs)' /proc/self/status"
     )
@@ -72,7 +80,9 @@ def test_commands_run_as_uid_10001_with_no_capabilities(docker_sandbox, run_ref)
     assert fields["NoNewPrivs"] == ["1"]
 
 
-def test_no_docker_socket_and_no_host_mounts_inside(docker_sandbox, run_ref):
+def test_no_docker_socket_and_no_host_mounts_inside(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(
         docker_sandbox,
         run_ref,
@@ -88,7 +98,9 @@ def test_no_docker_socket_and_no_host_mounts_inside(docker_sandbox, run_ref):
     assert sorted(writable_data) == ["/home/agent", "/tmp", "/workspace"]
 
 
-def test_container_is_created_hardened(docker_sandbox, run_ref, sandbox_settings):
+def test_container_is_created_hardened(
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     sh(docker_sandbox, run_ref, "true")
     name = _names.container_name(sandbox_settings.sandbox_namespace, run_ref)
     host = docker.from_env().containers.get(name).attrs["HostConfig"]
@@ -103,7 +115,9 @@ def test_container_is_created_hardened(docker_sandbox, run_ref, sandbox_settings
     assert host["LogConfig"]["Type"] == "none"
 
 
-def test_run_cannot_see_another_runs_workspace(docker_sandbox, run_ref):
+def test_run_cannot_see_another_runs_workspace(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     other = new_run()
     try:
         sh(docker_sandbox, other, "echo other-run-secret > secret.txt")
@@ -120,12 +134,14 @@ def test_run_cannot_see_another_runs_workspace(docker_sandbox, run_ref):
         docker_sandbox.destroy(other, keep_workspace=False)
 
 
-def test_network_is_refused_unless_the_operator_allows_it(docker_sandbox):
+def test_network_is_refused_unless_the_operator_allows_it(docker_sandbox: DockerSandbox) -> None:
     with pytest.raises(SandboxPolicyError, match="ALLOW_NETWORK"):
         docker_sandbox.resources(SandboxPolicy(network=True))
 
 
-def test_limits_over_the_operator_maximum_are_refused(docker_sandbox, sandbox_settings):
+def test_limits_over_the_operator_maximum_are_refused(
+    docker_sandbox: DockerSandbox, sandbox_settings: Settings
+) -> None:
     with pytest.raises(SandboxPolicyError, match="memory_mb"):
         docker_sandbox.resources(
             SandboxPolicy(memory_mb=sandbox_settings.sandbox_max_memory_mb + 1)
@@ -138,7 +154,7 @@ def test_limits_over_the_operator_maximum_are_refused(docker_sandbox, sandbox_se
         )
 
 
-def test_image_outside_the_allow_list_is_refused(docker_sandbox):
+def test_image_outside_the_allow_list_is_refused(docker_sandbox: DockerSandbox) -> None:
     with pytest.raises(SandboxPolicyError, match="not allowed"):
         docker_sandbox.exec(
             RunRef("t", "r"),
@@ -151,7 +167,7 @@ def test_image_outside_the_allow_list_is_refused(docker_sandbox):
     assert not SandboxPolicyError.retryable
 
 
-def test_unreachable_docker_engine_is_retryable_unavailable(sandbox_settings):
+def test_unreachable_docker_engine_is_retryable_unavailable(sandbox_settings: Settings) -> None:
     client = docker.DockerClient(
         base_url="unix:///nonexistent/agentrun-docker.sock", version="1.41"
     )
@@ -168,7 +184,7 @@ def test_unreachable_docker_engine_is_retryable_unavailable(sandbox_settings):
     assert info.value.retryable
 
 
-def test_host_pid_namespace_is_not_shared(docker_sandbox, run_ref):
+def test_host_pid_namespace_is_not_shared(docker_sandbox: DockerSandbox, run_ref: RunRef) -> None:
     out = sh(docker_sandbox, run_ref, "ls /proc | grep -c '^[0-9]'")
     assert int(out.stdout) < 20  # only the sandbox's own few processes
     assert str(os.getpid()).encode() not in sh(docker_sandbox, run_ref, "ps -eo pid").stdout.split()

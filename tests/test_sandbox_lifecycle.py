@@ -22,19 +22,21 @@ def container_of(settings: Settings, run: RunRef) -> Any:
     return docker.from_env().containers.get(_names.container_name(settings.sandbox_namespace, run))
 
 
-def pool_containers(settings) -> list[str]:
+def pool_containers(settings: Settings) -> list[str]:
     containers, _ = leftovers(settings.sandbox_namespace)
     return [c for c in containers if _names.is_pool_container(settings.sandbox_namespace, c)]
 
 
-def run_objects(settings, run) -> tuple[list[str], list[str]]:
+def run_objects(settings: Settings, run: RunRef) -> tuple[list[str], list[str]]:
     """This run's containers and volumes, found by label or name (no in-memory state)."""
     containers, volumes = leftovers(settings.sandbox_namespace)
     key = _names.run_key(run)
     return [c for c in containers if key in c], [v for v in volumes if key in v]
 
 
-def test_first_use_creates_one_container_even_when_raced(docker_sandbox, run_ref, sandbox_settings):
+def test_first_use_creates_one_container_even_when_raced(
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     other = DockerSandbox(sandbox_settings)  # a second worker process, in effect
     results: list[object] = []
 
@@ -65,8 +67,8 @@ def test_first_use_creates_one_container_even_when_raced(docker_sandbox, run_ref
 
 
 def test_pause_freezes_the_run_and_resume_keeps_the_workspace(
-    docker_sandbox, run_ref, sandbox_settings
-):
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     sh(docker_sandbox, run_ref, "echo kept > notes.txt")
     docker_sandbox.pause(run_ref)
     assert container_of(sandbox_settings, run_ref).status == "paused"
@@ -76,13 +78,17 @@ def test_pause_freezes_the_run_and_resume_keeps_the_workspace(
     assert sh(docker_sandbox, run_ref, "cat notes.txt").stdout == b"kept\n"
 
 
-def test_workspace_survives_a_container_restart(docker_sandbox, run_ref, sandbox_settings):
+def test_workspace_survives_a_container_restart(
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     sh(docker_sandbox, run_ref, "echo kept > notes.txt")
     container_of(sandbox_settings, run_ref).restart(timeout=1)
     assert sh(docker_sandbox, run_ref, "cat notes.txt").stdout == b"kept\n"
 
 
-def test_destroy_leaves_nothing_behind_and_is_idempotent(docker_sandbox, sandbox_settings):
+def test_destroy_leaves_nothing_behind_and_is_idempotent(
+    docker_sandbox: DockerSandbox, sandbox_settings: Settings
+) -> None:
     run = new_run()
     sh(docker_sandbox, run, "echo x > f")
     assert run_objects(sandbox_settings, run) != ([], [])
@@ -92,8 +98,8 @@ def test_destroy_leaves_nothing_behind_and_is_idempotent(docker_sandbox, sandbox
 
 
 def test_destroy_keeping_the_workspace_lets_the_run_continue_later(
-    docker_sandbox, run_ref, sandbox_settings
-):
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     sh(docker_sandbox, run_ref, "echo kept > notes.txt", call_id="s0-c0")
     docker_sandbox.destroy(run_ref, keep_workspace=True)
     assert container_of(sandbox_settings, run_ref).status == "exited"  # no processes left
@@ -103,7 +109,9 @@ def test_destroy_keeping_the_workspace_lets_the_run_continue_later(
     ).reattached
 
 
-def test_janitor_removes_dead_runs_and_keeps_live_ones(docker_sandbox, sandbox_settings):
+def test_janitor_removes_dead_runs_and_keeps_live_ones(
+    docker_sandbox: DockerSandbox, sandbox_settings: Settings
+) -> None:
     live, dead = new_run(), new_run()
     try:
         sh(docker_sandbox, live, "true")
@@ -121,7 +129,9 @@ def test_janitor_removes_dead_runs_and_keeps_live_ones(docker_sandbox, sandbox_s
         docker_sandbox.destroy(dead, keep_workspace=False)
 
 
-def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(sandbox_settings):
+def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(
+    sandbox_settings: Settings,
+) -> None:
     settings = Settings(**{**sandbox_settings.model_dump(), "sandbox_pool_size": 2})
     pooled = DockerSandbox(settings)
     first, second = new_run(), new_run()
@@ -158,7 +168,7 @@ def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(sandbox_setting
     assert leftovers(settings.sandbox_namespace) == ([], [])
 
 
-def test_workspace_limit_is_handed_to_a_pool_container_at_claim(sandbox_settings):
+def test_workspace_limit_is_handed_to_a_pool_container_at_claim(sandbox_settings: Settings) -> None:
     settings = Settings(**{**sandbox_settings.model_dump(), "sandbox_pool_size": 1})
     pooled = DockerSandbox(settings)
     run = RunRef("t-pool", new_run().run_id)

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import pytest
 
+from agentrun.config import Settings
 from agentrun.contracts import SandboxPolicy
+from sandbox.base import RunRef
+from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import sh
 
 pytestmark = pytest.mark.docker
 
 
-def still_works(sandbox, run) -> None:
+def still_works(sandbox: DockerSandbox, run: RunRef) -> None:
     out = sh(sandbox, run, "echo alive")
     assert (out.exit_code, out.stdout, out.limit) == (0, b"alive\n", None)
 
 
-def test_hanging_command_times_out_and_its_whole_process_tree_is_killed(docker_sandbox, run_ref):
+def test_hanging_command_times_out_and_its_whole_process_tree_is_killed(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(docker_sandbox, run_ref, "sleep 300 & (sleep 301 &) ; sleep 302", timeout_s=1)
     assert out.limit == "timeout"
     assert out.exit_code is None
@@ -29,7 +34,9 @@ def test_hanging_command_times_out_and_its_whole_process_tree_is_killed(docker_s
     still_works(docker_sandbox, run_ref)
 
 
-def test_fork_bomb_is_stopped_by_the_pids_limit(docker_sandbox, run_ref):
+def test_fork_bomb_is_stopped_by_the_pids_limit(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(docker_sandbox, run_ref, "f() { f | f & }; f; sleep 3", timeout_s=4)
     assert out.limit == "pids"
     procs = sh(docker_sandbox, run_ref, "ps -eo comm | wc -l")
@@ -37,7 +44,9 @@ def test_fork_bomb_is_stopped_by_the_pids_limit(docker_sandbox, run_ref):
     still_works(docker_sandbox, run_ref)
 
 
-def test_memory_bomb_is_killed_by_the_memory_limit(docker_sandbox, run_ref):
+def test_memory_bomb_is_killed_by_the_memory_limit(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     bomb = "python3 -c \"a = []\nwhile True: a.append(b'x' * (8 << 20))\""
     out = sh(docker_sandbox, run_ref, bomb, timeout_s=30)
     assert out.limit == "memory"
@@ -45,7 +54,9 @@ def test_memory_bomb_is_killed_by_the_memory_limit(docker_sandbox, run_ref):
     still_works(docker_sandbox, run_ref)
 
 
-def test_single_file_disk_filler_stops_at_the_workspace_limit(docker_sandbox, run_ref):
+def test_single_file_disk_filler_stops_at_the_workspace_limit(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     policy = SandboxPolicy(workspace_mb=16)
     out = sh(
         docker_sandbox,
@@ -60,7 +71,9 @@ def test_single_file_disk_filler_stops_at_the_workspace_limit(docker_sandbox, ru
     still_works(docker_sandbox, run_ref)
 
 
-def test_many_files_disk_filler_is_killed_by_the_workspace_watchdog(docker_sandbox, run_ref):
+def test_many_files_disk_filler_is_killed_by_the_workspace_watchdog(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     policy = SandboxPolicy(workspace_mb=16)
     filler = "i=0; while true; do head -c 1M /dev/zero > f$i; i=$((i+1)); done"
     out = sh(docker_sandbox, run_ref, filler, policy=policy, timeout_s=60)
@@ -72,8 +85,8 @@ def test_many_files_disk_filler_is_killed_by_the_workspace_watchdog(docker_sandb
 
 
 def test_gigabytes_of_output_are_capped_without_buffering_them(
-    docker_sandbox, run_ref, sandbox_settings
-):
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+) -> None:
     cap = sandbox_settings.sandbox_output_store_bytes
     out = sh(
         docker_sandbox,
@@ -93,13 +106,17 @@ def test_gigabytes_of_output_are_capped_without_buffering_them(
     still_works(docker_sandbox, run_ref)
 
 
-def test_binary_output_is_returned_byte_exact(docker_sandbox, run_ref):
+def test_binary_output_is_returned_byte_exact(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(docker_sandbox, run_ref, "printf '\\000\\377\\376bin\\200'; printf '\\351' >&2")
     assert out.stdout == b"\x00\xff\xfebin\x80"
     assert out.stderr == b"\xe9"
     assert (out.stdout_total, out.stderr_total) == (7, 1)
 
 
-def test_exit_code_and_stderr_are_reported_not_raised(docker_sandbox, run_ref):
+def test_exit_code_and_stderr_are_reported_not_raised(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
     out = sh(docker_sandbox, run_ref, "echo oops >&2; exit 3")
     assert (out.exit_code, out.stderr, out.limit) == (3, b"oops\n", None)
