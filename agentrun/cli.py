@@ -32,6 +32,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from agentrun.sse_wire import SseDecoder, SseMessage
+
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
 DELTA_EVENT = "model.delta"
@@ -96,14 +98,14 @@ class ApiClient:
                         resp.read()
                         raise CliError(_problem_text(resp))
                     failures = 0
-                    for ident, kind, data in _sse_messages(resp.iter_lines()):
-                        if kind == "end":
+                    for sse in _sse_messages(resp.iter_lines()):
+                        if sse.event == "end":
                             return
-                        message = json.loads(data)
-                        if kind == DELTA_EVENT:
+                        message = json.loads(sse.data)
+                        if sse.event == DELTA_EVENT:
                             message = {"type": DELTA_EVENT, **message}
-                        if ident is not None:
-                            cursor = ident
+                        if sse.id is not None:
+                            cursor = sse.id
                         yield message
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 failures += 1
@@ -112,23 +114,11 @@ class ApiClient:
                 time.sleep(min(2.0, 0.2 * 2**failures))
 
 
-def _sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
-    ident: str | None = None
-    kind = "message"
-    data: list[str] = []
+def _sse_messages(lines: Iterator[str]) -> Iterator[SseMessage]:
+    decoder = SseDecoder()
     for line in lines:
-        if not line:
-            if data:
-                yield ident, kind, "\n".join(data)
-            ident, kind, data = None, "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("id:"):
-            ident = line[3:].strip()
-        elif line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip())
+        if (message := decoder.line(line)) is not None:
+            yield message
 
 
 def _problem_text(resp: httpx.Response) -> str:

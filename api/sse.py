@@ -92,7 +92,7 @@ class _Interleaver:
     """Turns polled events and delta-log reads into SSE messages, moving the cursor.
 
     Deltas are read from files (blocking), so the read methods are called from a
-    thread; one interleaver serves one connection.
+    thread (opening a tail does no I/O); one interleaver serves one connection.
     """
 
     def __init__(self, cursor: Cursor, opener: TailOpener | None) -> None:
@@ -105,6 +105,10 @@ class _Interleaver:
         self._bare_start = cursor.step is None
         if opener is not None and cursor.step is not None:
             self._tail = opener(cursor.step, cursor.n)
+
+    def busy(self, events: list[RunEvent]) -> bool:
+        """Whether :meth:`events` has anything to do (saves a thread hop per idle poll)."""
+        return bool(events) or self._tail is not None or self._bare_start
 
     @property
     def streaming(self) -> bool:
@@ -162,7 +166,7 @@ async def event_stream(
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     settings = feeds.settings
-    weave = await asyncio.to_thread(_Interleaver, Cursor(start.seq, start.step, start.n), opener)
+    weave = _Interleaver(Cursor(start.seq, start.step, start.n), opener)
     last_write = loop.time()
     yield "retry: 1000\n\n"
     async with feeds.follow(handle, start.seq) as feed:
@@ -174,7 +178,9 @@ async def event_stream(
             except NotFound:
                 yield _end(weave.cursor.seq, "not_found")
                 return
-            messages = await asyncio.to_thread(weave.events, events, page)
+            messages = (
+                await asyncio.to_thread(weave.events, events, page) if weave.busy(events) else []
+            )
             if messages:
                 yield "".join(messages)
                 last_write = loop.time()

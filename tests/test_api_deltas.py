@@ -189,7 +189,7 @@ async def test_deltas_can_be_turned_off_per_stream_and_replay_after_the_run(
     assert [m.json()["seq"] for m in replay if m.durable] == [m.json()["seq"] for m in plain]
 
 
-@pytest.mark.parametrize("bad", ["1.2", "x.1.1", "1.2.3.4", "-1", "1..2"])
+@pytest.mark.parametrize("bad", ["1.2", "x.1.1", "1000.2000.3000.4000", "-1", "1..2"])
 async def test_a_malformed_cursor_is_422(stack: Stack, bad: str) -> None:
     run_id = await launch(stack, {"content": "done"})
     resp = await stack.http.get(f"/v1/runs/{run_id}/events/stream", headers={"Last-Event-ID": bad})

@@ -24,6 +24,7 @@ from agentrun.contracts import (
     run_ref_from_workflow_id,
     workflow_id_for,
 )
+from agentrun.sse_wire import SseDecoder, SseMessage
 from api.sse import Cursor
 from tests.conftest import ROOT
 
@@ -219,7 +220,20 @@ def test_sse_cursor_round_trips(text: str, parsed: tuple[int, int | None, int]) 
     assert Cursor.parse(str(cursor)) == cursor
 
 
-@pytest.mark.parametrize("text", ["", "x", "1.2", "1.2.3.4", "-1", "1.2.x", "1" * 16])
+@pytest.mark.parametrize("text", ["", "x", "1.2", "1000.2000.3000.4000", "-1", "1.2.x", "1" * 16])
 def test_sse_cursor_rejects_malformed_ids(text: str) -> None:
     with pytest.raises(ValueError):
         Cursor.parse(text)
+
+
+def test_sse_decoder_keeps_each_id_with_its_event_and_holds_a_pending_one() -> None:
+    decoder = SseDecoder()
+    lines = ["\ufeffid: 4.1.2", "event: model.delta", "data: a", "data: b", "", ": ping", ""]
+    lines += ["data: no id", "", "data: pending"]
+    messages = [m for m in map(decoder.line, lines) if m is not None]
+    assert messages == [
+        SseMessage("model.delta", "a\nb", "4.1.2"),
+        SseMessage("message", "no id", None),
+    ]
+    assert decoder.end() == SseMessage("message", "pending", None)
+    assert decoder.end() is None

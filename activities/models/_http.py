@@ -17,6 +17,7 @@ import httpx
 
 from activities.models.base import Delta, DeltaSink
 from activities.models.errors import BadResponseError, model_error, stream_error
+from agentrun.sse_wire import SseDecoder
 
 
 def make_client(
@@ -74,36 +75,17 @@ def bad_shape(provider: str, what: str, secrets: Sequence[str | None]) -> Except
 
 
 async def parse_sse(lines: AsyncIterable[str]) -> AsyncGenerator[tuple[str, str], None]:
-    """Server-sent events as ``(event name, data)`` pairs, from a response's lines.
-
-    Follows the WHATWG event-stream rules: ``data:`` lines accumulate (joined with
-    newlines), ``event:`` names the event (default ``"message"``), a blank line
-    dispatches it, ``:`` lines are comments, ``id:``/``retry:`` and unknown fields
-    are ignored, one space after the colon is dropped. An event with no data is not
-    dispatched. One leniency: an event still pending when the stream ends is
-    dispatched (the spec drops it), so a server that omits the blank line after its
-    final ``data: [DONE]`` is not mistaken for a truncated stream.
+    """Server-sent events as ``(event name, data)`` pairs, from a response's lines
+    (see :mod:`agentrun.sse_wire`). One leniency: an event still pending when the
+    stream ends is dispatched, so a server that omits the blank line after its final
+    ``data: [DONE]`` is not mistaken for a truncated stream.
     """
-    event, data = "", list[str]()
-    first = True
+    decoder = SseDecoder()
     async for raw in lines:
-        line = raw.removeprefix("\ufeff") if first else raw
-        first = False
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
-    if data:
-        yield event or "message", "\n".join(data)
+        if (message := decoder.line(raw)) is not None:
+            yield message.event, message.data
+    if (message := decoder.end()) is not None:
+        yield message.event, message.data
 
 
 def _event_object(

@@ -474,61 +474,35 @@ async def _control(
 CONTROL_RESPONSES = problems(404, 409, 413, 422, 503, 504)
 
 
-@router.post(
-    "/{run_id}/pause",
-    response_model=ControlResponse,
-    summary="Pause a run (after its in-flight step)",
-    responses=CONTROL_RESPONSES,
-)
-async def pause_run(
-    run_id: RunId,
-    client: ClientDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    actor: ActorDep,
-    body: Annotated[ControlBody | None, Body()] = None,
-) -> ControlResponse:
-    body = body or ControlBody()
-    req = ControlRequest(actor=actor, reason=body.reason)
-    return await _control(client, settings, tenant, run_id, AgentRunWorkflow.pause, req, "pause")
+def _add_control_route(action: str, update: Any, summary: str) -> None:
+    """pause, resume and cancel differ only in the update they send (and cancel's
+    `abort_in_flight`); each keeps its own path, summary and operation id."""
+
+    async def control(
+        run_id: RunId,
+        client: ClientDep,
+        settings: SettingsDep,
+        tenant: TenantDep,
+        actor: ActorDep,
+        body: Annotated[ControlBody | None, Body()] = None,
+    ) -> ControlResponse:
+        body = body or ControlBody()
+        abort = action == "cancel" and body.abort_in_flight
+        req = ControlRequest(actor=actor, reason=body.reason, abort_in_flight=abort)
+        return await _control(client, settings, tenant, run_id, update, req, action)
+
+    router.post(
+        f"/{{run_id}}/{action}",
+        response_model=ControlResponse,
+        summary=summary,
+        responses=CONTROL_RESPONSES,
+        name=f"{action}_run",
+    )(control)
 
 
-@router.post(
-    "/{run_id}/resume",
-    response_model=ControlResponse,
-    summary="Resume a paused run",
-    responses=CONTROL_RESPONSES,
-)
-async def resume_run(
-    run_id: RunId,
-    client: ClientDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    actor: ActorDep,
-    body: Annotated[ControlBody | None, Body()] = None,
-) -> ControlResponse:
-    body = body or ControlBody()
-    req = ControlRequest(actor=actor, reason=body.reason)
-    return await _control(client, settings, tenant, run_id, AgentRunWorkflow.resume, req, "resume")
-
-
-@router.post(
-    "/{run_id}/cancel",
-    response_model=ControlResponse,
-    summary="Cancel a run",
-    responses=CONTROL_RESPONSES,
-)
-async def cancel_run(
-    run_id: RunId,
-    client: ClientDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    actor: ActorDep,
-    body: Annotated[ControlBody | None, Body()] = None,
-) -> ControlResponse:
-    body = body or ControlBody()
-    req = ControlRequest(actor=actor, reason=body.reason, abort_in_flight=body.abort_in_flight)
-    return await _control(client, settings, tenant, run_id, AgentRunWorkflow.cancel, req, "cancel")
+_add_control_route("pause", AgentRunWorkflow.pause, "Pause a run (after its in-flight step)")
+_add_control_route("resume", AgentRunWorkflow.resume, "Resume a paused run")
+_add_control_route("cancel", AgentRunWorkflow.cancel, "Cancel a run")
 
 
 @router.post(
