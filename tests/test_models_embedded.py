@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,21 +44,25 @@ def assert_one_valid_call(reply: ModelReply, turn: int) -> dict[str, object]:
     return arguments
 
 
+@pytest.fixture
+async def provider(embedded_llm: EmbeddedModelServer) -> AsyncIterator[OpenAICompatProvider]:
+    """The OpenAI-compatible provider pointed at the embedded model, closed after the test."""
+    client = OpenAICompatProvider(base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.llm
 async def test_embedded_model_answers_the_goal_with_one_parseable_offered_tool_call(
-    embedded_llm: EmbeddedModelServer,
+    provider: OpenAICompatProvider,
 ) -> None:
-    provider = OpenAICompatProvider(
-        base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
+    started = time.perf_counter()
+    reply = await provider.complete(
+        ModelRequest(model=ModelRef(temperature=0), messages=goal_conversation(), tools=TOOLS)
     )
-    try:
-        started = time.perf_counter()
-        reply = await provider.complete(
-            ModelRequest(model=ModelRef(temperature=0), messages=goal_conversation(), tools=TOOLS)
-        )
-        elapsed = time.perf_counter() - started
-    finally:
-        await provider.aclose()
+    elapsed = time.perf_counter() - started
     assert_one_valid_call(reply, turn=0)
     assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
     print(f"embedded model call: {elapsed:.2f}s, {reply.tool_calls[0]}")
@@ -65,83 +70,65 @@ async def test_embedded_model_answers_the_goal_with_one_parseable_offered_tool_c
 
 @pytest.mark.llm
 async def test_embedded_model_output_parses_even_when_sampling_hot(
-    embedded_llm: EmbeddedModelServer,
+    provider: OpenAICompatProvider,
 ) -> None:
-    provider = OpenAICompatProvider(
-        base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
-    )
-    try:
-        for _ in range(3):
-            reply = await provider.complete(
-                ModelRequest(
-                    model=ModelRef(temperature=1.5, max_output_tokens=256),
-                    messages=goal_conversation(),
-                    tools=TOOLS,
-                )
+    for _ in range(3):
+        reply = await provider.complete(
+            ModelRequest(
+                model=ModelRef(temperature=1.5, max_output_tokens=256),
+                messages=goal_conversation(),
+                tools=TOOLS,
             )
-            if reply.stop_reason == "length":
-                # A hot sample may ramble past the token budget inside a string: the
-                # envelope still yields an offered tool, its arguments go to the
-                # validator truncated (and are reported back to the model there).
-                assert [c.name in {t.name for t in TOOLS} for c in reply.tool_calls] == [True]
-                continue
-            assert_one_valid_call(reply, turn=0)
-    finally:
-        await provider.aclose()
+        )
+        if reply.stop_reason == "length":
+            # A hot sample may ramble past the token budget inside a string: the
+            # envelope still yields an offered tool, its arguments go to the
+            # validator truncated (and are reported back to the model there).
+            assert [c.name in {t.name for t in TOOLS} for c in reply.tool_calls] == [True]
+            continue
+        assert_one_valid_call(reply, turn=0)
 
 
 @pytest.mark.llm
 async def test_embedded_model_continues_a_conversation_with_tool_results(
-    embedded_llm: EmbeddedModelServer,
+    provider: OpenAICompatProvider,
 ) -> None:
-    provider = OpenAICompatProvider(
-        base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
-    )
     messages = goal_conversation()
-    try:
-        for turn in range(2):
-            reply = await provider.complete(
-                ModelRequest(model=ModelRef(temperature=0), messages=messages, tools=TOOLS)
-            )
-            assert_one_valid_call(reply, turn=turn)
-            call = reply.tool_calls[0].model_copy(update={"id": f"s{turn}-c0"})
-            messages += [
-                Message(role="assistant", tool_calls=[call]),
-                Message(role="tool", tool_call_id=call.id, name=call.name, content="ok"),
-            ]
-    finally:
-        await provider.aclose()
+    for turn in range(2):
+        reply = await provider.complete(
+            ModelRequest(model=ModelRef(temperature=0), messages=messages, tools=TOOLS)
+        )
+        assert_one_valid_call(reply, turn=turn)
+        call = reply.tool_calls[0].model_copy(update={"id": f"s{turn}-c0"})
+        messages += [
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", tool_call_id=call.id, name=call.name, content="ok"),
+        ]
 
 
 @pytest.mark.llm
 async def test_embedded_model_arguments_parse_strictly_for_varied_goals(
-    embedded_llm: EmbeddedModelServer,
+    provider: OpenAICompatProvider,
 ) -> None:
     # These goals once produced a raw newline inside a string (invalid JSON) that
     # llama-cpp-python's grammar allows; the provider must hand over strict JSON.
-    provider = OpenAICompatProvider(
-        base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
-    )
     goals = [
         "Create a file named a.txt that contains 42.",
         "Write a three-line poem to poem.txt, one line per verse.",
         "Run the command `ls -la` and report.",
     ]
-    try:
-        for goal in goals:
-            for tools in (TOOLS, list(reversed(TOOLS))):
-                messages = [
-                    Message(
-                        role="system", content="You are an agent working in a sandboxed workspace."
-                    ),
-                    Message(role="user", content=goal),
-                ]
-                reply = await provider.complete(
-                    ModelRequest(model=ModelRef(temperature=0), messages=messages, tools=tools)
-                )
-                assert_one_valid_call(reply, turn=0)
-    finally:
-        await provider.aclose()
+    for goal in goals:
+        for tools in (TOOLS, list(reversed(TOOLS))):
+            messages = [
+                Message(
+                    role="system", content="You are an agent working in a sandboxed workspace."
+                ),
+                Message(role="user", content=goal),
+            ]
+            reply = await provider.complete(
+                ModelRequest(model=ModelRef(temperature=0), messages=messages, tools=tools)
+            )
+            assert_one_valid_call(reply, turn=0)
 
 
 @pytest.mark.llm
@@ -167,14 +154,11 @@ async def test_default_deployment_settings_reach_the_embedded_model(
 
 @pytest.mark.llm
 async def test_embedded_model_streams_deltas_that_add_up_to_the_reply(
-    embedded_llm: EmbeddedModelServer,
+    provider: OpenAICompatProvider,
 ) -> None:
     # llama-cpp-python's server streams one chunk per token but never reports usage
     # in a stream (it ignores stream_options): the provider estimates it then, so a
     # streamed call still counts toward the run's token budget.
-    provider = OpenAICompatProvider(
-        base_url=embedded_llm.base_url, default_model=DEFAULT_MODEL_ALIAS
-    )
 
     async def call(tools: bool, deltas: list[Delta] | None) -> ModelReply:
         return await provider.complete(
@@ -188,11 +172,8 @@ async def test_embedded_model_streams_deltas_that_add_up_to_the_reply(
 
     text_deltas: list[Delta] = []
     envelope_deltas: list[Delta] = []
-    try:
-        streamed, plain = await call(False, text_deltas), await call(False, None)
-        constrained, constrained_plain = await call(True, envelope_deltas), await call(True, None)
-    finally:
-        await provider.aclose()
+    streamed, plain = await call(False, text_deltas), await call(False, None)
+    constrained, constrained_plain = await call(True, envelope_deltas), await call(True, None)
     assert len(text_deltas) > 1 and {d.kind for d in text_deltas} == {"text"}
     assert streamed.text and "".join(d.text for d in text_deltas) == streamed.text
     # Greedy decoding: the stream is the same completion as the plain call.
