@@ -4,11 +4,13 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY agentrun ./agentrun
+COPY store ./store
 COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
 COPY sandbox ./sandbox
 COPY worker.py ./
+COPY cli ./cli
 RUN pip install --no-cache-dir .
 RUN useradd --uid 10002 --create-home agentrun
 USER agentrun

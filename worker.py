@@ -19,19 +19,44 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.artifact_store import ArtifactStore, LocalArtifactStore
-from activities.delta_log import DeltaLog
-from activities.model_activities import ModelActivities, ModelRouter
+from activities.model_activities import ModelActivities
+from activities.models.base import ModelProvider
+from activities.models.registry import build_providers
 from activities.run_activities import RunActivities
 from activities.tool_activities import ToolActivities
 from agentrun.config import ConfigError, Settings, load_settings
 from agentrun.contracts import workflow_id_for
 from agentrun.temporal import connect
 from sandbox.base import RunRef, Sandbox
+from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
+from store.artifacts import ArtifactStore, LocalArtifactStore
+from store.delta_log import DeltaLog
 from workflows.agent_run import AgentRunWorkflow
 
 log = logging.getLogger("agentrun.worker")
+
+
+def sandbox_config(settings: Settings) -> SandboxConfig:
+    """The sandbox's part of the worker's settings (the sandbox never reads `Settings`)."""
+    return SandboxConfig(
+        namespace=settings.sandbox_namespace,
+        image=settings.sandbox_image,
+        image_allowlist=tuple(settings.sandbox_image_allowlist),
+        runtime=settings.sandbox_runtime,
+        pool_size=settings.sandbox_pool_size,
+        memory_mb=settings.sandbox_memory_mb,
+        max_memory_mb=settings.sandbox_max_memory_mb,
+        cpus=settings.sandbox_cpus,
+        max_cpus=settings.sandbox_max_cpus,
+        pids=settings.sandbox_pids,
+        max_pids=settings.sandbox_max_pids,
+        workspace_mb=settings.sandbox_workspace_mb,
+        max_workspace_mb=settings.sandbox_max_workspace_mb,
+        allow_network=settings.sandbox_allow_network,
+        output_store_bytes=settings.sandbox_output_store_bytes,
+        tmp_mb=settings.sandbox_tmp_mb,
+    )
 
 
 def build_worker(
@@ -39,17 +64,15 @@ def build_worker(
     settings: Settings,
     *,
     sandbox: Sandbox | None = None,
-    router: ModelRouter | None = None,
+    router: ModelProvider | None = None,
     store: ArtifactStore | None = None,
     task_queue: str | None = None,
 ) -> Worker:
     """Wire the workflow and all activities; tests pass their own queue and parts."""
     store = store or LocalArtifactStore(settings.artifacts_path)
     if sandbox is None:
-        sandbox = DockerSandbox(settings)
+        sandbox = DockerSandbox(sandbox_config(settings))
     if router is None:
-        from activities.models.registry import build_providers
-
         router = build_providers(settings)
     deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
     models = ModelActivities(router, store, deltas)
@@ -127,9 +150,11 @@ async def janitor_loop(client: Client, settings: Settings, sandbox: DockerSandbo
 
 async def run_worker(settings: Settings) -> None:
     client = await connect(settings)
-    sandbox = DockerSandbox(settings)
+    sandbox = DockerSandbox(sandbox_config(settings))
     sandbox.refill_pool_async()  # the first run's first tool call skips the cold start
-    worker = build_worker(client, settings, sandbox=sandbox)
+    # Built here, not in build_worker, so that shutdown closes the providers' HTTP clients.
+    router = build_providers(settings)
+    worker = build_worker(client, settings, sandbox=sandbox, router=router)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,6 +176,7 @@ async def run_worker(settings: Settings) -> None:
     finally:
         if janitor is not None:
             janitor.cancel()
+        await router.aclose()
         sandbox.close()
     log.info("worker stopped")
 

@@ -5,7 +5,7 @@ digests of messages to append, and the reply leaves as a new head digest plus
 tool calls whose arguments are stored by reference. The provider is chosen by
 the run's `ModelRef`; it classifies its own errors (see `activities.models.base`),
 and Temporal does the retrying. With a delta log, the reply is streamed and its
-fragments are logged for SSE followers as they arrive (see `activities.delta_log`).
+fragments are logged for SSE followers as they arrive (see `store.delta_log`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 from pydantic import TypeAdapter
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.artifact_store import ArtifactStore, get_bytes
-from activities.conversation import ConversationStore
-from activities.delta_log import DeltaLog
-from activities.models.base import ModelReply, ModelRequest
+from activities.models.base import ModelProvider, ModelRequest
 from activities.tools import tool_schemas
 from agentrun.contracts import (
     Message,
@@ -33,20 +29,15 @@ from agentrun.contracts import (
     ScriptedTurn,
     ToolCall,
 )
+from store.artifacts import ArtifactStore, get_bytes
+from store.conversation import ConversationStore
+from store.delta_log import DeltaLog
 
 HEARTBEAT_EVERY = 2.0
 PREVIEW_CHARS = 300
 TEXT_CHARS = 16_000
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_\-]")
 _SCRIPT = TypeAdapter(list[ScriptedTurn])
-
-
-class ModelRouter(Protocol):
-    """Routes a request to the provider its `ModelRef` names."""
-
-    async def complete(self, request: ModelRequest) -> ModelReply: ...
-
-    async def aclose(self) -> None: ...
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +60,7 @@ async def heartbeating(every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
 
 class ModelActivities:
     def __init__(
-        self, router: ModelRouter, store: ArtifactStore, deltas: DeltaLog | None = None
+        self, router: ModelProvider, store: ArtifactStore, deltas: DeltaLog | None = None
     ) -> None:
         self._router = router
         self._store = store

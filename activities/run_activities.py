@@ -25,8 +25,6 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.artifact_store import ArtifactStore
-from activities.conversation import ConversationStore
 from agentrun.contracts import (
     EventSegment,
     InitRunInput,
@@ -37,6 +35,8 @@ from agentrun.contracts import (
     WebhookOutput,
     canonical_json,
 )
+from store.artifacts import ArtifactStore
+from store.conversation import ConversationStore
 
 SIGNATURE_HEADER = "X-Agentrun-Signature"
 TIMESTAMP_HEADER = "X-Agentrun-Timestamp"

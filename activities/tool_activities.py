@@ -18,20 +18,20 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.artifact_store import ArtifactStore, get_bytes
-from activities.conversation import ConversationStore
 from activities.tools import (
     FinishArgs,
     ListFilesArgs,
     ReadFileArgs,
     ShellArgs,
     ToolArgumentError,
+    UnknownTool,
     WriteFileArgs,
     parse_arguments,
 )
 from agentrun.contracts import (
     ArtifactRef,
     DispatchToolInput,
+    ErrorKind,
     Message,
     SandboxControlInput,
     StoreArtifactInput,
@@ -46,6 +46,8 @@ from sandbox.base import (
     SandboxError,
     SandboxPathError,
 )
+from store.artifacts import ArtifactStore, get_bytes
+from store.conversation import ConversationStore
 
 SUMMARY_CHARS = 500
 FINAL_ANSWER_CHARS = 16_000
@@ -82,20 +84,21 @@ class ToolActivities:
         result = ToolResult(call_id=call.id, name=call.name, ok=False, attempt=attempt)
         view: str
         if inp.denied_reason is not None:
-            result.error_type = "denied"
+            result.error_type = ErrorKind.DENIED
             view = f"Tool call not executed: {inp.denied_reason}"
         else:
             raw = _text(get_bytes(self._store, call.arguments_digest))
             try:
                 args = parse_arguments(call.name, raw)
                 view = self._execute(run, inp, args, result)
+            except UnknownTool as exc:
+                result.error_type = ErrorKind.UNKNOWN_TOOL
+                view = f"Error: {exc}"
             except ToolArgumentError as exc:
-                result.error_type = (
-                    "unknown_tool" if "unknown tool" in str(exc) else "bad_arguments"
-                )
+                result.error_type = ErrorKind.BAD_ARGUMENTS
                 view = f"Error: {exc}"
             except SandboxPathError as exc:
-                result.error_type = "bad_path"
+                result.error_type = ErrorKind.BAD_PATH
                 view = f"Error: {exc}"
             except SandboxError as exc:
                 raise _translate(exc) from None
@@ -149,7 +152,9 @@ class ToolActivities:
         result.duration_ms = outcome.duration_ms
         result.ok = outcome.exit_code == 0 and outcome.limit is None
         if outcome.limit is not None:
-            result.error_type = outcome.limit
+            # A limit's name is also an error kind (`LimitKind` values are `ErrorKind`
+            # values); by value, so a plain-string limit converts as well.
+            result.error_type = ErrorKind(outcome.limit)
         parts = [f"exit_code: {outcome.exit_code}"]
         if outcome.limit is not None:
             parts.append(f"stopped: the {outcome.limit} limit was reached")

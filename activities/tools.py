@@ -2,7 +2,11 @@
 
 Tool arguments come from the model and are hostile input. Each tool has a strict
 pydantic model; arguments that do not parse or validate become a tool error the
-model sees (`bad_arguments`), never an exception that fails the run.
+model sees (`ErrorKind.BAD_ARGUMENTS`, or `UNKNOWN_TOOL` for a name that is
+not a tool), never an exception that fails the run.
+
+Providers never import this module: they see the tools only as the `ToolSchema`s
+(`activities.models.base`) it builds, so the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$"
 Validation itself is more lenient (any relative path; the sandbox confines it):
 the pattern only steers models, small ones especially, towards usable names."""
 GRAMMAR_SAFE_PATTERNS = frozenset({RELATIVE_PATH_PATTERN})
-"""Patterns simple enough for grammar compilers (llama.cpp) to honour."""
+"""Patterns simple enough for grammar compilers (llama.cpp) to honour; every
+schema carries them (``ToolSchema.grammar_safe_patterns``) for the providers."""
 
 
 def _path_field(default: str | None = None) -> Any:
@@ -74,7 +79,12 @@ class ToolDef:
         params.pop("title", None)
         for prop in params.get("properties", {}).values():
             prop.pop("title", None)
-        return ToolSchema(name=self.name.value, description=self.description, parameters=params)
+        return ToolSchema(
+            name=self.name.value,
+            description=self.description,
+            parameters=params,
+            grammar_safe_patterns=GRAMMAR_SAFE_PATTERNS,
+        )
 
 
 TOOLS: dict[str, ToolDef] = {
@@ -93,15 +103,28 @@ class ToolArgumentError(ValueError):
     """The model's arguments were malformed; the message is shown to the model."""
 
 
+class UnknownTool(ToolArgumentError):
+    """The model called a tool that does not exist; the message lists the real ones.
+
+    A subclass, so a caller that only cares that the call was unusable catches
+    ``ToolArgumentError``; one that reports why (``ErrorKind.UNKNOWN_TOOL`` rather
+    than ``BAD_ARGUMENTS``) tells them apart by type, never by message text.
+    """
+
+
 def tool_schemas(names: list[str]) -> list[ToolSchema]:
     return [TOOLS[n].schema() for n in names if n in TOOLS]
 
 
 def parse_arguments(name: str, raw: str) -> _Args:
-    """Parse and validate raw argument text for tool `name`."""
+    """Parse and validate raw argument text for tool `name`.
+
+    Raises `UnknownTool` when `name` is not a tool, `ToolArgumentError` when the
+    arguments are not a JSON object that the tool's model accepts.
+    """
     tool = TOOLS.get(name)
     if tool is None:
-        raise ToolArgumentError(f"unknown tool {name[:64]!r}; available: {', '.join(TOOLS)}")
+        raise UnknownTool(f"unknown tool {name[:64]!r}; available: {', '.join(TOOLS)}")
     try:
         value: Any = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:

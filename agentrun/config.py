@@ -16,18 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".state")
 
-SEARCH_ATTRIBUTES: dict[str, str] = {
-    # name -> Temporal indexed value type (see `temporal operator search-attribute create`)
-    "AgentRunTenant": "Keyword",
-    "AgentRunStatus": "Keyword",
-    "AgentRunAgent": "Keyword",
-    "AgentRunModel": "Keyword",
-    "AgentRunLabels": "KeywordList",
-    "AgentRunSteps": "Int",
-    "AgentRunCreatedBy": "Keyword",
-}
-"""Custom search attributes every run carries, so operators can find runs in the Web UI."""
-
 
 class ConfigError(Exception):
     """Configuration is invalid; the message says which variable and how to fix it."""

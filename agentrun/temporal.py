@@ -14,15 +14,8 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from agentrun.config import SEARCH_ATTRIBUTES, Settings
-
-_INDEXED = {
-    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
-    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-    "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT,
-    "Datetime": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
-}
+from agentrun import search_attributes
+from agentrun.config import Settings
 
 
 async def connect(settings: Settings) -> Client:
@@ -39,9 +32,9 @@ async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
         ListSearchAttributesRequest(namespace=namespace)
     )
     missing = {
-        name: _INDEXED[kind]
-        for name, kind in SEARCH_ATTRIBUTES.items()
-        if name not in existing.custom_attributes
+        key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+        for key in search_attributes.ALL
+        if key.name not in existing.custom_attributes
     }
     if missing:
         await client.operator_service.add_search_attributes(

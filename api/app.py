@@ -23,14 +23,20 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
-from activities.artifact_store import LocalArtifactStore
-from activities.delta_log import DeltaLog
 from agentrun.config import Settings, load_settings
-from api.deps import TemporalConnection
-from api.errors import PROBLEM_CONTENT_TYPE, install_error_handlers, problem_response
+from api.deps import ApiState, TemporalConnection, set_api_state
+from api.errors import (
+    PROBLEM_CONTENT_TYPE,
+    PayloadTooLarge,
+    Problem,
+    install_error_handlers,
+    render_problem,
+)
 from api.feed import RunFeeds
-from api.routes import health, runs
+from api.routes import artifacts, control, events, health, runs
 from api.service import SegmentReader
+from store.artifacts import LocalArtifactStore
+from store.delta_log import DeltaLog
 
 log = logging.getLogger("agentrun.api")
 
@@ -88,13 +94,13 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            scope.get("path", ""),
-            413,
-            "Payload too large",
-            f"request bodies are limited to {self.limit} bytes (AGENTRUN_API_MAX_BODY_BYTES)",
-            headers={"Connection": "close"},
+        # Rendered here, not raised: the middleware runs outside the app's
+        # exception handlers. `Connection: close` because the rest of the body
+        # is never read.
+        error = PayloadTooLarge(
+            f"request bodies are limited to {self.limit} bytes (AGENTRUN_API_MAX_BODY_BYTES)"
         )
+        response = render_problem(scope.get("path", ""), error, headers={"Connection": "close"})
         await response(scope, receive, send)
 
 
@@ -116,16 +122,22 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
     store = LocalArtifactStore(settings.artifacts_path)
-    app.state.store = store
-    app.state.segments = SegmentReader(store)
-    app.state.feeds = RunFeeds(app.state.segments, settings, shared=settings.api_sse_shared_feed)
-    app.state.deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
-    app.state.temporal = conn
+    segments = SegmentReader(store)
+    state = ApiState(
+        settings=settings,
+        temporal=conn,
+        store=store,
+        segments=segments,
+        feeds=RunFeeds(segments, settings, shared=settings.api_sse_shared_feed),
+        deltas=DeltaLog(settings.deltas_path) if settings.model_stream else None,
+    )
+    set_api_state(app, state)
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(runs.router)
+    # The order of the routers is the order of the operations in /openapi.json.
+    for router in (runs.router, events.router, control.router, artifacts.router):
+        app.include_router(router)
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
 
     def openapi() -> dict[str, Any]:
@@ -166,8 +178,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schema.setdefault("components", {}).setdefault("schemas", {})
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
-    from api.errors import Problem
-
     schema["components"]["schemas"]["Problem"] = Problem.model_json_schema(
         ref_template="#/components/schemas/{model}"
     )

@@ -1,4 +1,11 @@
-"""Typed FastAPI dependencies: settings, the Temporal client, tenant, actor, store.
+"""Typed FastAPI dependencies: everything a route needs from the process or the request.
+
+The app factory builds one :class:`ApiState` (settings, the Temporal connection,
+the artifact store, the segment reader, the run feeds, the delta log) and keeps it
+on `app.state`; this module is the only reader of `app.state`. Routes ask for
+what they use by type (`SettingsDep`, `ClientDep`, `StoreDep`, `SegmentsDep`,
+`FeedsDep`, `DeltasDep`), so a route's signature lists everything it touches and
+a test can build the state without a server.
 
 Tenancy is resolved here and nowhere else. Today the API runs without API keys
 (the local default): every request belongs to `settings.dev_tenant`, and the
@@ -12,16 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.applications import Starlette
 from temporalio.client import Client
 
-from activities.artifact_store import ArtifactStore
 from agentrun.config import Settings
 from agentrun.contracts import Actor
 from agentrun.temporal import connect
 from api.errors import BadRequest, Unavailable
+from api.feed import RunFeeds
+from api.service import SegmentReader
+from store.artifacts import ArtifactStore
+from store.delta_log import DeltaLog
 
 log = logging.getLogger("agentrun.api")
 
@@ -62,19 +74,60 @@ class TemporalConnection:
             return self._client
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+@dataclass(frozen=True)
+class ApiState:
+    """What one API process holds for its whole life (built once by `create_app`)."""
+
+    settings: Settings
+    temporal: TemporalConnection
+    store: ArtifactStore
+    segments: SegmentReader
+    """Flushed event segments, cached (they never change)."""
+    feeds: RunFeeds
+    """One events poller per followed run, shared by its SSE connections."""
+    deltas: DeltaLog | None
+    """The model token delta log; None when the deployment does not stream models."""
 
 
-async def get_client(request: Request) -> Client:
-    conn: TemporalConnection = request.app.state.temporal
-    return await conn.get()
+def set_api_state(app: Starlette, state: ApiState) -> None:
+    app.state.agentrun = state
 
 
-def get_store(request: Request) -> ArtifactStore:
-    store: ArtifactStore = request.app.state.store
-    return store
+def api_state(app: Starlette) -> ApiState:
+    """The state `create_app` gave `app` (tests and benchmarks read feeds through it)."""
+    state: ApiState = app.state.agentrun
+    return state
+
+
+def get_state(request: Request) -> ApiState:
+    return api_state(request.app)
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+async def get_client(state: StateDep) -> Client:
+    return await state.temporal.get()
+
+
+def get_store(state: StateDep) -> ArtifactStore:
+    return state.store
+
+
+def get_segments(state: StateDep) -> SegmentReader:
+    return state.segments
+
+
+def get_feeds(state: StateDep) -> RunFeeds:
+    return state.feeds
+
+
+def get_deltas(state: StateDep) -> DeltaLog | None:
+    return state.deltas
 
 
 def get_tenant(settings: Annotated[Settings, Depends(get_settings)]) -> str:
@@ -102,5 +155,8 @@ def get_actor(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClientDep = Annotated[Client, Depends(get_client)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+SegmentsDep = Annotated[SegmentReader, Depends(get_segments)]
+FeedsDep = Annotated[RunFeeds, Depends(get_feeds)]
+DeltasDep = Annotated[DeltaLog | None, Depends(get_deltas)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ActorDep = Annotated[Actor, Depends(get_actor)]

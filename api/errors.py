@@ -5,7 +5,9 @@ Exception hierarchy::
     ApiError                      (status, title, detail; rendered as a problem)
     ├── NotFound                  404  unknown run, artifact or route
     ├── Conflict                  409  invalid transition, approval mismatch, key reuse
-    ├── PayloadTooLarge           413  body over `api_max_body_bytes`
+    ├── PayloadTooLarge           413  body over `api_max_body_bytes` (the body-size
+    │                                  middleware renders it with `render_problem`)
+    ├── BadRequest                422  a filter, cursor or header the API refuses
     ├── Unavailable               503  Temporal (or a worker) cannot be reached
     └── UpstreamTimeout           504  a worker did not answer an update in time
 
@@ -136,6 +138,21 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
+def render_problem(
+    request_path: str, error: ApiError, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The problem document for `error` (also used where no exception handler runs)."""
+    return problem_response(
+        request_path,
+        error.status,
+        error.title,
+        error.detail,
+        kind=error.kind,
+        headers=headers,
+        **error.extra,
+    )
+
+
 def translate_rpc_error(err: RPCError, what: str = "the run") -> ApiError:
     """Map a Temporal RPC failure to what the client should see."""
     if err.status == RPCStatusCode.NOT_FOUND:
@@ -188,9 +205,7 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return problem_response(
-            request.url.path, exc.status, exc.title, exc.detail, kind=exc.kind, **exc.extra
-        )
+        return render_problem(request.url.path, exc)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -11,17 +11,27 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
 from agentrun.contracts import (
     ArtifactRef,
     Digest,
-    RunEvent,
     RunStatus,
     RunStatusView,
+)
+from agentrun.contracts import (
+    RunEvent as ContractsRunEvent,
 )
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 EXAMPLE_RUN_ID = "01jbq0m3c8x2v7h9k4n6p8r0sa"
+
+RunEvent = TypeAliasType("RunEvent", ContractsRunEvent)
+"""`agentrun.contracts.RunEvent` under its own name in `/openapi.json`
+(`#/components/schemas/RunEvent`: a `oneOf` of the event models, discriminated on
+`type`), so the JSON pages and the SSE route's description point at one schema.
+It validates and serializes exactly like the contracts union it names; everywhere
+else (the service, the feed, the SSE stream) events are `agentrun.contracts.RunEvent`."""
 
 
 class RunLinks(BaseModel):
@@ -151,7 +161,9 @@ class EventsResponse(BaseModel):
             ]
         }
     )
-    events: list[RunEvent]
+    events: list[RunEvent] = Field(
+        description="Each event is one `RunEvent` model, selected by its `type`"
+    )
     last_seq: int = Field(description="The newest event's seq so far")
     next_after: int = Field(description="Pass as `after` to get the next page")
     terminal: bool = Field(description="True when the run ended and no event follows these")

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -35,9 +35,9 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.artifact_store import ArtifactStore, BlobNotFound, get_bytes
 from agentrun.config import Settings
 from agentrun.contracts import (
+    ConflictType,
     EventsPage,
     EventsQuery,
     RunEvent,
@@ -46,18 +46,19 @@ from agentrun.contracts import (
     RunStatusView,
     TerminalReason,
 )
-from agentrun.runs import MEMO_GOAL, run_handle
-from api.errors import ApiError, Conflict, NotFound, UpstreamTimeout
-from api.schemas import RunLinks, RunSummary, RunView
-from workflows.agent_run import (
+from agentrun.search_attributes import (
     SA_AGENT,
     SA_CREATED_BY,
     SA_LABELS,
     SA_MODEL,
     SA_STATUS,
     SA_STEPS,
-    AgentRunWorkflow,
 )
+from api.errors import ApiError, Conflict, NotFound, UpstreamTimeout
+from api.launcher import MEMO_GOAL, run_handle
+from api.schemas import RunLinks, RunSummary, RunView
+from store.artifacts import ArtifactStore, BlobNotFound, get_bytes
+from workflows.agent_run import AgentRunWorkflow
 
 log = logging.getLogger("agentrun.api")
 
@@ -70,10 +71,13 @@ _CLOSED_STATUS = {
     WorkflowExecutionStatus.TIMED_OUT: RunStatus.FAILED,
     WorkflowExecutionStatus.CANCELED: RunStatus.CANCELLED,
 }
-CONFLICT_TYPES = {
-    "InvalidTransition": "invalid-transition",
-    "ApprovalMismatch": "approval-mismatch",
+CONFLICT_TYPES: dict[str, str] = {
+    ConflictType.INVALID_TRANSITION: "invalid-transition",
+    ConflictType.APPROVAL_MISMATCH: "approval-mismatch",
 }
+"""The workflow's rejected-control error types → the 409 problem's kind."""
+_SEGMENT: TypeAdapter[list[RunEvent]] = TypeAdapter(list[RunEvent])
+"""A flushed segment: a JSON array of events (`StoreEventsInput.events`)."""
 
 
 class RunNotAnswering(Exception):
@@ -263,7 +267,7 @@ class SegmentReader:
                 "an event segment of this run is missing from the artifact store; "
                 "check that the API and the workers share AGENTRUN_STATE_DIR"
             ) from None
-        events = [RunEvent.model_validate(e) for e in json.loads(raw)]
+        events = _SEGMENT.validate_json(raw)
         self._cache[digest] = events
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)

@@ -9,7 +9,7 @@ segments flushed to the artifact store). Each event is written once, in `seq`
 order.
 
 Model token deltas (`event: model.delta`, data a `ModelDelta`) come from the delta
-log (`activities.delta_log`), polled every `DELTA_POLL_SECONDS` while a model call
+log (`store.delta_log`), polled every `DELTA_POLL_SECONDS` while a model call
 is open. A step's stream opens with its `model.started` event and closes with its
 `model.called` event (or `run.finished`); the log is drained before the closing
 event is written, so every delta of the step arrives before it.
@@ -39,14 +39,21 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from activities.delta_log import DeltaTail
-from agentrun.contracts import EventsPage, EventType, ModelDelta, RunEvent
+from agentrun.contracts import (
+    DELTA_EVENT,
+    EventsPage,
+    EventType,
+    ModelCalledEvent,
+    ModelDelta,
+    ModelStartedEvent,
+    RunEvent,
+)
 from api.errors import NotFound
 from api.feed import RunFeed, RunFeeds
+from store.delta_log import DeltaTail
 
 DELTA_POLL_SECONDS = 0.05
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DELTA_EVENT = "model.delta"
 _CURSOR = re.compile(r"^(\d{1,15})(?:\.(\d{1,9})\.(\d{1,9}))?$")
 _CLOSES_STREAM = (EventType.MODEL_STARTED, EventType.MODEL_CALLED, EventType.RUN_FINISHED)
 
@@ -134,23 +141,22 @@ class _Interleaver:
                 self._open(call.step)
                 out += self.deltas()
         for event in events:
-            step = event.payload.get("step")
             if event.type in _CLOSES_STREAM and self._tail is not None:
                 out += self.deltas()
                 self._closed_step, self._tail, self.cursor.step = self.cursor.step, None, None
             elif (
-                event.type is EventType.MODEL_CALLED
+                isinstance(event, ModelCalledEvent)
                 and self._opener is not None
-                and isinstance(step, int)
-                and step != self._closed_step
+                and event.payload.step != self._closed_step
             ):
+                step = event.payload.step
                 # Opened before this connection's cursor (bare `<seq>` resume): all of it.
                 self._open(step)
                 out += self.deltas()
                 self._closed_step, self._tail, self.cursor.step = step, None, None
             self.cursor.seq = event.seq
-            if event.type is EventType.MODEL_STARTED and self._opener and isinstance(step, int):
-                self._open(step)
+            if isinstance(event, ModelStartedEvent) and self._opener:
+                self._open(event.payload.step)
             out.append(format_event(event, self.cursor))
             out += self.deltas()  # a finished call's deltas are all there already
         return out

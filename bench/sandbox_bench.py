@@ -21,6 +21,7 @@ from agentrun.config import Settings
 from agentrun.contracts import SandboxPolicy
 from sandbox.base import RunRef
 from sandbox.docker_sandbox import DockerSandbox
+from worker import sandbox_config
 
 POLICY = SandboxPolicy()
 
@@ -57,8 +58,12 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3, help="cold and pooled run starts")
     args = parser.parse_args()
     namespace = f"agentrun-bench-{uuid.uuid4().hex[:6]}"
-    cold_sb = DockerSandbox(Settings(sandbox_namespace=namespace, sandbox_pool_size=0))
-    pool_sb = DockerSandbox(Settings(sandbox_namespace=namespace, sandbox_pool_size=2))
+    cold_sb = DockerSandbox(
+        sandbox_config(Settings(sandbox_namespace=namespace, sandbox_pool_size=0))
+    )
+    pool_sb = DockerSandbox(
+        sandbox_config(Settings(sandbox_namespace=namespace, sandbox_pool_size=2))
+    )
     try:
         cold = [first_output_ms(cold_sb, RunRef("bench", f"cold-{i}")) for i in range(args.starts)]
         pooled = []

@@ -29,8 +29,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from agentrun import search_attributes
 from api.app import create_app
-from api.feed import RunFeeds
+from api.deps import api_state
 from tests.api_fixtures import (
     DELTA,
     NOOP_TURN,
@@ -40,7 +41,7 @@ from tests.api_fixtures import (
     scripted,
     serve_api,
 )
-from tests.conftest import search_attribute_keys, temporal_cli
+from tests.conftest import temporal_cli
 from worker import build_worker
 
 TURNS = [
@@ -71,7 +72,7 @@ async def measure(
 ) -> dict[str, float]:
     settings = api_settings(state, queue, api_sse_shared_feed=shared)
     app = create_app(settings, client=client)
-    feeds: RunFeeds = app.state.feeds
+    feeds = api_state(app).feeds
     async with serve_api(settings, client, app) as url, httpx.AsyncClient(base_url=url) as http:
         resp = await http.post("/v1/runs", json=scripted(*TURNS))
         run_id = resp.json()["run_id"]
@@ -93,7 +94,7 @@ async def main(counts: list[int]) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
         data_converter=pydantic_data_converter,
-        search_attributes=search_attribute_keys(),
+        search_attributes=search_attributes.ALL,
     )
     queue = f"bench-sse-{uuid.uuid4().hex[:8]}"
     rows: list[tuple[int, dict[str, Any], dict[str, Any]]] = []

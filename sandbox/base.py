@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentrun.contracts import SandboxPolicy
+from agentrun.contracts import LimitKind, SandboxPolicy
 
 
 class SandboxError(Exception):
@@ -59,9 +59,9 @@ class ExecOutcome:
     stdout_total: int
     stderr_total: int
     duration_ms: int
-    limit: str | None = None
-    """Which limit ended the command, if any: `timeout`, `memory`, `pids`, `output`, `disk`;
-    or `interrupted` when the sandbox restarted under the call (it is never re-run)."""
+    limit: LimitKind | None = None
+    """Which limit ended the command, if any: `TIMEOUT`, `MEMORY`, `PIDS`, `OUTPUT`, `DISK`;
+    or `INTERRUPTED` when the sandbox restarted under the call (it is never re-run)."""
     reattached: bool = False
     """True when the result was recorded by an earlier attempt of the same call."""
 

@@ -37,8 +37,10 @@ if ! .venv/bin/python -c "import agentrun, llama_cpp, schemathesis, pytest_async
   touch .venv/.agentrun-installed
 fi
 
-# 3. The sandbox image, built offline from Debian's packages when missing.
+# 3. The sandbox image, built offline from Debian's packages when missing, and its
+#    final stage rebuilt when the in-container executor changed (the script compares
+#    the image's `agentrun.executor` label with the file's digest; a no-op otherwise).
 if ! docker image inspect "${AGENTRUN_SANDBOX_IMAGE:-agentrun-sandbox:latest}" >/dev/null 2>&1; then
   log "building the sandbox image (debootstrap, offline; a few minutes, once)"
-  bash scripts/build-sandbox-image.sh
 fi
+bash scripts/build-sandbox-image.sh >/dev/null

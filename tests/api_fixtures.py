@@ -20,10 +20,13 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from pydantic import TypeAdapter
 from temporalio.client import Client
 
 from agentrun.config import Settings, load_settings
+from agentrun.contracts import DELTA_EVENT, RunEvent
 from api.app import create_app
+from api.schemas import EventsResponse
 from tests.model_fixtures import free_port
 from worker import build_worker
 
@@ -129,7 +132,13 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-DELTA = "model.delta"
+DELTA = DELTA_EVENT
+RUN_EVENT: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+
+def events_in(body: Any) -> list[RunEvent]:
+    """The typed events of a `GET …/events` answer (read by attribute, never by key)."""
+    return EventsResponse.model_validate(body).events
 
 
 @dataclass
@@ -143,6 +152,10 @@ class SseMessage:
 
     def json(self) -> Any:
         return json.loads(self.data)
+
+    def run_event(self) -> RunEvent:
+        """The durable event this message carries, typed."""
+        return RUN_EVENT.validate_json(self.data)
 
     @property
     def durable(self) -> bool:

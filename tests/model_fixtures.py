@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from agentrun.embedded_llm import EmbeddedModelError, EmbeddedModelServer, model_path
+from cli.embedded_llm import EmbeddedModelError, EmbeddedModelServer, model_path
 
 
 def free_port() -> int:

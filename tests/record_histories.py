@@ -24,13 +24,14 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from agentrun import search_attributes
 from agentrun.contracts import (
     ApprovalDecision,
     ApprovalPolicy,
     ControlRequest,
     RunStatus,
 )
-from tests.conftest import search_attribute_keys, temporal_cli
+from tests.conftest import temporal_cli
 from tests.workflow_harness import (
     ALICE,
     call,
@@ -164,7 +165,7 @@ async def main(names: list[str]) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
         data_converter=pydantic_data_converter,
-        search_attributes=search_attribute_keys(),
+        search_attributes=search_attributes.ALL,
     )
     queue = f"record-{uuid.uuid4().hex[:8]}"
     OUT.mkdir(exist_ok=True)

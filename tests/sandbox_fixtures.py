@@ -3,8 +3,9 @@
 * ``sandbox_image``: fails the session loudly when Docker is not reachable, and builds
   `agentrun-sandbox:latest` with scripts/build-sandbox-image.sh when it is missing or
   carries a stale executor (the script is idempotent and quick when up to date).
-* ``sandbox_settings``: a namespace of our own per session, so the janitor and pool of
-  these tests never touch another engineer's (or a real deployment's) containers.
+* ``sandbox_config``: the `SandboxConfig` the worker would build from test settings,
+  with a namespace of our own per session, so the janitor and pool of these tests
+  never touch another engineer's (or a real deployment's) containers.
 * ``docker_sandbox``: one `DockerSandbox` for the session; everything in the namespace
   is removed when the session ends.
 * ``run_ref``: a fresh tenant/run per test, destroyed afterwards.
@@ -26,8 +27,11 @@ import pytest
 
 from agentrun.config import Settings
 from agentrun.contracts import SandboxPolicy
+from sandbox._containers import LABEL_NAMESPACE
 from sandbox.base import ExecOutcome, RunRef
-from sandbox.docker_sandbox import LABEL_NAMESPACE, DockerSandbox
+from sandbox.config import SandboxConfig
+from sandbox.docker_sandbox import DockerSandbox
+from worker import sandbox_config as config_from_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "scripts" / "build-sandbox-image.sh"
@@ -62,8 +66,8 @@ def sandbox_image() -> str:
 
 
 @pytest.fixture(scope="session")
-def sandbox_settings(sandbox_image: str) -> Settings:
-    return Settings(
+def sandbox_config(sandbox_image: str) -> SandboxConfig:
+    settings = Settings(
         sandbox_image=sandbox_image,
         sandbox_namespace=f"agentrun-test-{uuid.uuid4().hex[:8]}",
         sandbox_pool_size=0,
@@ -72,17 +76,18 @@ def sandbox_settings(sandbox_image: str) -> Settings:
         sandbox_workspace_mb=64,
         sandbox_output_store_bytes=4 << 20,
     )
+    return config_from_settings(settings)
 
 
 @pytest.fixture(scope="session")
-def docker_sandbox(sandbox_settings: Settings) -> Iterator[DockerSandbox]:
-    sandbox = DockerSandbox(sandbox_settings)
+def docker_sandbox(sandbox_config: SandboxConfig) -> Iterator[DockerSandbox]:
+    sandbox = DockerSandbox(sandbox_config)
     try:
         yield sandbox
     finally:
         sandbox.janitor(lambda _run: False)
         sandbox.close()
-        leftovers(sandbox_settings.sandbox_namespace, remove=True)
+        leftovers(sandbox_config.namespace, remove=True)
 
 
 @pytest.fixture

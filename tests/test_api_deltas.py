@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
+from agentrun.contracts import ModelCalledEvent
 from tests.api_fixtures import (
     DELTA,
     SseMessage,
@@ -29,7 +30,9 @@ SLOW_ANSWER = {"content": TEXT, "delay_seconds": 2.0}
 
 
 @pytest.fixture(scope="module")
-async def stack(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    client: Client, tmp_path_factory: pytest.TempPathFactory, sandbox_image: str
+) -> AsyncIterator[Stack]:
     async with api_stack(client, tmp_path_factory.mktemp("delta-state")) as running:
         yield running
 
@@ -72,14 +75,12 @@ def deltas(messages: list[SseMessage]) -> list[dict[str, Any]]:
 def final_attempt_text(messages: list[SseMessage], step: int) -> str:
     """What a client shows: the deltas of the attempt that `model.called` reports."""
     called = next(
-        m.json()
-        for m in messages
-        if m.event == "model.called" and m.json()["payload"]["step"] == step
+        event
+        for event in (m.run_event() for m in messages if m.event == "model.called")
+        if isinstance(event, ModelCalledEvent) and event.payload.step == step
     )
     return "".join(
-        d["text"]
-        for d in deltas(messages)
-        if d["step"] == step and d["attempt"] == called["attempt"]
+        d["text"] for d in deltas(messages) if d["step"] == step and d["attempt"] == called.attempt
     )
 
 
@@ -108,15 +109,15 @@ async def test_deltas_stream_live_before_the_model_call_completes(
     numbers = [d["n"] for d in deltas(messages)]
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) > 10
     assert final_attempt_text(messages, 1) == TEXT
-    called = next(m.json() for m in messages if m.event == "model.called")
-    assert called["payload"]["text"] == TEXT[:300]
+    called = next(m.run_event() for m in messages if m.event == "model.called")
+    assert isinstance(called, ModelCalledEvent) and called.payload.text == TEXT[:300]
     # Cursors: `<seq>.<step>.<n>` while the call streams, a bare seq once it is closed.
     started = next(m for m in messages if m.event == "model.started")
     assert started.id == f"{started.json()['seq']}.1.0"
     assert [m.id for m in messages if m.event == DELTA][
         -1
     ] == f"{started.json()['seq']}.1.{numbers[-1]}"
-    assert next(m for m in messages if m.event == "model.called").id == str(called["seq"])
+    assert next(m for m in messages if m.event == "model.called").id == str(called.seq)
 
     # Delivery latency of a delta: written by the activity → parsed by this client.
     figures(f"SSE first token delta: {latency(first[-1]) * 1000:.0f} ms after the model wrote it")
@@ -169,8 +170,8 @@ async def test_partial_output_of_a_retried_attempt_is_labelled_with_its_attempt(
     assert attempts[:4] == [1, 1, 1, 1] and set(attempts[4:]) == {2}
     partial = "".join(d["text"] for d in deltas(messages)[:4])
     assert partial and TEXT.startswith(partial) and partial != TEXT
-    called = next(m.json() for m in messages if m.event == "model.called")
-    assert called["attempt"] == 2
+    called = next(m.run_event() for m in messages if m.event == "model.called")
+    assert called.attempt == 2
     assert final_attempt_text(messages, 1) == TEXT
     # Numbering runs on across attempts: one log per step.
     assert [d["n"] for d in deltas(messages)] == list(range(1, len(attempts) + 1))

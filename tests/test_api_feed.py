@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from api import feed as feed_module
 from api.app import create_app
+from api.deps import api_state
 from api.feed import RunFeeds
 from tests.api_fixtures import (
     NOOP_TURN,
@@ -28,7 +29,9 @@ from worker import build_worker
 
 
 @pytest.fixture
-async def api(client: Client, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, RunFeeds]]:
+async def api(
+    client: Client, tmp_path: Path, sandbox_image: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, RunFeeds]]:
     queue = f"tq-feed-{uuid.uuid4().hex[:10]}"
     settings = api_settings(tmp_path, queue)
     app = create_app(settings, client=client)
@@ -37,7 +40,7 @@ async def api(client: Client, tmp_path: Path) -> AsyncIterator[tuple[httpx.Async
         serve_api(settings, client, app) as url,
         httpx.AsyncClient(base_url=url, timeout=60) as http,
     ):
-        yield http, app.state.feeds
+        yield http, api_state(app).feeds
 
 
 async def follow(http: httpx.AsyncClient, run_id: str, **headers: str) -> list[SseMessage]:

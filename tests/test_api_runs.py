@@ -22,17 +22,31 @@ import pytest
 from temporalio.client import Client
 
 from activities.run_activities import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from agentrun.contracts import Actor, RunSpec
-from agentrun.runs import idempotent_run_id, start_run
+from agentrun.contracts import (
+    Actor,
+    ApprovalResolvedEvent,
+    MessageReceivedEvent,
+    MessageReceivedPayload,
+    ModelCalledEvent,
+    RunFinishedEvent,
+    RunSpec,
+    RunStartedEvent,
+    StatusChangedEvent,
+    WebhookDeliveredEvent,
+    WebhookDeliveredPayload,
+)
+from api.launcher import idempotent_run_id, start_run
 from tests.api_fixtures import (
     DELTA,
     NOOP_TURN,
+    RUN_EVENT,
     WEBHOOK_SECRET,
     SseMessage,
     SseReader,
     Stack,
     api_settings,
     api_stack,
+    events_in,
     finish_turn,
     scripted,
     serve_api,
@@ -47,7 +61,9 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
-async def stack(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    client: Client, tmp_path_factory: pytest.TempPathFactory, sandbox_image: str
+) -> AsyncIterator[Stack]:
     async with api_stack(client, tmp_path_factory.mktemp("api-state")) as running:
         yield running
 
@@ -262,8 +278,8 @@ async def test_events_json_pages_in_order_with_after_and_limit(stack: Stack) -> 
     seqs = [e["seq"] for e in everything["events"]]
     assert seqs == list(range(1, len(seqs) + 1))
     assert everything["terminal"] is True and everything["last_seq"] == seqs[-1]
-    assert everything["events"][0]["type"] == "run.started"
-    assert everything["events"][-1]["type"] == "run.finished"
+    typed = events_in(everything)
+    assert isinstance(typed[0], RunStartedEvent) and isinstance(typed[-1], RunFinishedEvent)
 
     collected: list[int] = []
     after = 0
@@ -365,7 +381,9 @@ def assert_deltas_gapless(messages: list[SseMessage]) -> None:
             delta = msg.json()
             seen.setdefault(delta["step"], []).append(delta["n"])
         elif msg.event == "model.called":
-            step = msg.json()["payload"]["step"]
+            called = msg.run_event()
+            assert isinstance(called, ModelCalledEvent)
+            step = called.payload.step
             numbers = seen.get(step, [])
             assert numbers == list(range(1, len(numbers) + 1)), (step, numbers)
             assert numbers, f"no delta before model.called of step {step}"
@@ -426,14 +444,15 @@ async def test_pause_resume_cancel_and_invalid_transitions_are_409(stack: Stack)
     assert body["run_status"] == "cancelled"
 
     events = (await stack.http.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()
-    changes = [e["payload"] for e in events["events"] if e["type"] == "run.status_changed"]
-    assert [(c["action"], c["actor"]) for c in changes] == [
+    typed = events_in(events)
+    changes = [e.payload for e in typed if isinstance(e, StatusChangedEvent)]
+    assert [(c.action, c.actor) for c in changes] == [
         ("pause", "bob"),
         ("resume", "anonymous"),
         ("cancel", "anonymous"),
     ]
-    received = [e["payload"] for e in events["events"] if e["type"] == "message.received"]
-    assert received == [{"actor": "anonymous", "text": "hurry up"}]
+    received = [e.payload for e in typed if isinstance(e, MessageReceivedEvent)]
+    assert received == [MessageReceivedPayload(actor="anonymous", text="hurry up")]
 
 
 async def test_control_bodies_are_validated(stack: Stack) -> None:
@@ -494,8 +513,8 @@ async def test_approval_flow_mismatch_409_then_approve(stack: Stack) -> None:
     )
     assert assert_problem(again, 409)["run_status"] == "completed"
     events = (await stack.http.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()
-    resolved = [e["payload"] for e in events["events"] if e["type"] == "approval.resolved"]
-    assert resolved and resolved[0]["approved"] is True and resolved[0]["actor"] == "carol"
+    resolved = [e.payload for e in events_in(events) if isinstance(e, ApprovalResolvedEvent)]
+    assert resolved and resolved[0].approved is True and resolved[0].actor == "carol"
 
 
 # ----------------------------------------------------------------- artifacts
@@ -594,17 +613,17 @@ async def test_webhook_is_signed_and_retried_after_the_receiver_fails(stack: Sta
         )
     (first_headers, _), (second_headers, second_body) = received
     assert first_headers["x-agentrun-delivery"] == second_headers["x-agentrun-delivery"]
-    payload = json.loads(second_body)
-    assert payload["run_id"] == run_id and payload["tenant_id"] == "apitest"
-    assert payload["event"]["type"] == "run.finished"
-    assert payload["event"]["payload"]["final_answer"] == "hooked"
+    delivery = json.loads(second_body)
+    assert delivery["run_id"] == run_id and delivery["tenant_id"] == "apitest"
+    hooked = RUN_EVENT.validate_python(delivery["event"])
+    assert isinstance(hooked, RunFinishedEvent) and hooked.payload.final_answer == "hooked"
 
-    async def delivered() -> Any:
-        events = (await stack.http.get(f"/v1/runs/{run_id}/events")).json()["events"]
-        return [e for e in events if e["type"] == "webhook.delivered"]
+    async def delivered() -> list[WebhookDeliveredPayload]:
+        events = events_in((await stack.http.get(f"/v1/runs/{run_id}/events")).json())
+        return [e.payload for e in events if isinstance(e, WebhookDeliveredEvent)]
 
     hooks = await wait_until(delivered, timeout=10)
-    assert hooks[0]["payload"]["ok"] is True
+    assert hooks[0].ok is True
 
 
 async def test_webhook_without_a_deployment_secret_is_refused(

@@ -12,13 +12,16 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client
 
-from agentrun import cli
+from agentrun.contracts import ToolResultPayload, new_event
+from cli import main as cli
+from cli.event_format import format_event
 from tests.api_fixtures import (
     NOOP_TURN,
     Stack,
@@ -33,7 +36,9 @@ from tests.model_fixtures import free_port
 
 
 @pytest.fixture(scope="module")
-async def stack(client: Client, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    client: Client, tmp_path_factory: pytest.TempPathFactory, sandbox_image: str
+) -> AsyncIterator[Stack]:
     async with api_stack(client, tmp_path_factory.mktemp("cli-state")) as running:
         yield running
 
@@ -234,3 +239,24 @@ def test_console_script_is_installed_and_lists_every_command() -> None:
         "worker",
     ):
         assert command in result.stdout
+
+
+def test_an_event_type_this_cli_does_not_know_prints_its_fields_instead_of_failing() -> None:
+    newer = {
+        "seq": 12,
+        "type": "run.brand_new",
+        "at": "2031-01-02T03:04:05.678Z",
+        "payload": {"widget": "w-1", "count": 2, "absent": None, "escape": "\x1b[2J"},
+    }
+    assert format_event(newer) == (
+        "#12   03:04:05  run.brand_new          "
+        "widget=w-1, count=2, escape=\N{REPLACEMENT CHARACTER}[2J"
+    )
+
+
+def test_a_failed_tool_result_without_an_error_type_prints_failed_error() -> None:
+    payload = ToolResultPayload(call_id="c-1", tool="shell", ok=False, summary="exit 2")
+    event = new_event(7, datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC), payload)
+    line = "#7    03:04:05  tool.result            shell failed (error): exit 2"
+    assert format_event(event) == line
+    assert format_event(json.loads(event.model_dump_json())) == line

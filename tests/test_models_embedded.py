@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from activities.models.base import Delta, ModelReply, ModelRequest
-from activities.models.openai_compat import OpenAICompatProvider, parse_tool_envelope
+from activities.models.base import ModelReply, ModelRequest
+from activities.models.constrained import parse_tool_envelope
+from activities.models.openai_compat import OpenAICompatProvider
 from activities.models.registry import build_providers
 from activities.tools import tool_schemas
 from agentrun.config import Settings
-from agentrun.contracts import Message, ModelRef
-from agentrun.embedded_llm import DEFAULT_MODEL_ALIAS, EmbeddedModelError, EmbeddedModelServer
+from agentrun.contracts import Delta, Message, ModelRef
+from cli.embedded_llm import DEFAULT_MODEL_ALIAS, EmbeddedModelError, EmbeddedModelServer
 from tests.model_fixtures import free_port
 
 TOOLS = tool_schemas(["shell", "write_file", "finish"])

@@ -12,7 +12,8 @@ from typing import Any
 
 from activities.models.anthropic import AnthropicProvider
 from activities.models.base import ModelReply, ModelRequest
-from activities.models.openai_compat import OpenAICompatProvider, tool_call_schema
+from activities.models.constrained import tool_call_schema
+from activities.models.openai_compat import OpenAICompatProvider
 from activities.tools import tool_schemas
 from agentrun.contracts import Message, ModelRef, RawToolCall
 from tests.model_fixtures import FakeProvider

@@ -23,14 +23,13 @@ from activities.models.anthropic import AnthropicProvider
 from activities.models.base import (
     PERMANENT_TYPES,
     RETRYABLE_TYPES,
-    Delta,
     ModelProvider,
     ModelReply,
     ModelRequest,
 )
 from activities.models.openai_compat import OpenAICompatProvider
 from activities.tools import tool_schemas
-from agentrun.contracts import Message, ModelRef, RawToolCall
+from agentrun.contracts import Delta, Message, ModelRef, RawToolCall
 from tests.model_fixtures import FakeProvider
 
 API_KEY = "sk-test-Zq8vT3kPw9LmN2xR7sY4"

@@ -6,15 +6,15 @@ import json
 
 from activities.models.anthropic import wire_request
 from activities.models.base import ToolSchema
-from activities.models.openai_compat import (
+from activities.models.constrained import (
     GRAMMAR_LENGTH_BOUND,
     escape_control_characters,
     grammar_schema,
     parse_tool_envelope,
     tool_call_schema,
     tools_prompt,
-    wire_messages,
 )
+from activities.models.openai_compat import wire_messages
 from activities.tools import tool_schemas
 from agentrun.contracts import Message, RawToolCall
 

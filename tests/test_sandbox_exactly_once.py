@@ -14,9 +14,10 @@ import time
 import docker
 import pytest
 
-from agentrun.config import Settings
+from agentrun.contracts import LimitKind
 from sandbox import _names
 from sandbox.base import RunRef
+from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import POLICY, ROOT, sh
 
@@ -31,10 +32,11 @@ WORKER = textwrap.dedent(
     from agentrun.contracts import SandboxPolicy
     from sandbox.base import RunRef
     from sandbox.docker_sandbox import DockerSandbox
+    from worker import sandbox_config
 
     namespace, tenant, run, call_id, command = sys.argv[1:6]
-    sandbox = DockerSandbox(Settings(sandbox_namespace=namespace, sandbox_pool_size=0,
-                                     sandbox_memory_mb=256, sandbox_pids=128))
+    sandbox = DockerSandbox(sandbox_config(Settings(sandbox_namespace=namespace,
+                            sandbox_pool_size=0, sandbox_memory_mb=256, sandbox_pids=128)))
     sandbox.exec(RunRef(tenant, run), call_id, command, policy=SandboxPolicy(),
                  timeout_s=30, max_output_bytes=1000)
     print("worker finished", flush=True)
@@ -47,7 +49,7 @@ def count_lines(sandbox: DockerSandbox, run: RunRef) -> int:
 
 
 def test_call_of_a_killed_worker_is_reattached_and_runs_exactly_once(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
     sh(docker_sandbox, run_ref, "true")  # the container exists before the worker starts
     worker = subprocess.Popen(
@@ -55,7 +57,7 @@ def test_call_of_a_killed_worker_is_reattached_and_runs_exactly_once(
             sys.executable,
             "-c",
             WORKER,
-            sandbox_settings.sandbox_namespace,
+            sandbox_config.namespace,
             run_ref.tenant_id,
             run_ref.run_id,
             "s1-c0",
@@ -130,7 +132,7 @@ def test_concurrent_requests_for_one_call_id_start_it_once(
 
 
 def test_call_cut_by_a_container_restart_is_reported_interrupted_not_rerun(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
     sh(docker_sandbox, run_ref, "true")
     results = []
@@ -149,15 +151,15 @@ def test_call_cut_by_a_container_restart_is_reported_interrupted_not_rerun(
     thread.start()
     while b"x" not in sh(docker_sandbox, run_ref, "cat count.txt 2>/dev/null").stdout:
         time.sleep(0.05)
-    name = _names.container_name(sandbox_settings.sandbox_namespace, run_ref)
+    name = _names.container_name(sandbox_config.namespace, run_ref)
     docker.from_env().containers.get(name).restart(timeout=1)
     thread.join(timeout=60)
-    assert results and results[0].limit == "interrupted"
+    assert results and results[0].limit is LimitKind.INTERRUPTED
     assert results[0].exit_code is None
     again = docker_sandbox.exec(
         run_ref, "s4-c0", "echo x >> count.txt", policy=POLICY, timeout_s=10, max_output_bytes=10
     )
-    assert again.limit == "interrupted" and again.reattached
+    assert again.limit is LimitKind.INTERRUPTED and again.reattached
     assert count_lines(docker_sandbox, run_ref) == 1
 
 

@@ -11,10 +11,10 @@ import os
 import docker
 import pytest
 
-from agentrun.config import Settings
 from agentrun.contracts import SandboxPolicy
 from sandbox import _names
 from sandbox.base import RunRef, SandboxPolicyError, SandboxUnavailable
+from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import new_run, sh
 
@@ -99,10 +99,10 @@ def test_no_docker_socket_and_no_host_mounts_inside(
 
 
 def test_container_is_created_hardened(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
     sh(docker_sandbox, run_ref, "true")
-    name = _names.container_name(sandbox_settings.sandbox_namespace, run_ref)
+    name = _names.container_name(sandbox_config.namespace, run_ref)
     host = docker.from_env().containers.get(name).attrs["HostConfig"]
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
@@ -140,18 +140,14 @@ def test_network_is_refused_unless_the_operator_allows_it(docker_sandbox: Docker
 
 
 def test_limits_over_the_operator_maximum_are_refused(
-    docker_sandbox: DockerSandbox, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, sandbox_config: SandboxConfig
 ) -> None:
     with pytest.raises(SandboxPolicyError, match="memory_mb"):
-        docker_sandbox.resources(
-            SandboxPolicy(memory_mb=sandbox_settings.sandbox_max_memory_mb + 1)
-        )
+        docker_sandbox.resources(SandboxPolicy(memory_mb=sandbox_config.max_memory_mb + 1))
     with pytest.raises(SandboxPolicyError, match="pids"):
-        docker_sandbox.resources(SandboxPolicy(pids=sandbox_settings.sandbox_max_pids + 1))
+        docker_sandbox.resources(SandboxPolicy(pids=sandbox_config.max_pids + 1))
     with pytest.raises(SandboxPolicyError, match="workspace_mb"):
-        docker_sandbox.resources(
-            SandboxPolicy(workspace_mb=sandbox_settings.sandbox_max_workspace_mb + 1)
-        )
+        docker_sandbox.resources(SandboxPolicy(workspace_mb=sandbox_config.max_workspace_mb + 1))
 
 
 def test_image_outside_the_allow_list_is_refused(docker_sandbox: DockerSandbox) -> None:
@@ -167,11 +163,11 @@ def test_image_outside_the_allow_list_is_refused(docker_sandbox: DockerSandbox) 
     assert not SandboxPolicyError.retryable
 
 
-def test_unreachable_docker_engine_is_retryable_unavailable(sandbox_settings: Settings) -> None:
+def test_unreachable_docker_engine_is_retryable_unavailable(sandbox_config: SandboxConfig) -> None:
     client = docker.DockerClient(
         base_url="unix:///nonexistent/agentrun-docker.sock", version="1.41"
     )
-    sandbox = DockerSandbox(Settings(sandbox_namespace=sandbox_settings.sandbox_namespace), client)
+    sandbox = DockerSandbox(sandbox_config, client)
     with pytest.raises(SandboxUnavailable) as info:
         sandbox.exec(
             RunRef("t", "r"),

@@ -4,40 +4,42 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import docker
 import pytest
 
-from agentrun.config import Settings
+from agentrun.contracts import LimitKind
 from sandbox import _names
 from sandbox.base import RunRef
+from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import POLICY, leftovers, new_run, sh
 
 pytestmark = pytest.mark.docker
 
 
-def container_of(settings: Settings, run: RunRef) -> Any:
-    return docker.from_env().containers.get(_names.container_name(settings.sandbox_namespace, run))
+def container_of(config: SandboxConfig, run: RunRef) -> Any:
+    return docker.from_env().containers.get(_names.container_name(config.namespace, run))
 
 
-def pool_containers(settings: Settings) -> list[str]:
-    containers, _ = leftovers(settings.sandbox_namespace)
-    return [c for c in containers if _names.is_pool_container(settings.sandbox_namespace, c)]
+def pool_containers(config: SandboxConfig) -> list[str]:
+    containers, _ = leftovers(config.namespace)
+    return [c for c in containers if _names.is_pool_container(config.namespace, c)]
 
 
-def run_objects(settings: Settings, run: RunRef) -> tuple[list[str], list[str]]:
+def run_objects(config: SandboxConfig, run: RunRef) -> tuple[list[str], list[str]]:
     """This run's containers and volumes, found by label or name (no in-memory state)."""
-    containers, volumes = leftovers(settings.sandbox_namespace)
+    containers, volumes = leftovers(config.namespace)
     key = _names.run_key(run)
     return [c for c in containers if key in c], [v for v in volumes if key in v]
 
 
 def test_first_use_creates_one_container_even_when_raced(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
-    other = DockerSandbox(sandbox_settings)  # a second worker process, in effect
+    other = DockerSandbox(sandbox_config)  # a second worker process, in effect
     results: list[object] = []
 
     def first_call(sandbox: DockerSandbox) -> None:
@@ -57,9 +59,9 @@ def test_first_use_creates_one_container_even_when_raced(
     finally:
         other.close()
     assert results == [b"ok\n", b"ok\n"]
-    containers, volumes = run_objects(sandbox_settings, run_ref)
+    containers, volumes = run_objects(sandbox_config, run_ref)
     assert len(containers) == 1 and len(volumes) == 1
-    labels = container_of(sandbox_settings, run_ref).labels
+    labels = container_of(sandbox_config, run_ref).labels
     assert (
         labels["agentrun.tenant"] == run_ref.tenant_id and labels["agentrun.run"] == run_ref.run_id
     )
@@ -67,42 +69,42 @@ def test_first_use_creates_one_container_even_when_raced(
 
 
 def test_pause_freezes_the_run_and_resume_keeps_the_workspace(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
     sh(docker_sandbox, run_ref, "echo kept > notes.txt")
     docker_sandbox.pause(run_ref)
-    assert container_of(sandbox_settings, run_ref).status == "paused"
+    assert container_of(sandbox_config, run_ref).status == "paused"
     docker_sandbox.pause(run_ref)  # idempotent
     docker_sandbox.resume(run_ref)
-    assert container_of(sandbox_settings, run_ref).status == "running"
+    assert container_of(sandbox_config, run_ref).status == "running"
     assert sh(docker_sandbox, run_ref, "cat notes.txt").stdout == b"kept\n"
 
 
 def test_workspace_survives_a_container_restart(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
     sh(docker_sandbox, run_ref, "echo kept > notes.txt")
-    container_of(sandbox_settings, run_ref).restart(timeout=1)
+    container_of(sandbox_config, run_ref).restart(timeout=1)
     assert sh(docker_sandbox, run_ref, "cat notes.txt").stdout == b"kept\n"
 
 
 def test_destroy_leaves_nothing_behind_and_is_idempotent(
-    docker_sandbox: DockerSandbox, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, sandbox_config: SandboxConfig
 ) -> None:
     run = new_run()
     sh(docker_sandbox, run, "echo x > f")
-    assert run_objects(sandbox_settings, run) != ([], [])
+    assert run_objects(sandbox_config, run) != ([], [])
     docker_sandbox.destroy(run, keep_workspace=False)
     docker_sandbox.destroy(run, keep_workspace=False)
-    assert run_objects(sandbox_settings, run) == ([], [])
+    assert run_objects(sandbox_config, run) == ([], [])
 
 
 def test_destroy_keeping_the_workspace_lets_the_run_continue_later(
-    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
 ) -> None:
     sh(docker_sandbox, run_ref, "echo kept > notes.txt", call_id="s0-c0")
     docker_sandbox.destroy(run_ref, keep_workspace=True)
-    assert container_of(sandbox_settings, run_ref).status == "exited"  # no processes left
+    assert container_of(sandbox_config, run_ref).status == "exited"  # no processes left
     assert sh(docker_sandbox, run_ref, "cat notes.txt").stdout == b"kept\n"
     assert docker_sandbox.exec(
         run_ref, "s0-c0", "echo again >> notes.txt", policy=POLICY, timeout_s=5, max_output_bytes=10
@@ -110,7 +112,7 @@ def test_destroy_keeping_the_workspace_lets_the_run_continue_later(
 
 
 def test_janitor_removes_dead_runs_and_keeps_live_ones(
-    docker_sandbox: DockerSandbox, sandbox_settings: Settings
+    docker_sandbox: DockerSandbox, sandbox_config: SandboxConfig
 ) -> None:
     live, dead = new_run(), new_run()
     try:
@@ -118,11 +120,8 @@ def test_janitor_removes_dead_runs_and_keeps_live_ones(
         sh(docker_sandbox, dead, "true")
         docker_sandbox.destroy(dead, keep_workspace=True)  # a kept workspace is still collected
         report = docker_sandbox.janitor(lambda run: run != dead)
-        assert (
-            _names.container_name(sandbox_settings.sandbox_namespace, dead)
-            in report.removed_containers
-        )
-        assert run_objects(sandbox_settings, dead) == ([], [])
+        assert _names.container_name(sandbox_config.namespace, dead) in report.removed_containers
+        assert run_objects(sandbox_config, dead) == ([], [])
         assert sh(docker_sandbox, live, "echo alive").stdout == b"alive\n"
     finally:
         docker_sandbox.destroy(live, keep_workspace=False)
@@ -130,10 +129,10 @@ def test_janitor_removes_dead_runs_and_keeps_live_ones(
 
 
 def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(
-    sandbox_settings: Settings,
+    sandbox_config: SandboxConfig,
 ) -> None:
-    settings = Settings(**{**sandbox_settings.model_dump(), "sandbox_pool_size": 2})
-    pooled = DockerSandbox(settings)
+    config = replace(sandbox_config, pool_size=2)
+    pooled = DockerSandbox(config)
     first, second = new_run(), new_run()
     try:
         assert pooled.warm_pool() == 2
@@ -141,16 +140,16 @@ def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(
         out = sh(pooled, second, "ls -A /workspace; cat /proc/1/cmdline | tr '\\0' ' '")
         assert b"mine.txt" not in out.stdout
         # Both runs got pool containers (renamed), each with its own pool volume.
-        a, b = container_of(settings, first), container_of(settings, second)
+        a, b = container_of(config, first), container_of(config, second)
         assert a.labels["agentrun.pool"] == b.labels["agentrun.pool"] == "true"
         assert a.labels["agentrun.volume"] != b.labels["agentrun.volume"]
         deadline = time.monotonic() + 30
-        while len(pool_containers(settings)) < 2:  # the background refill
+        while len(pool_containers(config)) < 2:  # the background refill
             assert time.monotonic() < deadline, "the pool was not refilled"
             time.sleep(0.1)
-        assert len(pool_containers(settings)) == 2
+        assert len(pool_containers(config)) == 2
         # A second worker process finds the claimed container by name.
-        other = DockerSandbox(settings)
+        other = DockerSandbox(config)
         assert sh(other, first, "cat mine.txt").stdout == b"mine\n"
         other.close()
     finally:
@@ -158,26 +157,28 @@ def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(
         report = pooled.janitor(lambda _run: False)
     # Dead runs go; unclaimed pool containers stay, up to the pool size...
     assert sorted(report.removed_containers) == sorted(
-        _names.container_name(settings.sandbox_namespace, r) for r in (first, second)
+        _names.container_name(config.namespace, r) for r in (first, second)
     )
-    assert len(pool_containers(settings)) == 2
+    assert len(pool_containers(config)) == 2
     # ...and a janitor configured without a pool trims them, volumes included.
-    trimmer = DockerSandbox(sandbox_settings)
+    trimmer = DockerSandbox(sandbox_config)
     assert len(trimmer.janitor(lambda _run: False).removed_containers) == 2
     trimmer.close()
-    assert leftovers(settings.sandbox_namespace) == ([], [])
+    assert leftovers(config.namespace) == ([], [])
 
 
-def test_workspace_limit_is_handed_to_a_pool_container_at_claim(sandbox_settings: Settings) -> None:
-    settings = Settings(**{**sandbox_settings.model_dump(), "sandbox_pool_size": 1})
-    pooled = DockerSandbox(settings)
+def test_workspace_limit_is_handed_to_a_pool_container_at_claim(
+    sandbox_config: SandboxConfig,
+) -> None:
+    config = replace(sandbox_config, pool_size=1)
+    pooled = DockerSandbox(config)
     run = RunRef("t-pool", new_run().run_id)
     try:
         pooled.warm_pool()
         policy = POLICY.model_copy(update={"workspace_mb": 8})
         out = sh(pooled, run, "head -c 50M /dev/zero > big", policy=policy)
-        assert out.limit == "disk"
-        assert container_of(settings, run).labels["agentrun.pool"] == "true"
+        assert out.limit is LimitKind.DISK
+        assert container_of(config, run).labels["agentrun.pool"] == "true"
     finally:
         pooled.close()
         pooled.janitor(lambda _run: False)

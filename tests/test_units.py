@@ -10,14 +10,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from activities.artifact_store import BlobNotFound, LocalArtifactStore, get_bytes
-from activities.conversation import ConversationStore
-from activities.delta_log import DeltaLog
-from activities.models.base import Delta
-from activities.tools import ShellArgs, ToolArgumentError, parse_arguments, tool_schemas
+from activities.tools import (
+    ShellArgs,
+    ToolArgumentError,
+    UnknownTool,
+    parse_arguments,
+    tool_schemas,
+)
 from agentrun.config import ConfigError, load_settings
 from agentrun.contracts import (
     ApprovalPolicy,
+    Delta,
     Message,
     RunSpec,
     ToolName,
@@ -26,6 +29,9 @@ from agentrun.contracts import (
 )
 from agentrun.sse_wire import SseDecoder, SseMessage
 from api.sse import Cursor
+from store.artifacts import BlobNotFound, LocalArtifactStore, get_bytes
+from store.conversation import ConversationStore
+from store.delta_log import DeltaLog
 from tests.conftest import ROOT
 
 
@@ -73,22 +79,23 @@ def test_tool_schemas_are_json_schema_objects_for_the_requested_tools() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "raw", "expected"),
+    ("name", "raw", "expected", "error"),
     [
-        ("shell", "{", "not valid JSON"),
-        ("shell", "[1, 2]", "must be a JSON object"),
-        ("shell", '{"command": ""}', "command"),
-        ("shell", '{"command": "ls", "sudo": true}', "sudo"),
-        ("write_file", '{"path": "a"}', "content"),
-        ("rm_rf", "{}", "unknown tool"),
+        ("shell", "{", "not valid JSON", ToolArgumentError),
+        ("shell", "[1, 2]", "must be a JSON object", ToolArgumentError),
+        ("shell", '{"command": ""}', "command", ToolArgumentError),
+        ("shell", '{"command": "ls", "sudo": true}', "sudo", ToolArgumentError),
+        ("write_file", '{"path": "a"}', "content", ToolArgumentError),
+        ("rm_rf", "{}", "unknown tool", UnknownTool),
     ],
 )
-def test_bad_tool_arguments_raise_a_message_for_the_model(
-    name: str, raw: str, expected: str
+def test_bad_tool_arguments_raise_a_message_for_the_model_typed_by_what_is_wrong(
+    name: str, raw: str, expected: str, error: type[ToolArgumentError]
 ) -> None:
     with pytest.raises(ToolArgumentError) as err:
         parse_arguments(name, raw)
     assert expected in str(err.value)
+    assert type(err.value) is error  # an unknown tool is told apart by type, not by text
 
 
 def test_valid_tool_arguments_parse_into_typed_models() -> None:
@@ -151,14 +158,44 @@ def test_conversation_chain_stores_each_message_once_and_loads_in_order(tmp_path
 
 
 def test_constrained_decoding_schema_keeps_the_relative_path_pattern_only() -> None:
-    from activities.models.openai_compat import grammar_schema
+    from activities.models.constrained import grammar_schema
     from activities.tools import RELATIVE_PATH_PATTERN
 
-    params = grammar_schema(tool_schemas(["write_file"])[0].parameters)
+    schema = tool_schemas(["write_file"])[0]
+    assert schema.grammar_safe_patterns == {RELATIVE_PATH_PATTERN}
+    params = grammar_schema(schema.parameters, safe_patterns=schema.grammar_safe_patterns)
     assert params["properties"]["path"]["pattern"] == RELATIVE_PATH_PATTERN
+    assert "pattern" not in grammar_schema(schema.parameters)["properties"]["path"]
     assert "maxLength" not in params["properties"]["content"]  # 4 MiB would blow up the grammar
     assert "pattern" not in grammar_schema({"type": "string", "pattern": "^(a|b)+$"})
     assert parse_arguments("read_file", '{"path": "my notes.txt"}')  # validation stays lenient
+
+
+def test_the_envelope_schema_takes_each_tools_safe_patterns_from_its_tool_schema() -> None:
+    from activities.models.constrained import tool_call_schema
+    from activities.tools import RELATIVE_PATH_PATTERN
+
+    envelope = tool_call_schema(tool_schemas(["read_file"]))
+    path = envelope["properties"]["arguments"]["properties"]["path"]
+    assert path["pattern"] == RELATIVE_PATH_PATTERN
+
+
+def test_no_provider_imports_the_tool_registry() -> None:
+    """Tools depend on the provider interface (`ToolSchema`), never the other way."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "activities" / "models").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(n == "activities.tools" or n.startswith("activities.tools.") for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
 
 
 # ------------------------------------------------------------------ delta log

@@ -13,7 +13,7 @@ from sandbox.base import RunRef
 from sandbox.docker_sandbox import DockerSandbox
 from tests.sandbox_fixtures import leftovers
 from tests.workflow_harness import TENANT, finish, scripted_spec, start_run, worker_settings
-from worker import liveness_checker
+from worker import liveness_checker, sandbox_config
 
 
 def _touch(sandbox: DockerSandbox, run: RunRef) -> None:
@@ -29,10 +29,10 @@ def _touch(sandbox: DockerSandbox, run: RunRef) -> None:
 
 
 async def test_janitor_keeps_live_runs_and_removes_sandboxes_of_unknown_or_expired_runs(
-    client: Client, state_dir: Path
+    client: Client, state_dir: Path, sandbox_image: str
 ) -> None:
-    settings = worker_settings(state_dir, sandbox_retention_hours=0)
-    sandbox = DockerSandbox(settings)
+    settings = worker_settings(state_dir, sandbox_retention_hours=0, sandbox_image=sandbox_image)
+    sandbox = DockerSandbox(sandbox_config(settings))
     queue = f"no-worker-{uuid.uuid4().hex[:8]}"
     # Running: started on a queue no worker polls, so it stays open.
     live = await start_run(client, queue, scripted_spec(finish()))

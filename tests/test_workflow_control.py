@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +10,39 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 
-from activities.artifact_store import LocalArtifactStore
-from activities.conversation import ConversationStore
 from agentrun.contracts import (
     ApprovalDecision,
     ApprovalPolicy,
+    ApprovalRequestedEvent,
+    ApprovalResolvedEvent,
+    ApprovalResolvedPayload,
     ControlRequest,
+    ErrorKind,
     EventType,
+    Limits,
+    MessageReceivedPayload,
+    RunFinishedPayload,
     RunSpec,
     RunStatus,
+    StatusChangedPayload,
     TerminalReason,
+    ToolResultPayload,
     UserMessage,
 )
+from store.artifacts import LocalArtifactStore
+from store.conversation import ConversationStore
 from tests.workflow_harness import (
     ALICE,
     all_events,
     call,
     finish,
+    payloads,
     running_worker,
     scripted_spec,
     shell,
+    skipping_time,
     start_run,
     status,
     turn,
@@ -41,6 +53,9 @@ from workflows.agent_run import AgentRunWorkflow
 
 REQ = ControlRequest(actor=ALICE, reason="testing")
 
+# Every test here starts a worker whose tools run in the Docker sandbox.
+pytestmark = pytest.mark.docker
+
 
 def _update_error(exc: WorkflowUpdateFailedError) -> ApplicationError:
     cause = exc.cause
@@ -49,8 +64,9 @@ def _update_error(exc: WorkflowUpdateFailedError) -> ApplicationError:
 
 
 async def test_pause_stops_new_steps_and_resume_continues_to_completion(
-    client: Client, task_queue: str, state_dir: Path
+    time_skipping_env: WorkflowEnvironment, task_queue: str, state_dir: Path
 ) -> None:
+    client = time_skipping_env.client
     spec = scripted_spec(
         shell("echo a > a.txt"),
         turn(call("nonexistent"), delay_seconds=1.0),
@@ -67,8 +83,11 @@ async def test_pause_stops_new_steps_and_resume_continues_to_completion(
         assert _update_error(again.value).type == "InvalidTransition"
         view = await wait_for(handle, lambda v: v.status == RunStatus.PAUSED)
         steps_when_paused = view.steps
-        # Nothing advances while paused: no new step starts.
-        await asyncio.sleep(2.0)
+        # Nothing advances while paused, not even an hour later: the clock jumps once the
+        # in-flight step has ended (work in flight holds it), and no new step starts.
+        before = await time_skipping_env.get_current_time()
+        await time_skipping_env.sleep(timedelta(hours=1))
+        assert await time_skipping_env.get_current_time() - before >= timedelta(hours=1)
         still = await status(handle)
         assert still.status == RunStatus.PAUSED
         assert still.steps == steps_when_paused
@@ -78,10 +97,35 @@ async def test_pause_stops_new_steps_and_resume_continues_to_completion(
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     assert result.final_answer == "resumed"
-    actions = [e.payload.get("action") for e in events if e.type == EventType.STATUS_CHANGED]
+    actions = [p.action for p in payloads(events, StatusChangedPayload)]
     assert actions == ["pause", "resume"]
-    cat = [e for e in events if e.type == EventType.TOOL_RESULT][-2]
-    assert "a" in str(cat.payload["summary"])  # workspace intact across the sandbox pause
+    cat = payloads(events, ToolResultPayload)[-2]
+    assert "a" in cat.summary  # workspace intact across the sandbox pause
+
+
+async def test_a_paused_run_still_ends_at_its_deadline(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, state_dir: Path
+) -> None:
+    client = time_skipping_env.client
+    spec = scripted_spec(
+        *[turn(call("nonexistent"), delay_seconds=0.5) for _ in range(5)],
+        finish("never reached"),
+        limits=Limits(deadline_seconds=86400),
+    )
+    async with running_worker(client, task_queue, state_dir):
+        handle = await start_run(client, task_queue, spec)
+        await wait_for(handle, lambda v: v.steps >= 1)
+        await handle.execute_update(AgentRunWorkflow.pause, REQ)
+        steps_when_paused = (await status(handle)).steps
+        # Paused, the run waits only on its deadline timer: a day passes at once.
+        async with skipping_time(time_skipping_env):
+            result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.FAILED
+    assert result.reason == TerminalReason.DEADLINE
+    assert result.steps == steps_when_paused  # no step started while paused
+    assert [p.action for p in payloads(events, StatusChangedPayload)] == ["pause"]
+    assert events[-1].at - events[0].at >= timedelta(days=1)
 
 
 async def test_resume_of_a_run_that_is_not_paused_is_rejected(
@@ -120,7 +164,9 @@ async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
     assert result.final_answer is None
     assert EventType.TOOL_RESULT in types(events)  # the in-flight step finished
     assert {a.name for a in result.artifacts} == {"slept.txt", "transcript.json"}
-    assert events[-1].payload["cancelled_by"] == ALICE.subject
+    finished = payloads(events, RunFinishedPayload)
+    assert [p.cancelled_by for p in finished] == [ALICE.subject]
+    assert events[-1].type == EventType.RUN_FINISHED
 
 
 async def test_cancel_with_abort_abandons_the_in_flight_tool_call(
@@ -218,10 +264,10 @@ async def test_approve_runs_exactly_the_pending_call(
         result = await handle.result()
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
-    resolved = [e.payload for e in events if e.type == EventType.APPROVAL_RESOLVED]
-    assert [(r["approved"], r["actor"]) for r in resolved] == [(True, ALICE.subject)] * 2
-    cat = [e for e in events if e.type == EventType.TOOL_RESULT][1]
-    assert "approved-run" in str(cat.payload["summary"])
+    resolved = payloads(events, ApprovalResolvedPayload)
+    assert [(r.approved, r.actor) for r in resolved] == [(True, ALICE.subject)] * 2
+    cat = payloads(events, ToolResultPayload)[1]
+    assert "approved-run" in cat.summary
 
 
 async def test_deny_skips_the_call_and_tells_the_model_why(
@@ -258,23 +304,60 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
         result = await handle.result()
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
-    results = [e.payload for e in events if e.type == EventType.TOOL_RESULT]
-    assert results[0]["error_type"] == "denied"
-    assert "no writes today" in str(results[0]["summary"])
-    assert "missing" in str(results[1]["summary"])  # the denied command never ran
+    results = payloads(events, ToolResultPayload)
+    assert results[0].error_type == ErrorKind.DENIED
+    assert "no writes today" in results[0].summary
+    assert "missing" in results[1].summary  # the denied command never ran
 
 
 async def test_pending_approval_expires_with_the_default_outcome(
-    client: Client, task_queue: str, state_dir: Path
+    time_skipping_env: WorkflowEnvironment, task_queue: str, state_dir: Path
 ) -> None:
-    spec = _approval_spec(timeout_seconds=1.0, on_timeout="deny")
-    async with running_worker(client, task_queue, state_dir):
+    client = time_skipping_env.client
+    # An hour-long window per call, twice: the run is idle while it waits, so the
+    # time-skipping server goes straight to each expiry timer.
+    spec = _approval_spec(timeout_seconds=3600, on_timeout="deny")
+    async with running_worker(client, task_queue, state_dir), skipping_time(time_skipping_env):
         handle = await start_run(client, task_queue, spec)
         result = await handle.result()
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
-    resolved = [e.payload for e in events if e.type == EventType.APPROVAL_RESOLVED]
-    assert [(r["approved"], r["reason"]) for r in resolved] == [(False, "approval expired")] * 2
+    resolved = payloads(events, ApprovalResolvedPayload)
+    assert [(r.approved, r.reason) for r in resolved] == [(False, "approval expired")] * 2
+    # Each expired when its hour was up in workflow time, not before.
+    requested = {
+        e.payload.approval_id: e.at for e in events if isinstance(e, ApprovalRequestedEvent)
+    }
+    waited = [
+        e.at - requested[e.payload.approval_id]
+        for e in events
+        if isinstance(e, ApprovalResolvedEvent)
+    ]
+    assert len(waited) == 2 and all(w >= timedelta(hours=1) for w in waited)
+
+
+async def test_a_run_left_waiting_for_approval_ends_at_its_deadline(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, state_dir: Path
+) -> None:
+    client = time_skipping_env.client
+    # No approval timeout: only the run's one-day deadline can end the wait.
+    spec = scripted_spec(
+        shell("echo never"),
+        finish("never reached"),
+        approval=ApprovalPolicy(mode="tools", tools=["shell"], timeout_seconds=None),
+        limits=Limits(deadline_seconds=86400),
+    )
+    async with running_worker(client, task_queue, state_dir), skipping_time(time_skipping_env):
+        handle = await start_run(client, task_queue, spec)
+        result = await handle.result()
+        events = await all_events(handle)
+    assert result.status == RunStatus.FAILED
+    assert result.reason == TerminalReason.DEADLINE
+    kinds = types(events)
+    assert EventType.APPROVAL_REQUESTED in kinds
+    assert EventType.APPROVAL_RESOLVED not in kinds
+    assert EventType.TOOL_CALLED not in kinds  # the call never ran
+    assert events[-1].at - events[0].at >= timedelta(days=1)
 
 
 async def test_steering_message_reaches_the_next_model_call(
@@ -291,8 +374,8 @@ async def test_steering_message_reaches_the_next_model_call(
         events = await all_events(handle)
         view = await status(handle)
     assert result.status == RunStatus.COMPLETED
-    received = [e for e in events if e.type == EventType.MESSAGE_RECEIVED]
-    assert received and received[0].payload["text"] == "please also say hi"
+    received = payloads(events, MessageReceivedPayload)
+    assert received and received[0].text == "please also say hi"
     assert view.conversation_head is not None
     conversation = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(
         view.conversation_head

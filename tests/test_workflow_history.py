@@ -19,9 +19,9 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from activities.artifact_store import LocalArtifactStore
-from activities.conversation import ConversationStore
 from agentrun.contracts import Limits, RunStatus, ScriptedToolCall, ScriptedTurn
+from store.artifacts import LocalArtifactStore
+from store.conversation import ConversationStore
 from tests.record_histories import SCENARIOS
 from tests.workflow_harness import finish, running_worker, scripted_spec, start_run, status
 from workflows.agent_run import AgentRunWorkflow
@@ -30,6 +30,7 @@ HISTORIES = Path(__file__).parent / "histories"
 STEPS = 100
 
 
+@pytest.mark.docker
 async def test_history_bytes_per_step_stay_flat_over_a_100_step_run(
     client: Client, task_queue: str, state_dir: Path, figures: Callable[[str], None]
 ) -> None:

@@ -5,25 +5,30 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
-from activities.artifact_store import LocalArtifactStore, get_bytes
-from activities.delta_log import DeltaLog
 from agentrun.contracts import (
     EventsPage,
     EventsQuery,
     EventType,
     Limits,
+    ModelCalledEvent,
+    ModelStartedEvent,
     RunResult,
     RunStatus,
     ScriptedToolCall,
     TerminalReason,
     ToolName,
+    ToolResultPayload,
 )
+from store.artifacts import LocalArtifactStore, get_bytes
+from store.delta_log import DeltaLog
 from tests.workflow_harness import (
     all_events,
     call,
     finish,
+    payloads,
     running_worker,
     scripted_spec,
     shell,
@@ -34,6 +39,9 @@ from tests.workflow_harness import (
     wait_for,
 )
 from workflows.agent_run import AgentRunWorkflow
+
+# Every test here starts a worker whose tools run in the Docker sandbox.
+pytestmark = pytest.mark.docker
 
 
 async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes(
@@ -59,13 +67,11 @@ async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes
     assert kinds[-1] == EventType.RUN_FINISHED
     assert kinds.count(EventType.MODEL_CALLED) == 3
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    shell_result = next(
-        e for e in events if e.type == EventType.TOOL_RESULT and e.payload["tool"] == "shell"
-    )
-    assert shell_result.payload["ok"] is True
-    assert "hello from the agent" in str(shell_result.payload["summary"])
+    shell_result = next(p for p in payloads(events, ToolResultPayload) if p.tool == "shell")
+    assert shell_result.ok is True
+    assert "hello from the agent" in shell_result.summary
     # The command ran in the container as the sandbox's non-root user, not in the worker.
-    assert "10001" in str(shell_result.payload["summary"])
+    assert "10001" in shell_result.summary
     stored = {a.name: a for a in result.artifacts}
     assert "notes/hello.txt" in stored
     store = LocalArtifactStore(settings.artifacts_path)
@@ -99,11 +105,7 @@ async def test_bad_tool_arguments_go_back_to_the_model_as_a_tool_error(
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     assert result.final_answer == "recovered"
-    errors = [
-        (e.payload["error_type"], e.payload["summary"])
-        for e in events
-        if e.type == EventType.TOOL_RESULT and not e.payload["ok"]
-    ]
+    errors = [(p.error_type, p.summary) for p in payloads(events, ToolResultPayload) if not p.ok]
     assert [kind for kind, _ in errors] == [
         "bad_arguments",
         "bad_arguments",
@@ -145,6 +147,10 @@ async def test_token_budget_ends_the_run_with_reason_budget(
 async def test_deadline_ends_a_slow_run_with_reason_deadline(
     client: Client, task_queue: str, state_dir: Path
 ) -> None:
+    # On the dev server, not the time-skipping one: this deadline fires while a model
+    # call is in flight, and an activity in flight holds the test server's clock, so
+    # it would take the same 2.5 s there. The deadline timers of idle runs (paused, or
+    # waiting for an approval) are skipped in test_workflow_control.
     spec = scripted_spec(
         *[turn(call("nonexistent_tool"), delay_seconds=1.0) for _ in range(30)],
         limits=Limits(deadline_seconds=2.5),
@@ -210,8 +216,8 @@ async def test_continue_as_new_preserves_state_and_event_sequence(
     assert seqs == list(range(1, len(seqs) + 1)), "events lost or duplicated across runs"
     assert types(events).count(EventType.CONTINUED_AS_NEW) == 2
     assert types(events).count(EventType.RUN_STARTED) == 1
-    last_shell = [e for e in events if e.type == EventType.TOOL_RESULT][-2]
-    assert "3" in str(last_shell.payload["summary"])  # the workspace survived each hop
+    last_shell = payloads(events, ToolResultPayload)[-2]
+    assert "3" in last_shell.summary  # the workspace survived each hop
     assert {a.name for a in result.artifacts} >= {"log.txt"}
 
 
@@ -238,9 +244,9 @@ async def test_each_model_call_opens_a_delta_stream_the_events_query_reports(
         logged = [log.tail("test", result.run_id, step).poll() for step in (1, 2)]
         final = await handle.query(AgentRunWorkflow.events, EventsQuery())
 
-    started = {e.payload["step"]: e.seq for e in events if e.type == EventType.MODEL_STARTED}
+    started = {e.payload.step: e.seq for e in events if isinstance(e, ModelStartedEvent)}
     assert started == seen  # the in-flight call names the seq of its model.started
-    called = {e.payload["step"]: e.seq for e in events if e.type == EventType.MODEL_CALLED}
+    called = {e.payload.step: e.seq for e in events if isinstance(e, ModelCalledEvent)}
     assert all(started[step] < called[step] for step in (1, 2))
     assert final.model_call is None
     # The activity logged the streamed reply outside history: tool arguments, then text.

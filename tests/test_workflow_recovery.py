@@ -15,11 +15,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.artifact_store import LocalArtifactStore, get_bytes
 from agentrun.contracts import EventType, RunStatus
+from store.artifacts import LocalArtifactStore, get_bytes
 from tests.conftest import ROOT
 from tests.workflow_harness import (
     WEBHOOK_SECRET,
@@ -30,6 +31,10 @@ from tests.workflow_harness import (
     start_run,
     wait_for,
 )
+
+# The workers here are `worker.py` processes with the real Docker sandbox; the
+# conftest's marking sees only in-process workers, so this module says it itself.
+pytestmark = pytest.mark.docker
 
 
 def _spawn_worker(

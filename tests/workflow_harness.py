@@ -1,39 +1,48 @@
 """Helpers for workflow tests: a real worker on a fresh task queue, scripted turns.
 
 The scripted model is the only test double; Temporal, Docker and the artifact
-store are the real ones.
+store are the real ones. Runs start through the production launcher
+(`api.launcher.start_run`), so tests see the workflow ids, search attributes, memo
+and id policies that the API and the CLI give every run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowHandle
+from pydantic import TypeAdapter
+from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 
 from agentrun.config import Settings, load_settings
 from agentrun.contracts import (
     Actor,
+    EventPayload,
     EventsPage,
     EventsQuery,
     EventType,
     ModelRef,
     RunEvent,
-    RunInput,
     RunSpec,
     RunStatusView,
     ScriptedToolCall,
     ScriptedTurn,
-    workflow_id_for,
 )
+from api import launcher
+from store.artifacts import LocalArtifactStore, get_bytes
 from worker import build_worker
 from workflows.agent_run import AgentRunWorkflow
+
+P = TypeVar("P", bound=EventPayload)
 
 TENANT = "test"
 ALICE = Actor(subject="alice@example.com", kind="engineer")
@@ -53,14 +62,35 @@ def worker_settings(state_dir: Path, **overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+_STARTED: dict[str, list[WorkflowHandle[Any, Any]]] = {}
+"""The runs `start_run` started, by task queue (see `running_worker`)."""
+
+
+async def _terminate_open_runs(task_queue: str) -> None:
+    for handle in _STARTED.pop(task_queue, []):
+        # Best effort: never hide the failure that left the run open behind a new one.
+        with contextlib.suppress(RPCError):
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("the test ended before the run did")
+
+
 @asynccontextmanager
 async def running_worker(
     client: Client, task_queue: str, state_dir: Path, **overrides: Any
 ) -> AsyncIterator[Settings]:
+    """A worker on `task_queue`; runs the harness started there and left open end with it.
+
+    A run left open by a failing test would otherwise wake up later with no worker,
+    and on the time-skipping server its pending workflow task would hold the shared
+    clock, hanging every later test that waits on a timer.
+    """
     settings = worker_settings(state_dir, **overrides)
     worker = build_worker(client, settings, task_queue=task_queue)
     async with worker:
-        yield settings
+        try:
+            yield settings
+        finally:
+            await _terminate_open_runs(task_queue)
 
 
 def call(name: str, **arguments: Any) -> ScriptedToolCall:
@@ -93,21 +123,40 @@ async def start_run(
     spec: RunSpec,
     *,
     continue_as_new_every: int = 200,
-    run_id: str | None = None,
 ) -> WorkflowHandle[Any, Any]:
-    run_id = run_id or uuid.uuid4().hex[:16]
-    return await client.start_workflow(
-        AgentRunWorkflow.run,
-        RunInput(
-            run_id=run_id,
-            tenant_id=TENANT,
-            spec=spec,
-            created_by=ALICE,
-            continue_as_new_every=continue_as_new_every,
-        ),
-        id=workflow_id_for(TENANT, run_id),
-        task_queue=task_queue,
+    """Start a run for `TENANT` as `ALICE` through the launcher, on the test's queue.
+
+    The handle follows the run across continue-as-new; its `first_execution_run_id`
+    names the first Temporal run (whose history `record_histories` keeps).
+    """
+    settings = load_settings(
+        task_queue=task_queue, continue_as_new_after_steps=continue_as_new_every
     )
+    started = await launcher.start_run(client, settings, TENANT, spec, ALICE, task_queue=task_queue)
+    described = await client.get_workflow_handle(started.workflow_id).describe()
+    first_run = described.raw_description.workflow_execution_info.first_run_id or described.run_id
+    handle = client.get_workflow_handle_for(
+        AgentRunWorkflow.run, started.workflow_id, first_execution_run_id=first_run
+    )
+    _STARTED.setdefault(task_queue, []).append(handle)
+    return handle
+
+
+@asynccontextmanager
+async def skipping_time(env: WorkflowEnvironment) -> AsyncIterator[None]:
+    """Let the time-skipping server's clock jump to the next timer while inside.
+
+    The server skips only while nothing is in flight (a workflow task or an activity
+    holds the clock), so timers fire at once and real work still runs in real time.
+    The SDK unlocks the clock by itself only while a handle *it* returned from
+    `start_workflow` awaits its result; the launcher keeps that handle, so tests
+    unlock it here, around the part of the test that waits on timers.
+    """
+    await env.client.test_service.unlock_time_skipping(UnlockTimeSkippingRequest())
+    try:
+        yield
+    finally:
+        await env.client.test_service.lock_time_skipping(LockTimeSkippingRequest())
 
 
 async def status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:
@@ -135,12 +184,13 @@ async def wait_for(
         await asyncio.sleep(0.1)
 
 
+_SEGMENT: TypeAdapter[list[RunEvent]] = TypeAdapter(list[RunEvent])
+
+
 async def all_events(
     handle: WorkflowHandle[Any, Any], store_root: Path | None = None
 ) -> list[RunEvent]:
     """Every event of the run: flushed segments (from the store) then in-memory ones."""
-    from activities.artifact_store import LocalArtifactStore, get_bytes
-
     page: EventsPage = await handle.query(
         AgentRunWorkflow.events, EventsQuery(after_seq=0, limit=5000)
     )
@@ -148,15 +198,16 @@ async def all_events(
     if page.segments:
         assert store_root is not None, "segments present: pass the artifact store root"
         store = LocalArtifactStore(store_root)
-        import json
-
         for seg in page.segments:
-            events.extend(
-                RunEvent.model_validate(e) for e in json.loads(get_bytes(store, seg.digest))
-            )
+            events.extend(_SEGMENT.validate_json(get_bytes(store, seg.digest)))
     events.extend(page.events)
     return events
 
 
 def types(events: list[RunEvent]) -> list[EventType]:
     return [e.type for e in events]
+
+
+def payloads(events: list[RunEvent], kind: type[P]) -> list[P]:
+    """The payloads of one event type, typed (events are read by attribute, never by key)."""
+    return [e.payload for e in events if isinstance(e.payload, kind)]

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from activities.models.base import Delta, DeltaSink
 from activities.models.errors import BadResponseError, model_error, stream_error
+from agentrun.contracts import Delta, DeltaSink
 from agentrun.sse_wire import SseDecoder
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 
 from activities.models._http import bad_shape, make_client, post_json, stream_json
-from activities.models.base import Delta, ModelReply, ModelRequest, ToolSchema
+from activities.models.base import ModelReply, ModelRequest, ToolSchema
 from activities.models.errors import config_error
-from agentrun.contracts import Message, RawToolCall, Usage
+from agentrun.contracts import Delta, Message, RawToolCall, Usage
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "wire_request"]
 

@@ -15,11 +15,10 @@ Error messages must never include API keys or request headers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from agentrun.contracts import Message, ModelRef, RawToolCall, ScriptedTurn, Usage
+from agentrun.contracts import DeltaSink, Message, ModelRef, RawToolCall, ScriptedTurn, Usage
 
 RETRYABLE_TYPES = ("ModelRateLimited", "ModelUnavailable", "ModelTimeout")
 PERMANENT_TYPES = ("ModelAuthError", "ModelBadRequest", "ModelNotFound", "ModelConfigError")
@@ -27,32 +26,20 @@ PERMANENT_TYPES = ("ModelAuthError", "ModelBadRequest", "ModelNotFound", "ModelC
 
 @dataclass
 class ToolSchema:
+    """A tool as providers describe it to a model.
+
+    The tool registry (``activities.tools``) builds these; providers read them and
+    never import the registry, so the dependency runs one way only.
+    """
+
     name: str
     description: str
     parameters: dict[str, Any]
     """JSON schema of the arguments object."""
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One fragment of a reply, passed to ``ModelRequest.on_delta`` as it is generated.
-
-    ``kind="text"`` is assistant text (in schema-constrained mode that is the raw
-    JSON envelope the model writes); ``kind="tool_call"`` is a fragment of the
-    arguments of native tool call number ``index``, with ``name`` set on the
-    fragment where the provider first names the tool. Concatenating the fragments
-    of one kind and index gives what the final ``ModelReply`` holds, but only the
-    reply is authoritative: deltas are a live preview, never parsed.
-    """
-
-    kind: Literal["text", "tool_call"]
-    text: str
-    index: int = 0
-    name: str | None = None
-
-
-DeltaSink = Callable[[Delta], None]
-"""Must not block: the activity's sink only appends to a buffer."""
+    grammar_safe_patterns: frozenset[str] = frozenset()
+    """The ``pattern`` values in ``parameters`` simple enough for grammar compilers
+    (llama.cpp) to honour; schema-constrained decoding keeps these and drops the
+    rest (see ``activities.models.constrained.grammar_schema``)."""
 
 
 @dataclass

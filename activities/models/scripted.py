@@ -21,9 +21,9 @@ import asyncio
 import json
 import re
 
-from activities.models.base import Delta, DeltaSink, ModelReply, ModelRequest, turn_index
+from activities.models.base import ModelReply, ModelRequest, turn_index
 from activities.models.errors import config_error, error_for_status
-from agentrun.contracts import RawToolCall, ScriptedTurn, Usage
+from agentrun.contracts import Delta, DeltaSink, RawToolCall, ScriptedTurn, Usage
 
 __all__ = ["ScriptedProvider"]
 

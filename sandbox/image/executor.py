@@ -3,7 +3,8 @@
 Runs as the unprivileged `agent` user (uid 10001) under docker-init. The worker
 talks to it over the container's attached stdin/stdout (never over a network), so a
 warm tool call costs one round trip through dockerd instead of a `docker exec`.
-Standard library only: it must run on any image that has python3.
+Standard library only, and one file: it is copied into the image and must run on
+any image that has python3 (so it imports nothing of agentrun either).
 
 It must not: trust the worker's framing blindly (several worker processes may be
 attached at once and their stdin bytes share one pipe, so every frame is
@@ -21,6 +22,11 @@ re-attaches instead of starting it again); ``result.json`` in it is the completi
 marker, written by atomic rename after the command ended. The token is an HMAC the
 worker derives from a key the container never sees, so a command cannot predict and
 pre-forge the directory of a future call.
+
+Layout: `STATE` holds what lasts across calls (owner, workspace size and usage, the
+running calls); one `Call` holds everything about one command. `run_call` takes a
+call through its steps: `begin` (baselines), `spawn`, `pump` (stdout/stderr into
+capped sinks, deadline, exit), `reap`, and `attribute_limit` (which limit ended it).
 """
 
 from __future__ import annotations
@@ -58,6 +64,17 @@ MAX_LINE = 1 << 20
 PIDS_EVENTS = "/sys/fs/cgroup/pids/pids.events"
 OOM_CONTROL = "/sys/fs/cgroup/memory/memory.oom_control"
 
+# The names of the limits a result reports. They are the values of
+# `agentrun.contracts.LimitKind`, spelled out because this file imports nothing of
+# agentrun; the worker parses them back into that enum.
+TIMEOUT = "timeout"
+MEMORY = "memory"
+PIDS = "pids"
+OUTPUT = "output"
+DISK = "disk"
+INTERRUPTED = "interrupted"
+LIMIT_NAMES = (TIMEOUT, MEMORY, PIDS, OUTPUT, DISK, INTERRUPTED)
+
 
 class RequestError(Exception):
     """A request the executor refuses; `kind` tells the worker which error to raise."""
@@ -71,6 +88,7 @@ class RequestError(Exception):
 
 
 _out_lock = threading.Lock()
+"""Whole lines only: handler threads answer concurrently on the one stdout."""
 
 
 def send(client: str, rid: str, kind: str, payload: dict[str, Any]) -> None:
@@ -88,21 +106,107 @@ def b64(data: bytes) -> str:
 # --------------------------------------------------------------------------- state
 
 
+class State:
+    """What the executor knows across calls (one instance: `STATE`).
+
+    `lock` guards `calls`, `owner` and `workspace_bytes`. `usage_bytes` is the last
+    measurement of the workspace (by the watchdog, or by a call that saw the disk
+    grow); walking a big workspace on every call would cost more than the call.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: dict[str, Call] = {}
+        self.owner: str | None = None
+        self.workspace_bytes = 1 << 30
+        self.usage_bytes = 0
+        self.usage_at = 0.0
+        self.measure = threading.Event()
+        """Set when a call ended: the watchdog re-measures the workspace off the call's path."""
+
+    def measure_now(self) -> int:
+        self.usage_bytes, self.usage_at = workspace_usage(), time.monotonic()
+        return self.usage_bytes
+
+
+class _Sink:
+    """One output stream of a call: a capped file on disk plus the head kept in memory."""
+
+    def __init__(self, path: str, head: int, cap: int) -> None:
+        self.path, self.head_size, self.cap = path, head, cap
+        self.head = bytearray()
+        self.total = 0
+        self.file: Any = None
+
+    def write(self, data: bytes) -> None:
+        room = self.cap - self.total
+        if room > 0 and self.file is not False:
+            try:
+                if self.file is None:
+                    self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+                self.file.write(data[:room])
+            except OSError:
+                # The workspace is full (EFBIG/ENOSPC): keep counting, stop storing.
+                if self.file:
+                    with contextlib.suppress(OSError):
+                        self.file.close()
+                self.file = False
+        if len(self.head) < self.head_size:
+            self.head += data[: self.head_size - len(self.head)]
+        self.total += len(data)
+
+    def close(self) -> None:
+        if self.file:
+            with contextlib.suppress(OSError):
+                self.file.close()
+
+
 class Call:
-    def __init__(self, call_dir: str) -> None:
+    """Everything about one command: its request, the baselines its limits are judged
+    against, its output and how it ended.
+
+    Registered in `STATE.calls` while it runs; the watchdog reads `proc`,
+    `kill_reason` and `usage_at_start` from another thread, and sets `kill_reason`.
+    """
+
+    def __init__(self, call_dir: str, req: dict[str, Any]) -> None:
         self.dir = call_dir
+        self.req = req
+        self.ack: Any = req["_ack"]
         self.done = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.kill_reason: str | None = None
+        """Set when the executor ends the call itself (timeout, output, disk)."""
         self.usage_at_start = 0
+        # Set by begin() from the request and the container's counters.
+        self.timeout = 0.0
+        self.store_cap = 0
+        self.env: dict[str, str] = {}
+        self.limit_bytes = 0
+        self.budget = 0
+        self.pids0 = 0
+        self.oom0 = 0
+        self.used0 = 0
+        self.started = 0.0
+        self.sinks: dict[str, _Sink] = {}
+        # Set by pump() and reap().
+        self.status: int | None = None
+        self.duration_ms = 0
+
+    def result(self, exit_code: int | None, limit: str | None) -> dict[str, Any]:
+        """The recorded result; `_heads` (the returned output) is popped before recording."""
+        out, err = self.sinks["out"], self.sinks["err"]
+        return {
+            "exit_code": exit_code,
+            "stdout_total": out.total,
+            "stderr_total": err.total,
+            "duration_ms": self.duration_ms,
+            "limit": limit,
+            "_heads": {"out": bytes(out.head), "err": bytes(err.head)},
+        }
 
 
-_calls: dict[str, Call] = {}
-_calls_lock = threading.Lock()
-_config: dict[str, Any] = {"workspace_bytes": 1 << 30, "owner": None}
-_usage = {"bytes": 0, "at": 0.0}
-_measure = threading.Event()
-"""Set when a call ended: the watchdog re-measures the workspace off the call's path."""
+STATE = State()
 
 
 def counter(path: str, key: str) -> int:
@@ -154,6 +258,20 @@ def workspace_usage() -> int:
     return total
 
 
+def set_budget() -> int:
+    """Cap every file's size at what is left of the workspace budget.
+
+    Set on the executor itself (soft RLIMIT_FSIZE, so it can be raised again) and so
+    inherited by every command at fork, with no window in which a command runs
+    unlimited. The executor ignores SIGXFSZ (its own writes fail with EFBIG instead);
+    `restore_signals` gives commands the default action back, so a filler dies.
+    """
+    budget = max(int(STATE.workspace_bytes) - int(STATE.usage_bytes), 4096)
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (budget, resource.RLIM_INFINITY))
+    return budget
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -176,7 +294,7 @@ def resolve(rel: str, *, must_exist: bool = True) -> str:
     return real
 
 
-# --------------------------------------------------------------------------- exec
+# --------------------------------------------------------------------------- a call's steps
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
@@ -228,102 +346,73 @@ def _limit_child(pid: int) -> None:
         f.write("1000")
 
 
-def set_budget() -> int:
-    """Cap every file's size at what is left of the workspace budget.
-
-    Set on the executor itself (soft RLIMIT_FSIZE, so it can be raised again) and so
-    inherited by every command at fork, with no window in which a command runs
-    unlimited. The executor ignores SIGXFSZ (its own writes fail with EFBIG instead);
-    `restore_signals` gives commands the default action back, so a filler dies.
-    """
-    budget = max(int(_config["workspace_bytes"]) - int(_usage["bytes"]), 4096)
-    with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_FSIZE, (budget, resource.RLIM_INFINITY))
-    return budget
-
-
-class _Sink:
-    """One output stream of a call: a capped file on disk plus the head kept in memory."""
-
-    def __init__(self, path: str, head: int, cap: int) -> None:
-        self.path, self.head_size, self.cap = path, head, cap
-        self.head = bytearray()
-        self.total = 0
-        self.file: Any = None
-
-    def write(self, data: bytes) -> None:
-        room = self.cap - self.total
-        if room > 0 and self.file is not False:
-            try:
-                if self.file is None:
-                    self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-                self.file.write(data[:room])
-            except OSError:
-                # The workspace is full (EFBIG/ENOSPC): keep counting, stop storing.
-                if self.file:
-                    with contextlib.suppress(OSError):
-                        self.file.close()
-                self.file = False
-        if len(self.head) < self.head_size:
-            self.head += data[: self.head_size - len(self.head)]
-        self.total += len(data)
-
-    def close(self) -> None:
-        if self.file:
-            with contextlib.suppress(OSError):
-                self.file.close()
-
-
-def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
-    """Run the command to completion, recording output and the result in its call dir."""
-    timeout = float(req.get("timeout", 60))
-    store_cap = int(req.get("store_cap", 16 << 20))
+def begin(call: Call) -> None:
+    """Read the request and take the baselines the call's limits are judged against."""
+    req = call.req
+    call.timeout = float(req.get("timeout", 60))
+    call.store_cap = int(req.get("store_cap", 16 << 20))
     head = int(req.get("max_output", 16384))
-    env = dict(BASE_ENV)
-    env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
-    limit_bytes = int(_config["workspace_bytes"])
+    call.env = dict(BASE_ENV)
+    call.env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    call.limit_bytes = int(STATE.workspace_bytes)
     # The watchdog's last measurement: walking a big workspace on every call would
     # cost more than the call. It bounds single-file growth; the watchdog does the rest.
-    usage = int(_usage["bytes"])
-    call.usage_at_start = usage
-    budget = set_budget()
-    pids0 = counter(PIDS_EVENTS, "max")
-    oom0 = counter(OOM_CONTROL, "oom_kill")
-    used0 = fs_used()
-    start = time.monotonic()
-    sinks = {
-        "out": _Sink(os.path.join(call.dir, "out"), head, store_cap),
-        "err": _Sink(os.path.join(call.dir, "err"), head, store_cap),
+    call.usage_at_start = int(STATE.usage_bytes)
+    call.budget = set_budget()
+    call.pids0 = counter(PIDS_EVENTS, "max")
+    call.oom0 = counter(OOM_CONTROL, "oom_kill")
+    call.used0 = fs_used()
+    call.started = time.monotonic()
+    call.sinks = {
+        "out": _Sink(os.path.join(call.dir, "out"), head, call.store_cap),
+        "err": _Sink(os.path.join(call.dir, "err"), head, call.store_cap),
     }
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", req["cmd"]],
-            cwd=WORKSPACE,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-            restore_signals=True,
-        )
-        # Set after spawning (no preexec_fn, so CPython can vfork: about twice as
-        # cheap). Raising it needs no privilege. The command becomes the OOM killer's
-        # first choice, so a memory bomb does not take the executor down.
-        _limit_child(proc.pid)
-    except OSError as exc:
-        sinks["err"].write(f"agentrun: cannot start the command: {exc}\n".encode())
-        sinks["err"].close()
-        # fork() failing with EAGAIN is the pids limit biting before the command ran.
-        return {
-            "exit_code": None,
-            "stdout_total": 0,
-            "stderr_total": sinks["err"].total,
-            "duration_ms": 0,
-            "limit": "pids" if exc.errno == 11 else None,
-            "_heads": {"out": b"", "err": bytes(sinks["err"].head)},
-        }
+
+
+def spawn(call: Call) -> subprocess.Popen[bytes]:
+    """Start the command in its own session; raises OSError when it cannot start."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", call.req["cmd"]],
+        cwd=WORKSPACE,
+        env=call.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+        restore_signals=True,
+    )
+    # Set after spawning (no preexec_fn, so CPython can vfork: about twice as
+    # cheap). Raising it needs no privilege. The command becomes the OOM killer's
+    # first choice, so a memory bomb does not take the executor down.
+    _limit_child(proc.pid)
     call.proc = proc
+    return proc
+
+
+def spawn_failed(call: Call, exc: OSError) -> dict[str, Any]:
+    """The result of a command that never started."""
+    err = call.sinks["err"]
+    err.write(f"agentrun: cannot start the command: {exc}\n".encode())
+    err.close()
+    # fork() failing with EAGAIN is the pids limit biting before the command ran.
+    return {
+        "exit_code": None,
+        "stdout_total": 0,
+        "stderr_total": err.total,
+        "duration_ms": 0,
+        "limit": PIDS if exc.errno == 11 else None,
+        "_heads": {"out": b"", "err": bytes(err.head)},
+    }
+
+
+def pump(call: Call, proc: subprocess.Popen[bytes]) -> None:
+    """Move the command's output into its sinks until it exits or must be killed.
+
+    Ends the call (`kill_reason`) at its deadline or when an output stream passes
+    `store_cap`; the watchdog may end it too (disk). Sets `call.status` when the
+    command's main process exited while we watched.
+    """
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
@@ -331,83 +420,103 @@ def run_call(call: Call, req: dict[str, Any]) -> dict[str, Any]:
     # A pidfd makes the exit an event like the pipes: no polling, no added latency.
     pidfd = os.pidfd_open(proc.pid)
     sel.register(pidfd, selectors.EVENT_READ, "exit")
-    deadline = start + timeout
+    start = call.started
+    deadline = start + call.timeout
     exited_at: float | None = None
-    status: int | None = None
-    while True:
-        now = time.monotonic()
-        if call.kill_reason is None and now >= deadline:
-            call.kill_reason = "timeout"
-        if call.kill_reason is not None:
-            kill_tree(proc)
-            break
-        pipes_open = len(sel.get_map()) > (1 if exited_at is None else 0)
-        if exited_at is not None and (not pipes_open or now - exited_at > 0.2):
-            # Done; a background child still holding the pipes does not keep the
-            # call open beyond a short grace.
-            break
-        if now - start > 0.05:
-            req["_ack"]()
-        wait = max(min(deadline - now, 0.25 if now - start > 0.05 else 0.05), 0.0)
-        for key, _ in sel.select(wait):
-            if key.data == "exit":
-                sel.unregister(pidfd)
-                status = proc.wait()
-                exited_at = time.monotonic()
-                continue
-            data = os.read(key.fd, CHUNK)
-            if not data:
-                sel.unregister(key.fileobj)
-                continue
-            sink = sinks[key.data]
-            sink.write(data)
-            if sink.total > store_cap and call.kill_reason is None:
-                call.kill_reason = "output"
-    sel.close()
-    os.close(pidfd)
-    proc.stdout.close()
-    proc.stderr.close()
+    try:
+        while True:
+            now = time.monotonic()
+            if call.kill_reason is None and now >= deadline:
+                call.kill_reason = TIMEOUT
+            if call.kill_reason is not None:
+                kill_tree(proc)
+                break
+            pipes_open = len(sel.get_map()) > (1 if exited_at is None else 0)
+            if exited_at is not None and (not pipes_open or now - exited_at > 0.2):
+                # Done; a background child still holding the pipes does not keep the
+                # call open beyond a short grace.
+                break
+            if now - start > 0.05:
+                call.ack()
+            wait = max(min(deadline - now, 0.25 if now - start > 0.05 else 0.05), 0.0)
+            for key, _ in sel.select(wait):
+                if key.data == "exit":
+                    sel.unregister(pidfd)
+                    call.status = proc.wait()
+                    exited_at = time.monotonic()
+                    continue
+                data = os.read(key.fd, CHUNK)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                sink = call.sinks[key.data]
+                sink.write(data)
+                if sink.total > call.store_cap and call.kill_reason is None:
+                    call.kill_reason = OUTPUT
+    finally:
+        sel.close()
+        os.close(pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def reap(call: Call, proc: subprocess.Popen[bytes]) -> int:
+    """Make sure the command is gone and its output stored; returns its wait status."""
     if call.kill_reason is not None:
         kill_tree(proc)
-    if status is None:
-        status = proc.wait()
-    for sink in sinks.values():
+    if call.status is None:
+        call.status = proc.wait()
+    for sink in call.sinks.values():
         sink.close()
-    duration_ms = int((time.monotonic() - start) * 1000)
+    call.duration_ms = int((time.monotonic() - call.started) * 1000)
+    return call.status
+
+
+def attribute_limit(call: Call, status: int) -> tuple[int | None, str | None]:
+    """The exit code to report and the name of the limit that ended the call, if any."""
     exit_code: int | None = 128 - status if status < 0 else status
     limit = call.kill_reason
     if limit is not None:
         # We ended it: there is no exit code of the command's own to report.
         exit_code = None
-    if limit in (None, "timeout"):
+    if limit in (None, TIMEOUT):
         # Name the limit that bit first, even when the command went on (a shell whose
         # child hit a limit) or ran into the timeout (a fork bomb): "pids" or "memory"
         # tells the model more than "timeout".
-        if counter(OOM_CONTROL, "oom_kill") > oom0:
-            limit = "memory"
-        elif counter(PIDS_EVENTS, "max") > pids0:
-            limit = "pids"
+        if counter(OOM_CONTROL, "oom_kill") > call.oom0:
+            limit = MEMORY
+        elif counter(PIDS_EVENTS, "max") > call.pids0:
+            limit = PIDS
         elif exit_code == 128 + signal.SIGXFSZ:
-            limit = "disk"
-        elif limit is None and fs_used() - used0 >= budget // 2:
+            limit = DISK
+        elif limit is None and fs_used() - call.used0 >= call.budget // 2:
             # The volume's filesystem grew by half the remaining budget or more (or
             # another tenant of the host disk wrote a lot): measure precisely.
-            _usage["bytes"], _usage["at"] = workspace_usage(), time.monotonic()
-            full = _usage["bytes"] >= limit_bytes - (64 << 10)
-            if full and _usage["bytes"] > usage + (64 << 10):
-                limit = "disk"  # this call filled it (not an earlier one)
+            usage = STATE.measure_now()
+            full = usage >= call.limit_bytes - (64 << 10)
+            if full and usage > call.usage_at_start + (64 << 10):
+                limit = DISK  # this call filled it (not an earlier one)
+    return exit_code, limit
+
+
+def run_call(call: Call) -> dict[str, Any]:
+    """Run the command to completion, recording output and the result in its call dir."""
+    begin(call)
+    try:
+        proc = spawn(call)
+    except OSError as exc:
+        return spawn_failed(call, exc)
+    pump(call, proc)
+    status = reap(call, proc)
+    exit_code, limit = attribute_limit(call, status)
     if limit is not None and call.kill_reason is None:
         # A limit fired but the command's main process ended on its own (a fork bomb
         # in the background): nothing of a call that hit a limit may linger.
         kill_tree(proc)
-    return {
-        "exit_code": exit_code,
-        "stdout_total": sinks["out"].total,
-        "stderr_total": sinks["err"].total,
-        "duration_ms": duration_ms,
-        "limit": limit,
-        "_heads": {"out": bytes(sinks["out"].head), "err": bytes(sinks["err"].head)},
-    }
+    return call.result(exit_code, limit)
+
+
+# --------------------------------------------------------------------------- call records
 
 
 def read_head(path: str, n: int) -> bytes:
@@ -447,8 +556,8 @@ def call_dir_for(req: dict[str, Any]) -> str:
 def op_exec(req: dict[str, Any]) -> dict[str, Any]:
     call_dir = call_dir_for(req)
     max_output = int(req.get("max_output", 16384))
-    with _calls_lock:
-        call = _calls.get(call_dir)
+    with STATE.lock:
+        call = STATE.calls.get(call_dir)
         if call is None:
             if os.path.exists(os.path.join(call_dir, "result.json")):
                 return call_result(call_dir, max_output, True)
@@ -464,14 +573,14 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
                         else 0,
                         "stderr_total": 0,
                         "duration_ms": 0,
-                        "limit": "interrupted",
+                        "limit": INTERRUPTED,
                     },
                 )
                 return call_result(call_dir, max_output, True)
             os.makedirs(CALLS_DIR, exist_ok=True)
             os.mkdir(call_dir)
-            call = Call(call_dir)
-            _calls[call_dir] = call
+            call = Call(call_dir, req)
+            STATE.calls[call_dir] = call
             owner = True
         else:
             owner = False
@@ -481,7 +590,7 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
         return call_result(call_dir, max_output, True)
     heads: dict[str, bytes] = {"out": b"", "err": b""}
     try:
-        result = run_call(call, req)
+        result = run_call(call)
         heads = result.pop("_heads")
     except Exception as exc:
         result = {
@@ -496,9 +605,9 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
         write_result(call_dir, result)
     finally:
         call.done.set()
-        _measure.set()
-        with _calls_lock:
-            _calls.pop(call_dir, None)
+        STATE.measure.set()
+        with STATE.lock:
+            STATE.calls.pop(call_dir, None)
     return {
         **result,
         "stdout": b64(heads["out"][:max_output]),
@@ -537,7 +646,7 @@ def op_write(req: dict[str, Any]) -> dict[str, Any]:
     tmp = os.path.join(STATE_DIR, "tmp", os.path.basename(str(req["tmp"])))
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     if int(req["offset"]) == 0 and workspace_usage() + int(req.get("size", 0)) > int(
-        _config["workspace_bytes"]
+        STATE.workspace_bytes
     ):
         raise RequestError("disk", "the file does not fit in the workspace size limit")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -620,29 +729,29 @@ def op_walk(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_hello(req: dict[str, Any]) -> dict[str, Any]:
-    return {"version": VERSION, "pid": os.getpid(), "owner": _config["owner"]}
+    return {"version": VERSION, "pid": os.getpid(), "owner": STATE.owner}
 
 
 def op_claim(req: dict[str, Any]) -> dict[str, Any]:
     """First claim wins: the arbiter when two workers race for one pool container."""
-    with _calls_lock:
-        owner = _config["owner"]
+    with STATE.lock:
+        owner = STATE.owner
         if owner is None:
-            _config["owner"] = owner = str(req["owner"])
+            STATE.owner = owner = str(req["owner"])
             if req.get("workspace_bytes"):
-                _config["workspace_bytes"] = int(req["workspace_bytes"])
+                STATE.workspace_bytes = int(req["workspace_bytes"])
             set_budget()
         return {"ok": owner == req["owner"], "owner": owner}
 
 
 def op_config(req: dict[str, Any]) -> dict[str, Any]:
-    with _calls_lock:
+    with STATE.lock:
         if req.get("workspace_bytes"):
-            _config["workspace_bytes"] = int(req["workspace_bytes"])
+            STATE.workspace_bytes = int(req["workspace_bytes"])
             set_budget()
-        if req.get("owner") and _config["owner"] is None:
-            _config["owner"] = str(req["owner"])
-    return {"owner": _config["owner"]}
+        if req.get("owner") and STATE.owner is None:
+            STATE.owner = str(req["owner"])
+    return {"owner": STATE.owner}
 
 
 OPS = {
@@ -683,32 +792,37 @@ def handle(client: str, rid: str, raw: bytes) -> None:
         send(client, rid, "D", {"ok": False, "kind": "os", "error": repr(exc)})
 
 
-_jobs: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
-_idle = [0]
-_idle_lock = threading.Lock()
-
-
-def _worker() -> None:
-    while True:
-        handle(*_jobs.get())
-        with _idle_lock:
-            _idle[0] += 1
-
-
-def dispatch(client: str, rid: str, raw: bytes) -> None:
-    """Hand a request to an idle handler thread, starting one when none is idle.
+class Handlers:
+    """The threads that run requests (one instance: `HANDLERS`).
 
     Threads are reused (starting one per request costs more than a quick call), and
     never capped: a long `exec` holds its thread for its whole duration.
     """
-    with _idle_lock:
-        # Reserve a thread for this job: an idle one, or a new one.
-        spawn = _idle[0] == 0
-        if not spawn:
-            _idle[0] -= 1
-    if spawn:
-        threading.Thread(target=_worker, daemon=True).start()
-    _jobs.put((client, rid, raw))
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        while True:
+            handle(*self._jobs.get())
+            with self._lock:
+                self._idle += 1
+
+    def dispatch(self, client: str, rid: str, raw: bytes) -> None:
+        """Hand a request to an idle handler thread, starting one when none is idle."""
+        with self._lock:
+            # Reserve a thread for this job: an idle one, or a new one.
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        if spawn:
+            threading.Thread(target=self._work, daemon=True).start()
+        self._jobs.put((client, rid, raw))
+
+
+HANDLERS = Handlers()
 
 
 def disk_watchdog() -> None:
@@ -722,40 +836,60 @@ def disk_watchdog() -> None:
     """
     interval = 0.5
     while True:
-        woken = _measure.wait(interval)
-        _measure.clear()
-        with _calls_lock:
-            running = [c for c in _calls.values() if c.proc is not None and c.kill_reason is None]
-        age = time.monotonic() - _usage["at"]
+        woken = STATE.measure.wait(interval)
+        STATE.measure.clear()
+        with STATE.lock:
+            running = [
+                c for c in STATE.calls.values() if c.proc is not None and c.kill_reason is None
+            ]
+        age = time.monotonic() - STATE.usage_at
         # Idle: re-measure after calls ended, but at most every 2 s (a burst of quick
         # calls must not pay a workspace walk each), and every 30 s regardless.
         if not running and (age < 2 or (not woken and age < 30)):
             if woken:
-                _measure.set()
+                STATE.measure.set()
                 time.sleep(2 - age)
             continue
         began = time.monotonic()
-        usage = workspace_usage()
-        _usage["bytes"], _usage["at"] = usage, time.monotonic()
+        usage = STATE.measure_now()
         set_budget()
         # Never spend more than a fifth of the time walking the workspace.
-        interval = max(0.5, 4 * (_usage["at"] - began))
-        if usage <= int(_config["workspace_bytes"]):
+        interval = max(0.5, 4 * (STATE.usage_at - began))
+        if usage <= int(STATE.workspace_bytes):
             continue
         for call in running:
             if usage > call.usage_at_start:
-                call.kill_reason = "disk"
+                call.kill_reason = DISK
+
+
+# --------------------------------------------------------------------------- stdin
+
+
+def parse_frame(line: bytes) -> tuple[str, str, int, int, bytes] | None:
+    """(client, rid, seq, count, chunk) of a well-formed frame; None for anything else."""
+    fields = line.split()
+    if len(fields) != 7 or fields[0] != b"F":
+        return None
+    try:
+        client, rid = fields[1].decode(), fields[2].decode()
+        seq, count = int(fields[3]), int(fields[4])
+        if binascii.crc32(fields[6]) != int(fields[5], 16):
+            return None
+        chunk = base64.b64decode(fields[6], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return client, rid, seq, count, chunk
 
 
 def main() -> None:
     for arg in sys.argv[1:]:
         if arg.startswith("--workspace-bytes="):
-            _config["workspace_bytes"] = int(arg.split("=", 1)[1])
+            STATE.workspace_bytes = int(arg.split("=", 1)[1])
         if arg.startswith("--owner="):
-            _config["owner"] = arg.split("=", 1)[1]
+            STATE.owner = arg.split("=", 1)[1]
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    _usage["bytes"], _usage["at"] = workspace_usage(), time.monotonic()
+    STATE.measure_now()
     set_budget()
     threading.Thread(target=disk_watchdog, daemon=True).start()
     partial: dict[tuple[str, str], dict[int, bytes]] = {}
@@ -767,17 +901,10 @@ def main() -> None:
             # Nobody can ever attach to a closed stdin again: exit, and let the
             # worker restart the container (the workspace survives).
             return
-        fields = line.split()
-        if len(fields) != 7 or fields[0] != b"F":
+        frame = parse_frame(line)
+        if frame is None:
             continue
-        try:
-            client, rid = fields[1].decode(), fields[2].decode()
-            seq, count = int(fields[3]), int(fields[4])
-            if binascii.crc32(fields[6]) != int(fields[5], 16):
-                continue
-            chunk = base64.b64decode(fields[6], validate=True)
-        except (ValueError, binascii.Error):
-            continue
+        client, rid, seq, count, chunk = frame
         key = (client, rid)
         parts = partial.setdefault(key, {})
         started.setdefault(key, time.monotonic())
@@ -788,7 +915,7 @@ def main() -> None:
             started.pop(key, None)
             if len(raw) and all(i in parts for i in range(count)):
                 try:
-                    dispatch(client, rid, raw)
+                    HANDLERS.dispatch(client, rid, raw)
                 except RuntimeError:
                     # No task left in the pids cgroup (a fork bomb is running): refuse
                     # this request rather than die; the worker retries it.

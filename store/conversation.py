@@ -16,8 +16,8 @@ import json
 import threading
 from collections import OrderedDict
 
-from activities.artifact_store import ArtifactStore, get_bytes, get_model, put_model
 from agentrun.contracts import Message, canonical_json
+from store.artifacts import ArtifactStore, get_bytes, get_model, put_model
 
 
 class ConversationStore:

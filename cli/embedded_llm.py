@@ -10,10 +10,10 @@ Usage::
     with EmbeddedModelServer(port=8081, threads=2) as server:
         print(server.base_url)          # http://127.0.0.1:8081/v1
     # or in the foreground:
-    #   python -m agentrun.embedded_llm --port 8081 --threads 2
+    #   python -m cli.embedded_llm --port 8081 --threads 2
 
 It is a *tiny* model: it follows instructions poorly, but with schema-constrained
-output (see ``activities/models/openai_compat.py``) its replies always parse.
+output (see ``activities/models/constrained.py``) its replies always parse.
 
 Why a bootstrap instead of plain ``python -m llama_cpp.server``: llama.cpp repacks
 quantised weights into "extra buffer types" (AMX/AVX-512 tiles) when the CPU
@@ -281,9 +281,9 @@ def _describe(code: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agentrun.embedded_llm``: serve the embedded model until Ctrl+C."""
+    """``python -m cli.embedded_llm``: serve the embedded model until Ctrl+C."""
     parser = argparse.ArgumentParser(
-        prog="python -m agentrun.embedded_llm", description=__doc__.split("\n\n")[0]
+        prog="python -m cli.embedded_llm", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)

@@ -30,8 +30,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from activities.models.base import Delta
-from agentrun.contracts import ModelDelta
+from agentrun.contracts import Delta, ModelDelta
 
 __all__ = ["DeltaLog", "DeltaTail", "DeltaWriter"]
 

@@ -1,9 +1,9 @@
 """The embedded default: a whole agentrun stack on one machine, in one command.
 
-    python -m agentrun.devstack demo    # start everything, launch a real run, follow it
-    python -m agentrun.devstack up      # start (idempotent)
-    python -m agentrun.devstack status
-    python -m agentrun.devstack down
+    python -m cli.devstack demo    # start everything, launch a real run, follow it
+    python -m cli.devstack up      # start (idempotent)
+    python -m cli.devstack status
+    python -m cli.devstack down
 
 `up` starts, each as a background process with its log under `<state>/logs/`:
 
@@ -33,8 +33,11 @@ from typing import Any
 
 import httpx
 
-from agentrun.cli import ApiClient, CliError, follow
-from agentrun.config import SEARCH_ATTRIBUTES, ConfigError, Settings, load_settings
+from agentrun import search_attributes
+from agentrun.config import ConfigError, Settings, load_settings
+from cli.api_client import ApiClient
+from cli.errors import CliError
+from cli.follow import follow
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_PORT_OFFSET = 1000
@@ -85,7 +88,10 @@ class DevStack:
     def services(self) -> list[Service]:
         py = sys.executable
         temporal = str(Path(py).parent / "temporal")
-        sa_flags = [f"--search-attribute={k}={v}" for k, v in SEARCH_ATTRIBUTES.items()]
+        sa_flags = [
+            f"--search-attribute={key.name}={search_attributes.index_kind(key)}"
+            for key in search_attributes.ALL
+        ]
         out = [
             Service(
                 "temporal",
@@ -112,7 +118,7 @@ class DevStack:
             out.append(
                 Service(
                     "model",
-                    [py, "-m", "agentrun.embedded_llm", "--port", "8081", "--threads", "2"],
+                    [py, "-m", "cli.embedded_llm", "--port", "8081", "--threads", "2"],
                     8081,
                     "http://127.0.0.1:8081/v1/models",
                 )
@@ -279,7 +285,7 @@ class DevStack:
             f"/namespaces/{s.temporal_namespace}/workflows/"
             f"{_quote('agentrun/' + s.dev_tenant + '/' + run_id)}"
             f"\nFollow it from the CLI:       .venv/bin/agentrun logs -f {run_id}"
-            f"\nThe stack keeps running; stop it with: .venv/bin/python -m agentrun.devstack down"
+            f"\nThe stack keeps running; stop it with: .venv/bin/python -m cli.devstack down"
         )
         return 0 if view["status"] in ("completed", "failed", "cancelled") else 1
 
@@ -298,7 +304,7 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agentrun.devstack",
+        prog="python -m cli.devstack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

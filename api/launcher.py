@@ -32,21 +32,22 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from agentrun.config import Settings
 from agentrun.contracts import Actor, RunInput, RunSpec, workflow_id_for
-from workflows.agent_run import (
+from agentrun.search_attributes import (
     SA_AGENT,
     SA_CREATED_BY,
     SA_LABELS,
     SA_MODEL,
     SA_STATUS,
     SA_TENANT,
-    AgentRunWorkflow,
+    label_values,
+    model_label,
 )
+from workflows.agent_run import AgentRunWorkflow
 
 __all__ = [
     "IdempotencyConflict",
     "StartedRun",
     "idempotent_run_id",
-    "model_label",
     "new_run_id",
     "run_handle",
     "start_run",
@@ -104,11 +105,6 @@ def idempotent_run_id(tenant_id: str, key: str) -> str:
     return f"k-{digest[:32]}"
 
 
-def model_label(spec: RunSpec) -> str:
-    """The `AgentRunModel` search attribute value: `provider:name`."""
-    return f"{spec.model.provider}:{spec.model.name or ''}"
-
-
 def run_handle(client: Client, tenant_id: str, run_id: str) -> WorkflowHandle[Any, Any]:
     """A handle on the *latest* Temporal run of an agent run (follows continue-as-new)."""
     return client.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id_for(tenant_id, run_id))
@@ -161,7 +157,7 @@ async def start_run(
                     SearchAttributePair(SA_STATUS, "queued"),
                     SearchAttributePair(SA_AGENT, spec.agent),
                     SearchAttributePair(SA_MODEL, model_label(spec)),
-                    SearchAttributePair(SA_LABELS, [f"{k}={v}" for k, v in spec.labels.items()]),
+                    SearchAttributePair(SA_LABELS, label_values(spec)),
                     SearchAttributePair(SA_CREATED_BY, actor.subject),
                 ]
             ),

@@ -1,0 +1,108 @@
+"""Activity inputs and outputs: one model in, one model out, per activity."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agentrun.contracts._events import RunEvent
+from agentrun.contracts._ids import Digest
+from agentrun.contracts._records import ArtifactRef, ToolCall, Usage
+from agentrun.contracts._spec import ModelRef, SandboxPolicy, ScriptedTurn
+
+# ---------------------------------------------------------------------------
+# Activity contracts
+# ---------------------------------------------------------------------------
+
+
+class InitRunInput(BaseModel):
+    run_id: str
+    tenant_id: str
+    system_prompt: str
+    goal: str
+    script: list[ScriptedTurn] | None = None
+
+
+class InitRunOutput(BaseModel):
+    conversation_head: Digest
+    script_digest: Digest | None = None
+
+
+class ModelCallInput(BaseModel):
+    run_id: str
+    tenant_id: str
+    step: int
+    model: ModelRef
+    """With `script` stripped: the script travels as `script_digest`."""
+    script_digest: Digest | None = None
+    conversation_head: Digest
+    append: list[Digest] = Field(default_factory=list)
+    """Messages (tool results) to append before calling the model."""
+    user_messages: list[str] = Field(default_factory=list)
+    """Steering messages sent mid-run, appended as user messages."""
+    tools: list[str]
+
+
+class ModelCallOutput(BaseModel):
+    conversation_head: Digest
+    """The new head, including the appended messages and the assistant's reply."""
+    text_preview: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    stop_reason: str | None = None
+    attempt: int = 1
+
+
+class DispatchToolInput(BaseModel):
+    run_id: str
+    tenant_id: str
+    call: ToolCall
+    sandbox: SandboxPolicy
+    secrets: list[str] = Field(default_factory=list)
+    timeout_seconds: float
+    max_output_bytes: int
+    denied_reason: str | None = None
+    """When set, the call is not executed: a denial message is recorded for the model."""
+
+
+class SandboxControlInput(BaseModel):
+    run_id: str
+    tenant_id: str
+    action: Literal["pause", "resume", "destroy"]
+    keep_workspace: bool | None = None
+
+
+class StoreArtifactInput(BaseModel):
+    """Collect files the run changed in its workspace into the artifact store."""
+
+    run_id: str
+    tenant_id: str
+    paths: list[str] = Field(default_factory=list)
+    """Empty: every regular file in the workspace (bounded by the collector's limits)."""
+    collect_workspace: bool = True
+    conversation_head: Digest | None = None
+    """When set, the conversation is also stored, as the artifact `transcript.json`."""
+
+
+class StoreArtifactOutput(BaseModel):
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+
+
+class StoreEventsInput(BaseModel):
+    run_id: str
+    tenant_id: str
+    events: list[RunEvent]
+
+
+class WebhookInput(BaseModel):
+    run_id: str
+    tenant_id: str
+    url: str
+    event: RunEvent
+
+
+class WebhookOutput(BaseModel):
+    status_code: int
+    attempts: int

@@ -1,0 +1,186 @@
+"""What a client launches: the run specification and who asked for it."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from agentrun.contracts._ids import NAME_PATTERN, SecretName, canonical_json, digest_of
+
+# ---------------------------------------------------------------------------
+# The run specification (what a client launches)
+# ---------------------------------------------------------------------------
+
+
+class ToolName(StrEnum):
+    SHELL = "shell"
+    READ_FILE = "read_file"
+    WRITE_FILE = "write_file"
+    LIST_FILES = "list_files"
+    FINISH = "finish"
+
+
+class ScriptedToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: dict[str, JsonValue] | str = Field(default_factory=dict)
+    """A dict, or a raw string to simulate a model emitting malformed JSON."""
+
+
+class ScriptedTurn(BaseModel):
+    """One deterministic model response, for the `scripted` provider (the LLM test double).
+
+    The provider answers turn N with the N-th entry, N being the number of assistant
+    messages already in the conversation, so it is stateless and retry-safe.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    content: str | None = None
+    tool_calls: list[ScriptedToolCall] = Field(default_factory=list)
+    input_tokens: int = Field(default=10, ge=0)
+    output_tokens: int = Field(default=10, ge=0)
+    delay_seconds: float = Field(default=0.0, ge=0, le=600)
+    fail_attempts: int = Field(default=0, ge=0, le=10)
+    """The first `fail_attempts` activity attempts of this turn fail with `fail_status`."""
+    fail_status: int = Field(default=503, ge=400, le=599)
+    fail_after_chunks: int = Field(default=0, ge=0, le=10000)
+    """When the reply is streamed, a failing attempt first streams this many chunks
+    (partial output that a client must drop once the retried attempt streams)."""
+
+
+class ModelRef(BaseModel):
+    """Which model a run uses. Endpoints and keys are operator configuration, never here."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: Literal["default", "openai", "anthropic", "scripted"] = "default"
+    """`default` is whatever the deployment configured (the embedded model out of the box)."""
+    name: str | None = Field(default=None, max_length=200)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_output_tokens: int = Field(default=1024, ge=1, le=65536)
+    script: list[ScriptedTurn] | None = Field(default=None, max_length=10000)
+    """Only for provider `scripted`; stored in the artifact store at run start."""
+
+
+class ApprovalPolicy(BaseModel):
+    """Which tool calls wait for a human decision before they run."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["never", "always", "tools"] = "never"
+    tools: list[str] = Field(default_factory=list, max_length=64)
+    """With mode `tools`: the tool names that need approval."""
+    timeout_seconds: float | None = Field(default=3600.0, gt=0, le=30 * 86400)
+    """A pending approval expires after this long; `None` waits forever."""
+    on_timeout: Literal["deny", "approve"] = "deny"
+
+    def requires_approval(self, tool: str) -> bool:
+        if tool == ToolName.FINISH:
+            return False
+        return self.mode == "always" or (self.mode == "tools" and tool in self.tools)
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_steps: int = Field(default=20, ge=1, le=100_000)
+    """One step is one model call plus the tool calls it asked for."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Token budget (input + output over all model calls)."""
+    deadline_seconds: float | None = Field(default=None, gt=0, le=90 * 86400)
+    """Wall-clock limit measured from the run's start."""
+    tool_timeout_seconds: float = Field(default=120.0, gt=0, le=86400)
+    max_tool_output_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+    """What the model sees of a tool's output; the rest is stored as an artifact."""
+
+
+class SandboxPolicy(BaseModel):
+    """Per-run sandbox settings; each is clamped to what the operator allows."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(default=None, max_length=300)
+    """Must be in the deployment's image allow-list; `None` is the default image."""
+    network: bool = False
+    memory_mb: int | None = Field(default=None, ge=16, le=1024 * 1024)
+    cpus: float | None = Field(default=None, gt=0, le=256)
+    pids: int | None = Field(default=None, ge=8, le=1_000_000)
+    workspace_mb: int | None = Field(default=None, ge=1, le=1024 * 1024)
+    keep_workspace: bool | None = None
+    """Keep the workspace volume after the run ends; `None` follows the deployment default."""
+
+
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2000, examples=["https://hooks.example.com/agentrun"])
+    on_approval_request: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("webhook url must be an absolute http(s) URL")
+        return value
+
+
+class RunSpec(BaseModel):
+    """What a client asks for when it launches a run."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "goal": "Write hello.txt containing 'hello' and finish.",
+                    "tools": ["shell", "write_file", "read_file", "finish"],
+                    "limits": {"max_steps": 8},
+                    "labels": {"team": "docs"},
+                }
+            ]
+        },
+    )
+    goal: str = Field(min_length=1, max_length=20_000)
+    instructions: str | None = Field(default=None, max_length=50_000)
+    """Extra system instructions appended to the platform's system prompt."""
+    agent: str = Field(default="default", pattern=NAME_PATTERN)
+    model: ModelRef = Field(default_factory=ModelRef)
+    tools: list[ToolName] = Field(default_factory=lambda: list(ToolName))
+    limits: Limits = Field(default_factory=Limits)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
+    secrets: list[SecretName] = Field(default_factory=list, max_length=64)
+    """Names of secrets the broker may inject into tool executions (never their values)."""
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    """Free-form labels, searchable as `key=value` in the API and the Temporal Web UI."""
+    webhook: WebhookSpec | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not re.match(r"^[A-Za-z0-9_.\-]{1,63}$", key):
+                raise ValueError(f"label key {key!r} must match [A-Za-z0-9_.-]{{1,63}}")
+            if len(val) > 200 or "\n" in val:
+                raise ValueError(f"label {key!r}: value must be one line of at most 200 chars")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, value: list[ToolName]) -> list[ToolName]:
+        if ToolName.FINISH not in value:
+            value = [*value, ToolName.FINISH]
+        return list(dict.fromkeys(value))
+
+    def spec_digest(self) -> str:
+        return digest_of(canonical_json(self.model_dump(mode="json")))
+
+
+class Actor(BaseModel):
+    """Who asked for something. Every control action carries one (audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(min_length=1, max_length=200, examples=["alice@example.com"])
+    kind: Literal["user", "service", "engineer", "system"] = "user"
+    tenant_id: str | None = None
+
+
+SYSTEM_ACTOR = Actor(subject="agentrun", kind="system")

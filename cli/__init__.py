@@ -1,0 +1,1 @@
+"""The programs on top: the `agentrun` CLI, the dev stack and the embedded model launcher."""

@@ -1,0 +1,166 @@
+"""`agentrun`: the command line client of the REST API (plus `api` and `worker`).
+
+    agentrun run --goal "Write hello.txt and finish" --follow
+    agentrun run spec.yaml --label team=docs
+    agentrun ls --status running
+    agentrun show <run>
+    agentrun logs -f <run>
+    agentrun pause|resume|cancel <run> [--reason ...]
+    agentrun approve|deny <run> [<approval-id> --digest <sha256>]
+    agentrun message <run> "Also add a README"
+    agentrun api        # serve the REST API (uvicorn)
+    agentrun worker     # run a Temporal worker
+
+Every client command talks HTTP to `AGENTRUN_API_URL` (default
+http://127.0.0.1:8080); it never talks to Temporal directly. Exit codes: 0 on
+success (for `--follow`: the run completed), 1 when the API refused the request
+or is unreachable, 2 for usage errors, 3 when a followed run failed or was
+cancelled (`cli.errors`).
+
+This module is the parser and the console entry point (`[project.scripts]`);
+the rest of the CLI lives beside it: `commands` (what each command does),
+`spec_builder` (spec file and flags → the run's spec), `api_client` (HTTP and
+the SSE stream), `follow` (a run, live), `event_format` (events for people) and
+`event_json` (event JSON → the typed contracts).
+
+This module must not: do a command's work, or import `api` or `worker` at
+start-up (see `commands.cmd_api`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from cli.api_client import ApiClient
+from cli.commands import (
+    cmd_api,
+    cmd_control,
+    cmd_decide,
+    cmd_logs,
+    cmd_ls,
+    cmd_message,
+    cmd_run,
+    cmd_show,
+    cmd_worker,
+)
+from cli.errors import CliError
+from cli.spec_builder import PROVIDERS, TOOLS
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentrun", description="Launch, follow and control durable agent runs."
+    )
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get("AGENTRUN_API_URL", DEFAULT_API_URL),
+        help="the REST API (env AGENTRUN_API_URL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--actor",
+        default=os.environ.get("AGENTRUN_ACTOR") or os.environ.get("USER"),
+        help="who you are, for the audit trail (env AGENTRUN_ACTOR, else $USER)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="launch a run (prints its id)")
+    run.add_argument("spec", nargs="?", help="a RunSpec as a JSON or YAML file (`-`: stdin)")
+    run.add_argument("--goal", help="the goal (overrides the file's)")
+    run.add_argument("--agent")
+    run.add_argument("--instructions")
+    run.add_argument("--tool", action="append", choices=TOOLS, help="repeatable")
+    run.add_argument("--max-steps", type=int)
+    run.add_argument("--provider", choices=PROVIDERS)
+    run.add_argument("--model", help="model name for the provider")
+    run.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    run.add_argument("--idempotency-key", help="retry-safe launch: same key, same run")
+    run.add_argument("-f", "--follow", action="store_true", help="stream events until it ends")
+    run.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("ls", help="list runs")
+    ls.add_argument("--status", action="append", help="repeatable")
+    ls.add_argument("--agent")
+    ls.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--cursor")
+    ls.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="show a run")
+    show.add_argument("run")
+    show.add_argument("--json", action="store_true")
+
+    logs = sub.add_parser("logs", help="print a run's events")
+    logs.add_argument("run")
+    logs.add_argument("-f", "--follow", action="store_true", help="stream until the run ends")
+    logs.add_argument("--after", type=int, default=0, help="start after this seq")
+    logs.add_argument("--json", action="store_true", help="one JSON event per line")
+
+    for name, text in (("pause", "pause a run"), ("resume", "resume"), ("cancel", "cancel")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run")
+        p.add_argument("--reason")
+        if name == "cancel":
+            p.add_argument("--abort", action="store_true", help="abort the in-flight step")
+
+    for name in ("approve", "deny"):
+        p = sub.add_parser(name, help=f"{name} the pending tool call")
+        p.add_argument("run")
+        p.add_argument("approval_id", nargs="?", help="default: the pending one")
+        p.add_argument("--digest", help="the call's arguments_digest (default: the pending one)")
+        p.add_argument("--reason")
+
+    msg = sub.add_parser("message", help="send a steering message to a run")
+    msg.add_argument("run")
+    msg.add_argument("text")
+
+    api = sub.add_parser("api", help="serve the REST API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--log-level", default="info")
+
+    sub.add_parser("worker", help="run a Temporal worker (AGENTRUN_* settings)")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace, TextIO], int]] = {
+    "run": cmd_run,
+    "ls": cmd_ls,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "pause": cmd_control,
+    "resume": cmd_control,
+    "cancel": cmd_control,
+    "approve": cmd_decide,
+    "deny": cmd_decide,
+    "message": cmd_message,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = out or sys.stdout
+    try:
+        if args.command == "api":
+            return cmd_api(args)
+        if args.command == "worker":
+            return cmd_worker(args)
+        api = ApiClient(args.api_url, args.actor)
+        try:
+            return COMMANDS[args.command](api, args, out)
+        finally:
+            api.close()
+    except CliError as exc:
+        print(f"agentrun: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""A run's container and workspace volume: created hardened, started, paused, removed.
+
+Design (why it looks like this):
+
+* **Hardened by construction.** Every container runs as uid 10001 with every
+  capability dropped, `no-new-privileges`, a read-only root, its own tmpfs `/tmp`,
+  no environment of the worker's, no network unless the policy allows it, and no log
+  driver (the executor's stdout is the protocol). The limits come from
+  `sandbox/_resources.py`.
+* **Labels say whose an object is** (`agentrun.namespace`, tenant, run, pool) so the
+  janitor can find everything of this namespace; a container's `agentrun.volume`
+  label names its workspace volume, which is how a pool-born workspace (whose volume
+  name says nothing about the run) is found.
+* **Docker cannot rename or relabel a volume**, so a pool-born workspace is found only
+  through its container. That is why `destroy(keep_workspace=True)` stops the container
+  and keeps it (no processes, no memory) instead of removing it: the stopped container
+  is the index to the kept workspace, and `exec` on the run starts it again.
+* **The call key** (an HMAC key for call ids, see `sandbox/_calls.py`) is a label of
+  the workspace volume: the container cannot read it, and it lives exactly as long as
+  the workspace whose call records it protects.
+
+This module must not: touch host paths (no bind mounts, no `docker cp` of host files),
+or send traffic to a container's network (everything goes through the Docker API).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from typing import Any
+
+import docker.errors
+import docker.types
+
+from agentrun.contracts import SandboxPolicy
+from sandbox import _names
+from sandbox._connections import Connections
+from sandbox._docker_errors import docker_errors
+from sandbox._resources import Resources, limit_kwargs, resolve_resources
+from sandbox.base import RunRef, SandboxUnavailable
+from sandbox.config import SandboxConfig
+
+EXECUTOR_CMD = ["python3", "-I", "-S", "/opt/agentrun/executor.py"]
+WORKSPACE = "/workspace"
+
+LABEL_MANAGED = "agentrun.managed"
+LABEL_NAMESPACE = "agentrun.namespace"
+LABEL_TENANT = "agentrun.tenant"
+LABEL_RUN = "agentrun.run"
+LABEL_POOL = "agentrun.pool"
+LABEL_VOLUME = "agentrun.volume"
+LABEL_CALL_KEY = "agentrun.callkey"
+
+
+class Containers:
+    """Docker objects of one namespace. Thread-safe (the Docker client is)."""
+
+    def __init__(self, config: SandboxConfig, docker_client: Any, connections: Connections) -> None:
+        self.config = config
+        self.ns = config.namespace
+        self.docker = docker_client
+        self._connections = connections
+        self._ncpu: float | None = None
+
+    # ================================================================== resources
+
+    def host_cpus(self) -> float:
+        if self._ncpu is None:
+            with docker_errors("info"):
+                self._ncpu = float(self.docker.info().get("NCPU") or 1)
+        return self._ncpu
+
+    def resources(self, policy: SandboxPolicy) -> Resources:
+        return resolve_resources(self.config, policy, self.host_cpus)
+
+    # ================================================================== lookup
+
+    def get(self, name: str) -> Any | None:
+        with docker_errors("inspect container"):
+            try:
+                return self.docker.containers.get(name)
+            except docker.errors.NotFound:
+                return None
+
+    def of_run(self, run: RunRef) -> Any | None:
+        return self.get(_names.container_name(self.ns, run))
+
+    def call_key(self, container: Any) -> bytes:
+        volume = container.labels.get(LABEL_VOLUME)
+        with docker_errors("inspect volume"):
+            labels = self.docker.volumes.get(volume).attrs.get("Labels") or {}
+        key = labels.get(LABEL_CALL_KEY)
+        if not key:
+            raise SandboxUnavailable(f"workspace volume {volume} has no call key label")
+        return bytes.fromhex(key)
+
+    # ================================================================== creation
+
+    def kwargs(
+        self, res: Resources, volume: str, labels: dict[str, str], command: list[str]
+    ) -> dict[str, Any]:
+        """The `containers.create` arguments of a hardened sandbox container."""
+        kwargs: dict[str, Any] = {
+            "image": res.image,
+            "command": command,
+            "labels": {LABEL_MANAGED: "true", LABEL_NAMESPACE: self.ns, **labels},
+            "user": "10001:10001",
+            "working_dir": WORKSPACE,
+            "hostname": "sandbox",
+            # Only what the image sets (PATH, LANG, HOME): nothing of the worker's.
+            "environment": {},
+            "read_only": True,
+            "mounts": [docker.types.Mount(WORKSPACE, volume, type="volume")],
+            "tmpfs": {  # the container's own /tmp, not the worker's
+                "/tmp": f"rw,nosuid,nodev,size={self.config.tmp_mb}m,mode=1777",  # noqa: S108
+                "/home/agent": "rw,nosuid,nodev,size=16m,uid=10001,gid=10001,mode=0700",
+            },
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            **limit_kwargs(res),
+            "ipc_mode": "private",
+            "init": True,
+            "stdin_open": True,
+            "tty": False,
+            # The executor's stdout is the protocol: never write it to a log on the host.
+            "log_config": docker.types.LogConfig(type="none"),
+            "detach": True,
+        }
+        if self.config.runtime:
+            kwargs["runtime"] = self.config.runtime
+        return kwargs
+
+    def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Create the workspace volume with a fresh call key, unless it exists."""
+        with docker_errors("create volume"):
+            try:
+                self.docker.volumes.get(name)
+                return
+            except docker.errors.NotFound:
+                pass
+            self.docker.volumes.create(
+                name=name,
+                labels={
+                    LABEL_MANAGED: "true",
+                    LABEL_NAMESPACE: self.ns,
+                    LABEL_CALL_KEY: secrets.token_hex(32),
+                    **labels,
+                },
+            )
+
+    def create_for_run(self, run: RunRef, res: Resources) -> Any:
+        """The run's own container and volume (not from the pool); idempotent across workers."""
+        name = _names.container_name(self.ns, run)
+        volume = _names.volume_name(self.ns, run)
+        run_labels = {LABEL_TENANT: run.tenant_id, LABEL_RUN: run.run_id}
+        self.ensure_volume(volume, run_labels)
+        command = [
+            *EXECUTOR_CMD,
+            f"--workspace-bytes={res.workspace_mb << 20}",
+            f"--owner={run.tenant_id}/{run.run_id}",
+        ]
+        kwargs = self.kwargs(res, volume, {**run_labels, LABEL_VOLUME: volume}, command)
+        with docker_errors("create container"):
+            try:
+                return self.docker.containers.create(name=name, **kwargs)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+        # Another worker is creating it: use theirs (Docker reserves the name before the
+        # container becomes visible, so look a few times).
+        for _ in range(50):
+            existing = self.get(name)
+            if existing is not None:
+                return existing
+            time.sleep(0.05)
+        raise SandboxUnavailable(f"container {name} is being created by another worker")
+
+    def discard(self, container: Any) -> None:
+        """Remove a container and its volume, quietly (best effort)."""
+        with contextlib.suppress(docker.errors.DockerException):
+            volume = container.labels.get(LABEL_VOLUME)
+            container.remove(force=True)
+            if volume:
+                self.docker.volumes.get(volume).remove(force=True)
+
+    # ================================================================== lifecycle
+
+    def make_running(self, container: Any) -> None:
+        """Start, unpause or wait for the container until it runs."""
+        with docker_errors("start container"):
+            for _ in range(50):
+                container.reload()
+                state = container.attrs["State"]
+                if state.get("Paused"):
+                    # exec on a paused run implies it is running again.
+                    container.unpause()
+                elif state.get("Running"):
+                    return
+                elif state.get("Restarting") or state.get("Status") == "removing":
+                    time.sleep(0.1)
+                else:
+                    container.start()
+        raise SandboxUnavailable(f"container {container.name} does not reach the running state")
+
+    def pause(self, run: RunRef) -> None:
+        """Freeze every process of the run (cgroup freezer); memory and workspace stay."""
+        container = self.of_run(run)
+        if container is None:
+            return
+        with docker_errors("pause"):
+            if container.attrs["State"].get("Running") and not container.attrs["State"].get(
+                "Paused"
+            ):
+                try:
+                    container.pause()
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # already paused
+                        raise
+
+    def resume(self, run: RunRef) -> None:
+        container = self.of_run(run)
+        if container is None:
+            return
+        self.make_running(container)
+
+    def destroy(self, run: RunRef, *, keep_workspace: bool) -> None:
+        """Remove the run's container and volume; with `keep_workspace`, stop and keep both.
+
+        The stopped container is kept because it is the only way to find a pool-born
+        workspace again (see the module docstring); the janitor removes both later.
+        """
+        self._connections.forget(run)
+        container = self.of_run(run)
+        volumes = {_names.volume_name(self.ns, run)}
+        with docker_errors("destroy"):
+            if container is not None:
+                if container.labels.get(LABEL_VOLUME):
+                    volumes.add(container.labels[LABEL_VOLUME])
+                try:
+                    if keep_workspace:
+                        if container.attrs["State"].get("Paused"):
+                            container.unpause()
+                        container.stop(timeout=1)
+                        return
+                    container.remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+            if keep_workspace:
+                return
+            for volume in volumes:
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.docker.volumes.get(volume).remove(force=True)

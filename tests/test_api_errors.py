@@ -1,0 +1,66 @@
+"""Problem answers that need no Temporal: the body-size limit and its 413.
+
+The body-size middleware answers before any route (or dependency) runs, so these
+tests drive the app in-process over httpx's ASGI transport; nothing connects to
+Temporal. `test_api_runs.py` covers the same answers over real HTTP with a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from api.app import create_app
+from api.errors import PROBLEM_CONTENT_TYPE, PayloadTooLarge, render_problem
+from tests.api_fixtures import api_settings
+
+LIMIT = 1024
+
+
+def _client(tmp_path: Path) -> httpx.AsyncClient:
+    settings = api_settings(tmp_path, "unused", api_max_body_bytes=LIMIT)
+    transport = httpx.ASGITransport(app=create_app(settings))
+    return httpx.AsyncClient(transport=transport, base_url="http://api.test")
+
+
+async def test_an_oversized_body_gets_the_payload_too_large_problem_before_any_route(
+    tmp_path: Path,
+) -> None:
+    async with _client(tmp_path) as http:
+        resp = await http.post("/v1/runs", content=b"x" * (LIMIT + 1))
+    assert resp.status_code == 413
+    assert resp.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert resp.headers["connection"] == "close"
+    assert resp.json() == {
+        "type": "https://agentrun.dev/problems/payload-too-large",
+        "title": "Payload too large",
+        "status": 413,
+        "detail": f"request bodies are limited to {LIMIT} bytes (AGENTRUN_API_MAX_BODY_BYTES)",
+        "instance": "/v1/runs",
+    }
+
+
+async def test_a_chunked_body_is_counted_as_it_arrives_and_refused_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b" " * (LIMIT // 2)
+
+    async with _client(tmp_path) as http:
+        resp = await http.post("/v1/runs", content=chunks())
+    assert resp.status_code == 413
+    assert resp.json()["type"].endswith("/payload-too-large")
+
+
+def test_render_problem_writes_an_api_errors_status_title_kind_and_extras() -> None:
+    error = PayloadTooLarge("too big", limit=10)
+    resp = render_problem("/v1/runs", error, headers={"Connection": "close"})
+    assert resp.status_code == 413
+    assert resp.headers["connection"] == "close"
+    assert resp.body == (
+        b'{"type":"https://agentrun.dev/problems/payload-too-large","title":"Payload too large",'
+        b'"status":413,"detail":"too big","instance":"/v1/runs","limit":10}'
+    )

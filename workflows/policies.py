@@ -1,0 +1,76 @@
+"""How the workflow calls its activities: retry policies, timeouts and patch markers.
+
+Every activity call in `workflows/` states its timeouts and one of the named retry
+policies below; each says why it looks the way it does. They are module constants
+so a reader (and the replay tests) see one value per kind of side effect.
+
+Changing a value here is safe for runs in flight (retry policies and timeouts are
+not compared on replay), but changing *which* activities run or their order is
+not: that needs a `workflow.patched` marker like the ones at the bottom.
+
+This module must not: call `temporalio.workflow` (it is imported by pure code and
+tests), or read settings (the worker's configuration never reaches workflow code).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+# --- retry policies: one per kind of side effect, each with the reason it looks so.
+MODEL_RETRY = RetryPolicy(
+    # Providers rate-limit and fail transiently; back off up to a minute. Permanent
+    # errors (auth, validation) are raised non-retryable by the provider classifier.
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=8,
+)
+TOOL_RETRY = RetryPolicy(
+    # Only infrastructure failures retry (Docker down, worker crash); exec is
+    # exactly-once per call id, so a retry re-attaches instead of re-running.
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+)
+STORE_RETRY = RetryPolicy(
+    # Local or object-store writes: quick, idempotent (content-addressed).
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+)
+WEBHOOK_RETRY = RetryPolicy(
+    # Receivers go down; deliveries are signed and idempotent by event seq.
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=8,
+)
+
+# --- timeouts: start-to-close of one attempt, per activity.
+HEARTBEAT = timedelta(seconds=10)
+"""Long activities heartbeat every ~2 s; a worker that dies is noticed within this."""
+INIT_RUN_TIMEOUT = timedelta(seconds=60)
+"""Writes the system prompt and goal to the artifact store: small and local."""
+MODEL_CALL_TIMEOUT = timedelta(minutes=10)
+"""A long streamed reply from a slow model; the heartbeat catches a dead worker sooner."""
+TOOL_GRACE = timedelta(seconds=120)
+"""Added to the run's own tool timeout: container start-up and output upload."""
+COLLECT_ARTIFACTS_TIMEOUT = timedelta(minutes=5)
+"""Collecting a whole workspace (and the transcript) into the artifact store."""
+COLLECT_ARTIFACTS_HEARTBEAT = timedelta(seconds=30)
+"""It heartbeats once per stored file, and one large file takes a while to store."""
+SANDBOX_CONTROL_TIMEOUT = timedelta(minutes=2)
+"""Pausing, resuming or removing a container; Docker can be slow under load."""
+STORE_EVENTS_TIMEOUT = timedelta(seconds=60)
+"""One segment of events (the steps of one Temporal run) written to the artifact store."""
+WEBHOOK_TIMEOUT = timedelta(seconds=30)
+"""One delivery attempt; a receiver slower than this is retried later."""
+
+# --- workflow.patched markers: each names the runs it protects.
+PATCH_MODEL_STARTED = "model-started-event"
+"""Runs started before `model.started` existed replay without it (same event seqs)."""
+PATCH_DECISION_STATUS = "decision-answers-new-status"
+"""approve/deny answered `awaiting_approval` before; now the status the run moved to."""
