@@ -12,6 +12,9 @@ COPY sandbox ./sandbox
 COPY worker.py ./
 COPY cli ./cli
 RUN pip install --no-cache-dir .
+# mkfs.ext4, debugfs and losetup: the workspace quota's ext4 images on loop devices.
+RUN apt-get update && apt-get install -y --no-install-recommends e2fsprogs mount \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10002 --create-home agentrun
 USER agentrun
 ENV AGENTRUN_STATE_DIR=/var/lib/agentrun

@@ -24,9 +24,11 @@ from activities.models.base import ModelProvider
 from activities.models.registry import build_providers
 from activities.run_activities import RunActivities
 from activities.tool_activities import ToolActivities
+from activities.webhooks import WebhookSender
 from agentrun.config import ConfigError, Settings, load_settings
 from agentrun.contracts import workflow_id_for
 from agentrun.temporal import connect
+from agentrun.webhook_destinations import WebhookAllowList
 from sandbox.base import RunRef, Sandbox
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
@@ -56,6 +58,12 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         allow_network=settings.sandbox_allow_network,
         output_store_bytes=settings.sandbox_output_store_bytes,
         tmp_mb=settings.sandbox_tmp_mb,
+        # Absolute: dockerd, not this process, resolves the volume's device path.
+        workspace_images=(
+            (settings.sandbox_workspace_dir or settings.state_dir / "workspaces").resolve()
+            if settings.sandbox_workspace_quota == "loop"
+            else None
+        ),
     )
 
 
@@ -75,8 +83,11 @@ def build_worker(
     if router is None:
         router = build_providers(settings)
     deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
-    models = ModelActivities(router, store, deltas)
-    runs = RunActivities(store, webhook_secret=settings.webhook_secret)
+    models = ModelActivities(
+        router, store, deltas, max_tool_calls_per_turn=settings.max_tool_calls_per_turn
+    )
+    webhooks = WebhookSender(settings.webhook_secret, WebhookAllowList.from_settings(settings))
+    runs = RunActivities(store, webhooks=webhooks)
     tools = ToolActivities(sandbox, store, keep_workspace_default=settings.sandbox_keep_workspace)
     return Worker(
         client,

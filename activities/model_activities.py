@@ -6,21 +6,26 @@ tool calls whose arguments are stored by reference. The provider is chosen by
 the run's `ModelRef`; it classifies its own errors (see `activities.models.base`),
 and Temporal does the retrying. With a delta log, the reply is streamed and its
 fragments are logged for SSE followers as they arrive (see `store.delta_log`).
+
+A reply may make at most the per-turn cap of tool calls (`activities.turn_cap`):
+the calls beyond it never reach the workflow, and the conversation answers each
+of them with a refusal the model reads on its next call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator
 
 from pydantic import TypeAdapter
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.models.base import ModelProvider, ModelRequest
 from activities.tools import tool_schemas
+from activities.turn_cap import refusal, tool_call_cap
+from agentrun.config import DEFAULT_MAX_TOOL_CALLS_PER_TURN
 from agentrun.contracts import (
     Message,
     ModelCallInput,
@@ -33,43 +38,36 @@ from store.artifacts import ArtifactStore, get_bytes
 from store.conversation import ConversationStore
 from store.delta_log import DeltaLog
 
-HEARTBEAT_EVERY = 2.0
 PREVIEW_CHARS = 300
 TEXT_CHARS = 16_000
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_\-]")
 _SCRIPT = TypeAdapter(list[ScriptedTurn])
 
 
-@contextlib.asynccontextmanager
-async def heartbeating(every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
-    """Heartbeat in the background so a dead worker is noticed within the timeout."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(every)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 class ModelActivities:
     def __init__(
-        self, router: ModelProvider, store: ArtifactStore, deltas: DeltaLog | None = None
+        self,
+        router: ModelProvider,
+        store: ArtifactStore,
+        deltas: DeltaLog | None = None,
+        *,
+        max_tool_calls_per_turn: int = DEFAULT_MAX_TOOL_CALLS_PER_TURN,
     ) -> None:
         self._router = router
         self._store = store
         self._deltas = deltas
+        self._max_tool_calls = max_tool_calls_per_turn
         self._conversations = ConversationStore(store)
         self._scripts: dict[str, list[ScriptedTurn]] = {}
 
     @activity.defn(name="call_model")
     async def call_model(self, inp: ModelCallInput) -> ModelCallOutput:
+        # Heartbeats for the whole call: the conversation's blobs and a reply with many
+        # tool calls take time to read and store, as the provider takes time to answer.
+        async with heartbeating():
+            return await self._call_model(inp)
+
+    async def _call_model(self, inp: ModelCallInput) -> ModelCallOutput:
         attempt = activity.info().attempt
         conv = self._conversations
         new_digests = list(inp.append)
@@ -86,36 +84,42 @@ class ModelActivities:
             script=await self._script(inp.script_digest),
             attempt=attempt,
         )
-        async with heartbeating():
-            if self._deltas is None:
+        if self._deltas is None:
+            reply = await self._router.complete(request)
+        else:
+            async with self._deltas.writer(inp.tenant_id, inp.run_id, inp.step, attempt) as sink:
+                request.on_delta = sink
                 reply = await self._router.complete(request)
-            else:
-                async with self._deltas.writer(
-                    inp.tenant_id, inp.run_id, inp.step, attempt
-                ) as sink:
-                    request.on_delta = sink
-                    reply = await self._router.complete(request)
 
-        calls: list[ToolCall] = []
-        stored_calls: list[RawToolCall] = []
-        for index, raw in enumerate(reply.tool_calls):
-            call_id = f"s{inp.step}-c{index}"
-            name = _TOOL_NAME.sub("_", raw.name)[:64] or "unnamed"
-            args_digest = await asyncio.to_thread(self._store.put, raw.arguments.encode())
-            calls.append(
-                ToolCall(
-                    id=call_id,
-                    name=name,
-                    arguments_digest=args_digest,
-                    preview=raw.arguments[:PREVIEW_CHARS],
-                )
+        # Our deterministic ids replace the provider's, so tool messages match them.
+        stored_calls = [
+            RawToolCall(
+                id=f"s{inp.step}-c{index}",
+                name=_TOOL_NAME.sub("_", raw.name)[:64] or "unnamed",
+                arguments=raw.arguments,
             )
-            # Our deterministic ids replace the provider's, so tool messages match them.
-            stored_calls.append(RawToolCall(id=call_id, name=name, arguments=raw.arguments))
+            for index, raw in enumerate(reply.tool_calls)
+        ]
+        cap = tool_call_cap(inp.max_tool_calls, self._max_tool_calls)
+        kept, refused = stored_calls[:cap], stored_calls[cap:]
+        calls = [
+            ToolCall(
+                id=raw.id,
+                name=raw.name,
+                arguments_digest=await asyncio.to_thread(self._store.put, raw.arguments.encode()),
+                preview=raw.arguments[:PREVIEW_CHARS],
+            )
+            for raw in kept
+        ]
         assistant = Message(role="assistant", content=reply.text, tool_calls=stored_calls)
         assistant_digest = await asyncio.to_thread(conv.put_message, assistant)
+        # The refused calls are answered here, right after the assistant message; the
+        # kept calls' results follow with the next model call (in `append`).
+        refusals = await asyncio.to_thread(
+            lambda: [conv.put_message(refusal(c, len(stored_calls), cap)) for c in refused]
+        )
         head = await asyncio.to_thread(
-            conv.append, inp.conversation_head, [*new_digests, assistant_digest]
+            conv.append, inp.conversation_head, [*new_digests, assistant_digest, *refusals]
         )
         return ModelCallOutput(
             conversation_head=head,
@@ -124,6 +128,7 @@ class ModelActivities:
             usage=reply.usage,
             stop_reason=reply.stop_reason,
             attempt=attempt,
+            refused_tool_calls=len(refused),
         )
 
     async def _script(self, digest: str | None) -> list[ScriptedTurn] | None:

@@ -1,7 +1,9 @@
 """Tool execution activities: every tool call runs in the run's sandbox container.
 
 These activities are synchronous (the Docker SDK is) and run in the worker's
-thread pool. `dispatch_tool` is exactly-once per call id because the sandbox's
+thread pool; each heartbeats from a background thread for as long as it works
+(`activities.heartbeat`), so a worker that dies holding one is noticed within the
+heartbeat timeout. `dispatch_tool` is exactly-once per call id because the sandbox's
 `exec` is: a retry after a worker crash re-attaches to the recorded call.
 
 What the model sees of a result is a bounded text view; output larger than the
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating_in_background
 from activities.tools import (
     FinishArgs,
     ListFilesArgs,
@@ -45,6 +48,7 @@ from sandbox.base import (
     Sandbox,
     SandboxError,
     SandboxPathError,
+    SandboxWorkspaceFull,
 )
 from store.artifacts import ArtifactStore, get_bytes
 from store.conversation import ConversationStore
@@ -78,6 +82,12 @@ class ToolActivities:
 
     @activity.defn(name="dispatch_tool")
     def dispatch_tool(self, inp: DispatchToolInput) -> ToolResult:
+        # Heartbeats for the whole call, not only while the command runs: creating the
+        # container (and pulling its image) can take long, and sends none by itself.
+        with heartbeating_in_background():
+            return self._dispatch(inp)
+
+    def _dispatch(self, inp: DispatchToolInput) -> ToolResult:
         attempt = activity.info().attempt
         call = inp.call
         run = RunRef(inp.tenant_id, inp.run_id)
@@ -99,6 +109,11 @@ class ToolActivities:
                 view = f"Error: {exc}"
             except SandboxPathError as exc:
                 result.error_type = ErrorKind.BAD_PATH
+                view = f"Error: {exc}"
+            except SandboxWorkspaceFull as exc:
+                # The model asked for more than the workspace holds: its problem to solve
+                # (delete files, write less), not a reason to fail the run.
+                result.error_type = ErrorKind.DISK
                 view = f"Error: {exc}"
             except SandboxError as exc:
                 raise _translate(exc) from None
@@ -184,21 +199,27 @@ class ToolActivities:
 
     @activity.defn(name="sandbox_control")
     def sandbox_control(self, inp: SandboxControlInput) -> None:
+        """Pause, resume or remove the run's container; Docker can be slow, so it heartbeats."""
         run = RunRef(inp.tenant_id, inp.run_id)
         try:
-            if inp.action == "pause":
-                self._sandbox.pause(run)
-            elif inp.action == "resume":
-                self._sandbox.resume(run)
-            else:
-                keep = self._keep_default if inp.keep_workspace is None else inp.keep_workspace
-                self._sandbox.destroy(run, keep_workspace=keep)
+            with heartbeating_in_background():
+                if inp.action == "pause":
+                    self._sandbox.pause(run)
+                elif inp.action == "resume":
+                    self._sandbox.resume(run)
+                else:
+                    keep = self._keep_default if inp.keep_workspace is None else inp.keep_workspace
+                    self._sandbox.destroy(run, keep_workspace=keep)
         except SandboxError as exc:
             raise _translate(exc) from None
 
     @activity.defn(name="store_artifact")
     def store_artifact(self, inp: StoreArtifactInput) -> StoreArtifactOutput:
-        """Collect the workspace's files into the artifact store."""
+        """Collect the workspace's files into the artifact store, heartbeating throughout."""
+        with heartbeating_in_background():
+            return self._store_artifact(inp)
+
+    def _store_artifact(self, inp: StoreArtifactInput) -> StoreArtifactOutput:
         run = RunRef(inp.tenant_id, inp.run_id)
         files: list[CollectedFile] = []
         if inp.collect_workspace:
@@ -217,7 +238,6 @@ class ToolActivities:
         out = StoreArtifactOutput()
         now = datetime.now(UTC)
         for f in files:
-            activity.heartbeat(f.path)
             digest = self._store.put(f.data)
             ctype = mimetypes.guess_type(f.path)[0] or "application/octet-stream"
             out.artifacts.append(

@@ -8,13 +8,18 @@ call :func:`load_settings` where the process starts and inject what it returns.
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentrun.webhook_destinations import allow_list_host
+
 DEFAULT_STATE_DIR = Path(".state")
+DEFAULT_MAX_TOOL_CALLS_PER_TURN = 32
+"""`AGENTRUN_MAX_TOOL_CALLS_PER_TURN` when unset (also the activity's default)."""
 
 
 class ConfigError(Exception):
@@ -34,6 +39,10 @@ class Settings(BaseSettings):
     max_concurrent_workflow_tasks: int = Field(default=20, ge=1, le=10_000)
     continue_as_new_after_steps: int = Field(default=200, ge=1)
     """Continue-as-new after this many steps even if the SDK does not suggest it yet."""
+    max_tool_calls_per_turn: int = Field(default=DEFAULT_MAX_TOOL_CALLS_PER_TURN, ge=1, le=1000)
+    """Tool calls one model reply may make; the rest are refused (the model is told).
+    A run may ask for fewer (`limits.max_tool_calls_per_turn`), never more: each call
+    costs ~6 history events, and Temporal fails a run at 51,200."""
 
     # State and artifacts
     state_dir: Path = DEFAULT_STATE_DIR
@@ -91,13 +100,31 @@ class Settings(BaseSettings):
     """Per stream, what a call's record keeps; a command writing more is killed (`output`)."""
     sandbox_tmp_mb: int = Field(default=64, ge=1)
     """Size of the sandbox's tmpfs `/tmp` (counts against the run's memory)."""
+    sandbox_workspace_quota: Literal["loop", "off"] = "loop"
+    """`loop`: each workspace is an ext4 image of its size on a loop device, so the
+    kernel refuses writes past it (needs a root worker on the Docker host). `off`: no
+    workspace size limit at all (for Docker Desktop or a remote engine)."""
+    sandbox_workspace_dir: Path | None = None
+    """Where the workspace images live on the Docker host; defaults to
+    `<state_dir>/workspaces`."""
 
     # API
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
+    api_keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
+    """How long the API keeps an idle keep-alive connection open. Longer than any
+    client pool or proxy keeps one idle (httpx 5 s, nginx upstream and cloud load
+    balancers 60 s): a client reusing a connection the server closes at that same
+    moment reads nothing back (`httpx.ReadError`)."""
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     webhook_secret: str | None = Field(default=None, repr=False)
     """HMAC-SHA256 key for webhook signatures (required when a run names a webhook)."""
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+    """Exact host names webhooks may reach even when they resolve to non-public
+    addresses (a JSON list; no wildcards). Public destinations need no entry."""
+    webhook_allow_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    """Networks (CIDRs, a JSON list) whose non-public addresses webhooks may reach,
+    e.g. `["10.20.0.0/16"]` for in-house receivers; tests list `127.0.0.1/32`."""
     dev_tenant: str = "default"
     """Tenant used when the API runs without API keys (local embedded default)."""
     api_query_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
@@ -112,6 +139,20 @@ class Settings(BaseSettings):
     """One events poller per followed run, shared by its SSE connections (`api.feed`);
     false gives every connection its own (the benchmark's baseline)."""
 
+    @field_validator(
+        "sandbox_max_memory_mb", "sandbox_max_cpus", "sandbox_max_pids", "sandbox_max_workspace_mb"
+    )
+    @classmethod
+    def _maximum_holds_default(cls, value: float, info: ValidationInfo) -> float:
+        # A default over its maximum would have every run that asks for nothing refused.
+        name = (info.field_name or "").replace("_max_", "_")
+        default = info.data.get(name)
+        if default is not None and default > value:
+            raise ValueError(
+                f"is below the default AGENTRUN_{name.upper()}={default}; raise it or lower that"
+            )
+        return value
+
     @field_validator("temporal_address")
     @classmethod
     def _address(cls, value: str) -> str:
@@ -119,6 +160,27 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit():
             raise ValueError("must be host:port, e.g. 127.0.0.1:7233")
         return value
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _webhook_hosts(cls, value: list[str]) -> list[str]:
+        return [allow_list_host(host) for host in value]
+
+    @field_validator("webhook_allow_networks", mode="before")
+    @classmethod
+    def _webhook_networks(cls, value: object) -> object:
+        # Host bits are forgiven (`10.0.0.1/8` means 10.0.0.0/8); a bare address is a /32.
+        if not isinstance(value, list):
+            return value
+        networks: list[IPv4Network | IPv6Network] = []
+        for item in value:
+            try:
+                networks.append(ip_network(item, strict=False))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{item!r} is not a network: write CIDRs like 10.20.0.0/16 or fd00::/8"
+                ) from None
+        return networks
 
     @property
     def artifacts_path(self) -> Path:

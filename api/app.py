@@ -8,7 +8,9 @@ artifact store the event segments and artifacts are read from; both are
 injected into routes through `api.deps`. The API never changes run state
 itself: it starts workflows, sends updates and runs queries.
 
-Run it with `agentrun api` (uvicorn) or `uvicorn --factory api.app:app_from_env`.
+Serve it with `python -m api.server` (`api.server` holds the uvicorn settings,
+keep-alive included). `uvicorn --factory api.app:app_from_env` works too, but then
+pass `--timeout-keep-alive` yourself: uvicorn's 5 s default races client pools.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from agentrun.config import Settings, load_settings
+from api.admission import document as document_admission
 from api.deps import ApiState, TemporalConnection, set_api_state
 from api.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -34,6 +38,7 @@ from api.errors import (
 )
 from api.feed import RunFeeds
 from api.routes import artifacts, control, events, health, runs
+from api.schemas import SseMessage
 from api.service import SegmentReader
 from store.artifacts import LocalArtifactStore
 from store.delta_log import DeltaLog
@@ -142,7 +147,9 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _openapi(app)
+            schema = _openapi(app)
+            document_admission(schema, settings)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -181,7 +188,22 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schema["components"]["schemas"]["Problem"] = Problem.model_json_schema(
         ref_template="#/components/schemas/{model}"
     )
+    _add_sse_messages(schema["components"]["schemas"])
     return schema
+
+
+def _add_sse_messages(components: dict[str, Any]) -> None:
+    """`SseMessage` and what it refers to (`ModelDelta`, `StreamEnd` …), which no route
+    names as a JSON model: the event-stream contents refer to them. In validation mode,
+    so each `data` is a string whose `contentSchema` is the JSON it holds; the models
+    FastAPI already listed (the `RunEvent` union and its events) are kept as they are."""
+    message = TypeAdapter(SseMessage).json_schema(
+        mode="validation", ref_template="#/components/schemas/{model}"
+    )
+    for name, definition in message.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    if "$ref" not in message:
+        components["SseMessage"] = message
 
 
 def app_from_env() -> FastAPI:

@@ -26,7 +26,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 from temporalio.service import RPCError, RPCStatusCode
 
 log = logging.getLogger("agentrun.api")
@@ -202,6 +205,21 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: Starlette, scope: Scope) -> list[str]:
+    """Every method some route of `app` serves at the path of `scope`, sorted.
+
+    Asks each route whether it would take the request with another method (routes
+    of included routers answer for themselves), so no route table is read here."""
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -211,14 +229,17 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
         detail = exc.detail if isinstance(exc.detail, str) else ""
+        headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route matches {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path only
+            # (`/v1/runs` is two routes: GET and POST); RFC 9110 wants all of them.
+            allowed = allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.url.path} supports {', '.join(allowed)}, not {request.method}"
         return problem_response(
-            request.url.path,
-            exc.status_code,
-            title,
-            detail,
-            headers=dict(exc.headers) if exc.headers else None,
+            request.url.path, exc.status_code, title, detail, headers=headers or None
         )
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:

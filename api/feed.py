@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
@@ -55,7 +55,7 @@ class RunFeed:
         self.last_seq = after
         """The newest seq the feed has (its window ends there)."""
         self.page: EventsPage | None = None
-        self.ended: str | None = None
+        self.ended: Literal["not_found", "execution_closed"] | None = None
         """`not_found` or `execution_closed`: no more events will come."""
         self.queries = 0
         self._changed = asyncio.Event()

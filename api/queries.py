@@ -17,7 +17,8 @@ Design (why it looks like this):
 - A cursor carries a tag of the query it belongs to, so a cursor reused with
   other filters (or a made-up one) is refused before it ever reaches Temporal.
 
-Invalid input raises :class:`InvalidListing`; the route answers it with a 422.
+Invalid input raises :class:`InvalidListing`; the route answers it with a 422, or
+a 404 for a well-formed cursor that names no page (:class:`UnknownCursor`).
 
 This module must not: import FastAPI or the Temporal client, or talk to anything.
 """
@@ -43,20 +44,30 @@ from agentrun.search_attributes import (
 )
 
 __all__ = [
+    "CURSOR_PATTERN",
     "CURSOR_VERSION",
     "LABEL_FILTER",
     "InvalidListing",
     "Timestamp",
+    "UnknownCursor",
     "build_list_query",
     "check_label_filter",
     "decode_cursor",
     "encode_cursor",
 ]
 
-LABEL_FILTER = r"^[A-Za-z0-9_.\-]{1,63}=[^'\"\\\x00-\x1f\x7f]{0,200}$"
+_UNSAFE = "'\"\\\\\\x00-\\x1f\\x7f"
+"""The characters no filter value may hold (a regex class body): quotes, backslash,
+control characters. Written without escaping the double quote, so the same pattern
+reads alike in Python and in the OpenAPI document (ECMA-262)."""
+LABEL_FILTER = f"^[A-Za-z0-9_.-]{{1,63}}=[^{_UNSAFE}]{{0,200}}$"
 """`key=value`; quotes, backslashes and control characters are refused outright,
-so no filter value can ever break out of its string literal in the visibility query."""
-_SAFE_LITERAL = re.compile(r"^[^'\"\\\x00-\x1f\x7f]*$")
+so no filter value can ever break out of its string literal in the visibility query.
+Matched with `re.fullmatch`: Python's `$` also matches before a final newline."""
+_SAFE_LITERAL = re.compile(f"[^{_UNSAFE}]*")
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,4096}$"
+"""What a `cursor` looks like (URL-safe base64 without padding); whether it belongs
+to the listing is :func:`decode_cursor`'s call."""
 
 WORKFLOW_TYPE_ATTR = "WorkflowType"
 EXECUTION_STATUS = "ExecutionStatus"
@@ -71,10 +82,15 @@ class InvalidListing(ValueError):
     """A filter or cursor the listing refuses; the message tells the caller why."""
 
 
+class UnknownCursor(InvalidListing):
+    """A well-formed cursor that names no page of this listing (another listing's,
+    made up, or expired); the route answers it with a 404, as any unknown name."""
+
+
 def _iso_only(value: Any) -> Any:
     """Timestamps must be RFC 3339 strings; pydantic alone would also take `0.5` as
     seconds since the epoch, which the OpenAPI `date-time` format does not allow."""
-    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}", value):
+    if isinstance(value, str) and not re.match(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
         raise ValueError("expected an RFC 3339 date-time, e.g. 2025-01-01T00:00:00Z")
     return value
 
@@ -84,7 +100,7 @@ Timestamp = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def _literal(value: str) -> str:
-    if not _SAFE_LITERAL.match(value):
+    if not _SAFE_LITERAL.fullmatch(value):
         raise InvalidListing(
             "filter values may not contain quotes, backslashes or control characters"
         )
@@ -93,9 +109,16 @@ def _literal(value: str) -> str:
 
 def _timestamp(value: datetime) -> str:
     """A UTC literal; a naive datetime is taken to be UTC already."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return _literal(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    utc = value
+    if value.tzinfo is not None:
+        try:
+            utc = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            # Within hours of the calendar's ends: UTC falls outside years 1-9999, and
+            # the end it falls past bounds every start time alike.
+            utc = datetime.min if value.year == 1 else datetime.max
+    # Not `strftime("%Y")`: it writes year 1 as "1", which Temporal cannot parse.
+    return _literal(utc.isoformat(timespec="microseconds") + "Z")
 
 
 def _status_clause(status: RunStatus) -> str:
@@ -113,7 +136,7 @@ def _status_clause(status: RunStatus) -> str:
 
 def check_label_filter(label: str) -> None:
     """Refuse a label filter that is not `key=value` (see :data:`LABEL_FILTER`)."""
-    if not re.match(LABEL_FILTER, label):
+    if not re.fullmatch(LABEL_FILTER, label):
         raise InvalidListing(
             f"label filter {label[:80]!r} must be key=value (key: [A-Za-z0-9_.-]{{1,63}}; "
             "value: up to 200 characters without quotes or backslashes)"
@@ -166,7 +189,7 @@ def encode_cursor(query: str, token: bytes) -> str:
 
 
 def decode_cursor(query: str, cursor: str) -> bytes:
-    """The page token inside `cursor`; :class:`InvalidListing` unless :func:`encode_cursor`
+    """The page token inside `cursor`; :class:`UnknownCursor` unless :func:`encode_cursor`
     made it for this same `query`."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -178,7 +201,7 @@ def decode_cursor(query: str, cursor: str) -> bytes:
         or not raw.startswith(CURSOR_VERSION)
         or raw[len(CURSOR_VERSION) : head] != _query_tag(query)
     ):
-        raise InvalidListing(
+        raise UnknownCursor(
             "cursor is not a `next_cursor` returned by this endpoint for these same filters"
         )
     return raw[head:]

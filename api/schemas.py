@@ -10,12 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Json
 from typing_extensions import TypeAliasType
 
 from agentrun.contracts import (
     ArtifactRef,
     Digest,
+    EventType,
+    JsonTyped,
+    ModelDelta,
     RunStatus,
     RunStatusView,
 )
@@ -25,6 +28,9 @@ from agentrun.contracts import (
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 EXAMPLE_RUN_ID = "01jbq0m3c8x2v7h9k4n6p8r0sa"
+SSE_CURSOR_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,9}\.[0-9]{1,9})?$"
+"""An SSE message's `id:` and what `Last-Event-ID` takes back: `<seq>`, or
+`<seq>.<step>.<n>` while a model call streams (`api.sse.Cursor`)."""
 
 RunEvent = TypeAliasType("RunEvent", ContractsRunEvent)
 """`agentrun.contracts.RunEvent` under its own name in `/openapi.json`
@@ -169,7 +175,7 @@ class EventsResponse(BaseModel):
     terminal: bool = Field(description="True when the run ended and no event follows these")
 
 
-class ControlBody(BaseModel):
+class ControlBody(JsonTyped):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"reason": "checking the output"}]}
     )
@@ -179,7 +185,7 @@ class ControlBody(BaseModel):
     )
 
 
-class ApprovalBody(BaseModel):
+class ApprovalBody(JsonTyped):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -200,7 +206,7 @@ class ApprovalBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-class MessageBody(BaseModel):
+class MessageBody(JsonTyped):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"text": "Also add a README."}]},
@@ -231,3 +237,56 @@ class Ready(BaseModel):
     status: Literal["ready"] = "ready"
     temporal: str = Field(examples=["127.0.0.1:7233"])
     namespace: str = Field(examples=["default"])
+
+
+# ------------------------------------------------------------ server-sent events
+# The messages of `text/event-stream` answers. The stream is written by `api.sse`;
+# these models say what it writes, for `/openapi.json` (each message is one object
+# with `id`, `event` and `data`, `data` a JSON document of the referenced schema)
+# and for clients and tests that read a stream back.
+
+
+class SseRunEvent(BaseModel):
+    """A durable event: `event:` is its `type`, `data:` the event itself."""
+
+    model_config = ConfigDict(title="SseRunEvent")
+    id: str = Field(
+        pattern=SSE_CURSOR_PATTERN,
+        description="The resume cursor after this message (send it back as `Last-Event-ID`)",
+    )
+    event: EventType
+    data: Json[RunEvent]
+
+
+class SseModelDelta(BaseModel):
+    """A fragment of a model reply while the call streams (only with `deltas=true`)."""
+
+    model_config = ConfigDict(title="SseModelDelta")
+    id: str = Field(pattern=SSE_CURSOR_PATTERN, description="`<seq>.<step>.<n>`")
+    event: Literal["model.delta"]
+    data: Json[ModelDelta]
+
+
+EndReason = Literal["terminal", "not_found", "execution_closed"]
+
+
+class StreamEnd(BaseModel):
+    """Why the stream ended; no message follows."""
+
+    last_seq: int = Field(ge=0, description="The seq of the last event sent")
+    reason: EndReason = Field(
+        description="`terminal`: the run ended and every event was sent; `not_found`: the "
+        "run is gone; `execution_closed`: Temporal ended the execution (terminated, timed out)"
+    )
+
+
+class SseEnd(BaseModel):
+    """The last message. It has no `id:` line, so `Last-Event-ID` keeps the last cursor."""
+
+    model_config = ConfigDict(title="SseEnd")
+    event: Literal["end"]
+    data: Json[StreamEnd]
+
+
+SseMessage = TypeAliasType("SseMessage", SseRunEvent | SseModelDelta | SseEnd)
+"""One message of an event stream, as `#/components/schemas/SseMessage`."""

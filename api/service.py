@@ -146,16 +146,21 @@ def _run_id(handle: Handle) -> str:
 async def query_status(handle: Handle, wait_seconds: float) -> RunStatusView:
     """The live status; :class:`RunNotAnswering` when no worker answers in time."""
     with _query_errors(handle):
-        view: RunStatusView = await handle.query(
-            AgentRunWorkflow.status, rpc_timeout=timedelta(seconds=wait_seconds)
-        )
+        async with asyncio.timeout(wait_seconds):
+            view: RunStatusView = await handle.query(
+                AgentRunWorkflow.status, rpc_timeout=timedelta(seconds=wait_seconds)
+            )
     return view
 
 
 @contextlib.contextmanager
 def _query_errors(handle: Handle) -> Iterator[None]:
     """Query failures → NotFound (no such run), RunNotAnswering (no worker answered in
-    time, or the query was rejected); Temporal itself unavailable propagates (503)."""
+    time, or the query was rejected); Temporal itself unavailable propagates (503).
+
+    Callers bound the whole query with `asyncio.timeout` as well as its `rpc_timeout`:
+    the SDK retries some RPC failures on its own, each retry with a fresh
+    `rpc_timeout`, so only an overall deadline bounds what the client waits."""
     try:
         yield
     except RPCError as err:
@@ -280,11 +285,12 @@ async def fetch_events(
     """Events with `seq > after`, in order, at most `limit`: flushed segments first,
     then the run's in-memory events. Raises :class:`RunNotAnswering`."""
     with _query_errors(handle):
-        page: EventsPage = await handle.query(
-            AgentRunWorkflow.events,
-            EventsQuery(after_seq=after, limit=limit),
-            rpc_timeout=timedelta(seconds=wait_seconds),
-        )
+        async with asyncio.timeout(wait_seconds):
+            page: EventsPage = await handle.query(
+                AgentRunWorkflow.events,
+                EventsQuery(after_seq=after, limit=limit),
+                rpc_timeout=timedelta(seconds=wait_seconds),
+            )
     merged: dict[int, RunEvent] = {}
     for segment in sorted(page.segments, key=lambda s: s.first_seq):
         if len(merged) >= limit:
@@ -309,9 +315,22 @@ async def fetch_events(
 async def execute_control(
     handle: Handle, update: Any, arg: Any, wait_seconds: float, action: str
 ) -> Any:
-    """Run a control update; invalid transitions become 409 with the run's status."""
+    """Run a control update, answered within `wait_seconds` whatever Temporal does.
+
+    Invalid transitions become 409 with the run's status; an update no worker
+    completed in time becomes 504.
+
+    The bound is an `asyncio.timeout` around the whole call, not only its
+    `rpc_timeout`: while no worker accepts an update, Temporal answers it with an
+    empty "admitted" response after its long-poll interval (20 s by default), and
+    the SDK sends the update again until a worker accepts it. With an `rpc_timeout`
+    longer than that interval (30 s by default) the call would never return.
+    """
     try:
-        return await handle.execute_update(update, arg, rpc_timeout=timedelta(seconds=wait_seconds))
+        async with asyncio.timeout(wait_seconds):
+            return await handle.execute_update(
+                update, arg, rpc_timeout=timedelta(seconds=wait_seconds)
+            )
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         if isinstance(cause, ApplicationError) and cause.type in CONFLICT_TYPES:
@@ -333,7 +352,11 @@ async def execute_control(
             run_status=status.value,
         ) from None
     except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError):
+        # The SDK turns the timeout's cancellation into its own error: both mean the
+        # deadline passed.
         raise UpstreamTimeout(
-            f"no worker completed the {action} request within {wait_seconds:g}s; it may still be "
-            "applied when a worker picks the run up; check the run's status before retrying"
+            f"no worker completed the request to {action} the run within {wait_seconds:g}s "
+            "(AGENTRUN_API_UPDATE_TIMEOUT_SECONDS): is an agentrun worker running and polling "
+            "the run's task queue? Temporal keeps the request, so a worker may still apply it "
+            f"when it picks the run up: check GET /v1/runs/{_run_id(handle)} before retrying"
         ) from None

@@ -30,7 +30,6 @@ Temporal says the execution ended without the workflow finishing (terminated).
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -50,11 +49,11 @@ from agentrun.contracts import (
 )
 from api.errors import NotFound
 from api.feed import RunFeed, RunFeeds
+from api.schemas import SSE_CURSOR_PATTERN, EndReason, StreamEnd
 from store.delta_log import DeltaTail
 
 DELTA_POLL_SECONDS = 0.05
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_CURSOR = re.compile(r"^(\d{1,15})(?:\.(\d{1,9})\.(\d{1,9}))?$")
 _CLOSES_STREAM = (EventType.MODEL_STARTED, EventType.MODEL_CALLED, EventType.RUN_FINISHED)
 
 TailOpener = Callable[[int, int], DeltaTail]
@@ -76,11 +75,17 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        match = _CURSOR.match(text.strip())
-        if match is None:
+        # `fullmatch` and ASCII digits only: exactly what the OpenAPI pattern admits,
+        # around HTTP's own optional whitespace (spaces and tabs; Python's `strip()`
+        # would also drop Unicode spaces the pattern refuses).
+        text = text.strip(" \t")
+        if not re.fullmatch(SSE_CURSOR_PATTERN, text):
             raise ValueError(text)
-        seq, step, n = match.groups()
-        return cls(int(seq), None if step is None else int(step), int(n or 0))
+        seq, _, rest = text.partition(".")
+        if not rest:
+            return cls(int(seq))
+        step, _, n = rest.partition(".")
+        return cls(int(seq), int(step), int(n))
 
 
 def format_event(event: RunEvent, cursor: Cursor) -> str:
@@ -91,8 +96,9 @@ def format_delta(delta: ModelDelta, cursor: Cursor) -> str:
     return f"id: {cursor}\nevent: {DELTA_EVENT}\ndata: {delta.model_dump_json()}\n\n"
 
 
-def _end(last_seq: int, reason: str) -> str:
-    return f"event: end\ndata: {json.dumps({'last_seq': last_seq, 'reason': reason})}\n\n"
+def _end(last_seq: int, reason: EndReason) -> str:
+    end = StreamEnd(last_seq=last_seq, reason=reason)
+    return f"event: end\ndata: {end.model_dump_json()}\n\n"
 
 
 class _Interleaver:

@@ -165,17 +165,20 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from agentrun.config import ConfigError, load_settings
     from api.app import create_app
+    from api.server import uvicorn_config
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    uvicorn.run(
+    config = uvicorn_config(
         create_app(settings),
-        host=args.host or settings.api_host,
-        port=args.port or settings.api_port,
+        settings,
+        host=args.host,
+        port=args.port or None,
         log_level=args.log_level,
     )
+    uvicorn.Server(config).run()
     return EXIT_OK
 
 

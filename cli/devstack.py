@@ -131,9 +131,7 @@ class DevStack:
                 [
                     py,
                     "-m",
-                    "uvicorn",
-                    "--factory",
-                    "api.app:app_from_env",
+                    "api.server",  # the one place the API's uvicorn settings live
                     "--host",
                     api.api_host,
                     "--port",

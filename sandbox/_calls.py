@@ -17,6 +17,10 @@ Design (why it looks like this):
   artifact). The executor never holds more than a chunk of it in memory.
 * **Limits are data.** The executor names the limit that ended a call as a string
   (it imports nothing of the project); it becomes a `LimitKind` here.
+* **Refusals are typed by what they mean** (`refusal`): a wrong path of a file
+  operation is a `SandboxPathError`, a full workspace a `SandboxWorkspaceFull`, an
+  unknown call a `SandboxCallNotFound`; a failure inside the executor is retried and
+  then `SandboxUnavailable`, never a path error.
 * Large files move in chunks (`READ_CHUNK`, `WRITE_CHUNK`) so no single frame or
   response grows with the file; a write lands in a temp file and is renamed into
   place by a final `commit`, so a reader never sees half a file.
@@ -45,9 +49,12 @@ from sandbox.base import (
     ExecOutcome,
     FileEntry,
     RunRef,
+    SandboxCallNotFound,
+    SandboxError,
     SandboxPathError,
     SandboxPolicyError,
     SandboxUnavailable,
+    SandboxWorkspaceFull,
 )
 from sandbox.config import SandboxConfig
 
@@ -91,6 +98,23 @@ def parse_limit(raw: object) -> LimitKind | None:
         ) from None
 
 
+def refusal(exc: ExecutorError) -> SandboxError | None:
+    """The permanent error an executor refusal stands for; None when it may pass.
+
+    Only the executor's `path` kind (a file operation's path is wrong) is a
+    `SandboxPathError`: the executor's own failures (`os`) are never blamed on a path.
+    """
+    if exc.kind == "path":
+        return SandboxPathError(str(exc))
+    if exc.kind == "value":
+        return SandboxPolicyError(str(exc))
+    if exc.kind == "disk":
+        return SandboxWorkspaceFull(f"workspace limit reached: {exc}")
+    if exc.kind == "call":
+        return SandboxCallNotFound(str(exc))
+    return None
+
+
 class Calls:
     """Requests to the executors of runs, with reconnects. Thread-safe."""
 
@@ -111,8 +135,11 @@ class Calls:
         """One executor request with reconnects; every request is idempotent."""
         last: Exception | None = None
         for _ in range(ATTEMPTS):
-            handle = self._locate(run, policy)
             try:
+                # Inside the try: a container that vanished while it was found or
+                # created (a racing janitor, a claim lost) is looked up again here,
+                # without spending a Temporal retry.
+                handle = self._locate(run, policy)
                 channel = self._connections.channel(handle.container_id)
                 return channel.request(payload(handle), timeout_s=timeout_s, heartbeat=heartbeat)
             except (ChannelClosed, SandboxUnavailable) as exc:
@@ -123,12 +150,11 @@ class Calls:
                 self._connections.forget(run)
                 raise SandboxUnavailable(f"sandbox of {run} did not answer: {exc}") from exc
             except ExecutorError as exc:
-                if exc.kind == "path" or exc.kind == "os":
-                    raise SandboxPathError(str(exc)) from exc
-                if exc.kind == "value":
-                    raise SandboxPolicyError(str(exc)) from exc
-                if exc.kind == "disk":
-                    raise SandboxPolicyError(f"workspace limit reached: {exc}") from exc
+                permanent = refusal(exc)
+                if permanent is not None:
+                    raise permanent from exc
+                # `pids` (no thread left to serve it) or `os` (the executor failed):
+                # maybe transient, so try again, then let the activity retry.
                 last = exc
                 time.sleep(0.2)
         raise SandboxUnavailable(f"sandbox of {run} unavailable: {last}")
@@ -185,7 +211,7 @@ class Calls:
         if stream not in ("stdout", "stderr"):
             raise SandboxPolicyError("stream must be 'stdout' or 'stderr'")
         if not CALL_ID.match(call_id):
-            raise SandboxPathError(f"no such call: {call_id!r}")
+            raise SandboxCallNotFound(f"no such call: {call_id!r}")
         out = bytearray()
         while len(out) < max_bytes:
             want = min(READ_CHUNK, max_bytes - len(out))

@@ -13,7 +13,8 @@ Design (why it looks like this):
   that says how to rebuild it instead of misreading answers.
 * **One lock per run** for finding or creating its container, so two threads of one
   process never race for it (races between processes are settled by Docker: names are
-  unique, and a pool container's executor grants the first claim only).
+  unique, and a pool container's executor grants the first claim only); **one lock per
+  container** for attaching to it, so a slow attach holds up no other container's.
 
 This module must not: hold anything required for correctness (losing every cache only
 costs reconnects), or decide how a container is found or created (it is handed a
@@ -52,6 +53,7 @@ class Connections:
         self._channels: dict[str, Channel] = {}
         self._handles: dict[RunRef, Handle] = {}
         self._run_locks: dict[RunRef, threading.Lock] = {}
+        self._attach_locks: dict[str, threading.Lock] = {}
 
     def handle(self, run: RunRef, find_or_create: Callable[[], Handle]) -> Handle:
         """The run's cached handle, or `find_or_create()`'s, made once per process."""
@@ -70,14 +72,27 @@ class Connections:
             return self._run_locks.setdefault(run, threading.Lock())
 
     def channel(self, container_id: str) -> Channel:
-        """A live attach channel to the container's executor, opened on first use."""
+        """A live attach channel to the container's executor, opened on first use.
+
+        Attaching is a Docker round trip, slow when the engine is busy, so it is made
+        under the container's own lock: lookups of other containers' channels (every
+        call of every run) do not queue behind it. A container removed meanwhile raises
+        `SandboxUnavailable` (look it up again), not a policy error.
+        """
         with self._lock:
             channel = self._channels.get(container_id)
             if channel is not None and channel.alive:
                 return channel
+            attaching = self._attach_locks.setdefault(container_id, threading.Lock())
+        with attaching:
+            with self._lock:
+                channel = self._channels.get(container_id)
+            if channel is not None and channel.alive:
+                return channel  # attached by the thread we waited for
             with docker_errors("attach"):
                 channel = Channel(self._docker.api, container_id)
-            self._channels[container_id] = channel
+            with self._lock:
+                self._channels[container_id] = channel
         hello = channel.request({"op": "hello"}, timeout_s=15)
         if hello.get("version") != EXECUTOR_VERSION:
             raise SandboxPolicyError(
@@ -99,6 +114,7 @@ class Connections:
         """Drop the container's channel and every handle that points at it."""
         with self._lock:
             channel = self._channels.pop(container_id, None)
+            self._attach_locks.pop(container_id, None)
             for run, handle in list(self._handles.items()):
                 if handle.container_id == container_id:
                     del self._handles[run]
@@ -110,6 +126,7 @@ class Connections:
         with self._lock:
             channels = list(self._channels.values())
             self._channels.clear()
+            self._attach_locks.clear()
             self._handles.clear()
         for channel in channels:
             channel.close()

@@ -18,9 +18,15 @@ Design (why it looks like this):
 * **The call key** (an HMAC key for call ids, see `sandbox/_calls.py`) is a label of
   the workspace volume: the container cannot read it, and it lives exactly as long as
   the workspace whose call records it protects.
+* **The workspace is a filesystem of its own size** (`sandbox/_workspace_images.py`):
+  with the quota on, a workspace volume mounts an ext4 image on a loop device that
+  the worker attaches before the volume's first container starts, re-attaches before
+  a stopped one starts again, and releases once the volume is removed. Its size is
+  the volume's `agentrun.quota_mb` label.
 
-This module must not: touch host paths (no bind mounts, no `docker cp` of host files),
-or send traffic to a container's network (everything goes through the Docker API).
+This module must not: bind-mount host paths or `docker cp` host files into a
+container, or send traffic to a container's network (everything goes through the
+Docker API; the only host paths it touches are its workspace images).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -38,11 +45,14 @@ from sandbox import _names
 from sandbox._connections import Connections
 from sandbox._docker_errors import docker_errors
 from sandbox._resources import Resources, limit_kwargs, resolve_resources
-from sandbox.base import RunRef, SandboxUnavailable
+from sandbox._workspace_images import WorkspaceImages, attach, release
+from sandbox.base import RunRef, SandboxError, SandboxUnavailable
 from sandbox.config import SandboxConfig
 
 EXECUTOR_CMD = ["python3", "-I", "-S", "/opt/agentrun/executor.py"]
 WORKSPACE = "/workspace"
+SANDBOX_USER = "10001:10001"
+"""uid:gid of everything in the sandbox (the image's `agent` user); owns the workspace."""
 
 LABEL_MANAGED = "agentrun.managed"
 LABEL_NAMESPACE = "agentrun.namespace"
@@ -51,6 +61,10 @@ LABEL_RUN = "agentrun.run"
 LABEL_POOL = "agentrun.pool"
 LABEL_VOLUME = "agentrun.volume"
 LABEL_CALL_KEY = "agentrun.callkey"
+LABEL_QUOTA_MB = "agentrun.quota_mb"
+"""On a workspace volume that is an image of this many MiB (absent: no quota)."""
+ORPHAN_IMAGE_GRACE_S = 60.0
+"""Images without a volume younger than this are left alone (a volume may be on its way)."""
 
 
 class Containers:
@@ -62,6 +76,7 @@ class Containers:
         self.docker = docker_client
         self._connections = connections
         self._ncpu: float | None = None
+        self.images = WorkspaceImages(config.workspace_images, self.ns, SANDBOX_USER)
 
     # ================================================================== resources
 
@@ -105,7 +120,7 @@ class Containers:
             "image": res.image,
             "command": command,
             "labels": {LABEL_MANAGED: "true", LABEL_NAMESPACE: self.ns, **labels},
-            "user": "10001:10001",
+            "user": SANDBOX_USER,
             "working_dir": WORKSPACE,
             "hostname": "sandbox",
             # Only what the image sets (PATH, LANG, HOME): nothing of the worker's.
@@ -131,30 +146,80 @@ class Containers:
             kwargs["runtime"] = self.config.runtime
         return kwargs
 
-    def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
-        """Create the workspace volume with a fresh call key, unless it exists."""
+    def ensure_volume(
+        self, name: str, labels: dict[str, str], workspace_mb: int | None = None
+    ) -> None:
+        """Create the workspace volume with a fresh call key, unless it exists.
+
+        With the quota on, the volume is an image of `workspace_mb` (default: the
+        operator's default size), made and attached here, so the volume can be
+        mounted as soon as this returns. Idempotent across workers: a volume created
+        by a worker that died before its image was made gets the image now.
+        """
+        size = self.config.workspace_mb if workspace_mb is None else workspace_mb
         with docker_errors("create volume"):
             try:
-                self.docker.volumes.get(name)
-                return
+                volume = self.docker.volumes.get(name)
             except docker.errors.NotFound:
-                pass
-            self.docker.volumes.create(
-                name=name,
-                labels={
-                    LABEL_MANAGED: "true",
-                    LABEL_NAMESPACE: self.ns,
-                    LABEL_CALL_KEY: secrets.token_hex(32),
-                    **labels,
-                },
-            )
+                quota = self.images.enabled
+                volume = self.docker.volumes.create(
+                    name=name,
+                    driver="local",
+                    driver_opts=self.images.volume_options(name) if quota else None,
+                    labels={
+                        LABEL_MANAGED: "true",
+                        LABEL_NAMESPACE: self.ns,
+                        LABEL_CALL_KEY: secrets.token_hex(32),
+                        **({LABEL_QUOTA_MB: str(size)} if quota else {}),
+                        **labels,
+                    },
+                )
+        quota_mb = (volume.attrs.get("Labels") or {}).get(LABEL_QUOTA_MB)
+        if quota_mb is not None:
+            self.images.provision(name, int(quota_mb))
+
+    def _quota_link(self, volume: str) -> Path | None:
+        """The image link a quota volume mounts (None: no such volume, or no quota)."""
+        with docker_errors("inspect volume"):
+            try:
+                attrs = self.docker.volumes.get(volume).attrs
+            except docker.errors.NotFound:
+                return None
+        if LABEL_QUOTA_MB not in (attrs.get("Labels") or {}):
+            return None
+        return Path((attrs.get("Options") or {})["device"])
+
+    def _default_link(self, volume: str) -> Path | None:
+        """Where this worker keeps the volume's image (a retried destroy finds it there)."""
+        return self.images.link_for(volume) if self.images.enabled else None
+
+    def attach_workspace(self, container: Any) -> None:
+        """Make sure the container's workspace image is attached before it starts."""
+        volume = container.labels.get(LABEL_VOLUME)
+        link = self._quota_link(volume) if volume else None
+        if link is not None:
+            attach(link)
+
+    def sweep_workspace_images(self, removed_volumes: list[str]) -> list[str]:
+        """Release the images of volumes removed by someone else (the janitor).
+
+        Those just removed go at once; the rest of this namespace's images without a
+        volume after a grace period (see `WorkspaceImages.sweep`).
+        """
+        if not self.images.enabled:
+            return []
+        released = [v for v in removed_volumes if release(self.images.link_for(v))]
+        with docker_errors("list volumes"):
+            volumes = self.docker.volumes.list(filters={"label": f"{LABEL_NAMESPACE}={self.ns}"})
+        live = {v.name for v in volumes}
+        return released + self.images.sweep(live, grace_s=ORPHAN_IMAGE_GRACE_S)
 
     def create_for_run(self, run: RunRef, res: Resources) -> Any:
         """The run's own container and volume (not from the pool); idempotent across workers."""
         name = _names.container_name(self.ns, run)
         volume = _names.volume_name(self.ns, run)
         run_labels = {LABEL_TENANT: run.tenant_id, LABEL_RUN: run.run_id}
-        self.ensure_volume(volume, run_labels)
+        self.ensure_volume(volume, run_labels, res.workspace_mb)
         command = [
             *EXECUTOR_CMD,
             f"--workspace-bytes={res.workspace_mb << 20}",
@@ -177,12 +242,15 @@ class Containers:
         raise SandboxUnavailable(f"container {name} is being created by another worker")
 
     def discard(self, container: Any) -> None:
-        """Remove a container and its volume, quietly (best effort)."""
-        with contextlib.suppress(docker.errors.DockerException):
+        """Remove a container and its volume (and image), quietly (best effort)."""
+        with contextlib.suppress(docker.errors.DockerException, SandboxError):
             volume = container.labels.get(LABEL_VOLUME)
             container.remove(force=True)
             if volume:
+                link = self._quota_link(volume) or self._default_link(volume)
                 self.docker.volumes.get(volume).remove(force=True)
+                if link is not None:
+                    release(link)
 
     # ================================================================== lifecycle
 
@@ -200,6 +268,8 @@ class Containers:
                 elif state.get("Restarting") or state.get("Status") == "removing":
                     time.sleep(0.1)
                 else:
+                    # Its workspace's loop device may be gone (host reboot).
+                    self.attach_workspace(container)
                     container.start()
         raise SandboxUnavailable(f"container {container.name} does not reach the running state")
 
@@ -249,5 +319,8 @@ class Containers:
             if keep_workspace:
                 return
             for volume in volumes:
+                link = self._quota_link(volume) or self._default_link(volume)
                 with contextlib.suppress(docker.errors.NotFound):
                     self.docker.volumes.get(volume).remove(force=True)
+                if link is not None:
+                    release(link)

@@ -5,25 +5,37 @@ Design (why it looks like this):
 * **Liveness is the caller's answer** (`is_live`, which the worker asks Temporal), so
   this module decides nothing about runs itself: a run's container and volume go when
   `is_live` says False, kept workspaces included.
-* **Pool objects are judged by their state**: pool containers that are not running,
-  or were claimed but never renamed (their claimer died between the two steps), go;
-  so do pool volumes without a container and pool containers beyond `pool_size`.
-  Pool objects younger than `ORPHAN_GRACE_S` are left alone, since a pool fill or a
-  claim may be under way in another process.
+* **A pool container is removed only when no run can have it**, because a run may be
+  claiming it at this very moment (see `sandbox/_pool.py`: the executor's answer to
+  `claim` decides, then the winner renames it). So the janitor asks the executor too:
+  - unclaimed and beyond `pool_size`: the janitor *claims it first* (`JANITOR_OWNER`)
+    and removes it only if it won; a run that won keeps it;
+  - claimed but still under its pool name: the claimer is finishing, or died between
+    the two steps. It goes when the claim is abandoned: the claiming run is not live,
+    or already has another container (the claimer's rename can no longer succeed), or
+    the owner is no run at all (a janitor that died before removing it);
+  - not running (its executor cannot grant a claim), or running but not answering
+    for longer than `ORPHAN_GRACE_S`: it goes.
+  A pool container that is still being created, and pool volumes without a container,
+  are left alone for `ORPHAN_GRACE_S` (a pool fill may be under way).
+* **Listings are summaries in one call** (`api.containers`, `api.volumes`): docker-py's
+  `containers.list` inspects every container it lists, so one removed meanwhile (a
+  run ending, another janitor) failed the whole sweep. Removing something that is
+  already gone, or going, is success.
 * Everything is found through Docker (labels and names), so a janitor in a freshly
   started worker cleans up after one that crashed.
 
 This module must not: touch objects outside its namespace (every listing filters on
-the namespace label), or remove anything of a run it cannot see (`is_live` is
-expected to answer True when in doubt).
+the namespace label), remove anything of a run it cannot see (`is_live` is expected
+to answer True when in doubt), or remove a pool container a run may have claimed.
 """
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Literal
 
 import docker.errors
 
@@ -31,15 +43,28 @@ from sandbox import _names
 from sandbox._channel import ChannelClosed, ExecutorError
 from sandbox._connections import Connections
 from sandbox._containers import LABEL_MANAGED, LABEL_NAMESPACE, LABEL_VOLUME, Containers
-from sandbox._docker_errors import docker_errors
+from sandbox._docker_errors import docker_errors, removal_raced
+from sandbox._pool import PoolContainer, as_pool_container
 from sandbox.base import JanitorReport, RunRef, SandboxError
 
 ORPHAN_GRACE_S = 60.0
 """The janitor leaves pool objects younger than this alone (a pool fill may be under way)."""
 
+JANITOR_OWNER = "janitor"
+"""The owner a janitor claims a pool container with before removing it (no run's name)."""
+
+HELLO_TIMEOUT_S = 5.0
+"""How long the janitor waits for an executor's answer (it then looks again next sweep)."""
+
+IsLive = Callable[[RunRef], bool]
+"""The caller's answer to "may this run still need its sandbox?" (True when in doubt)."""
+
+Verdict = Literal["spare", "doomed", "busy"]
+"""A pool container is unclaimed, no run's any more, or possibly a run's."""
+
 
 def created_age_s(created: str) -> float:
-    """Seconds since a Docker `Created`/`CreatedAt` timestamp (0 when unparsable)."""
+    """Seconds since a Docker `CreatedAt` timestamp (0 when unparsable)."""
     try:
         stamp = datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError:
@@ -47,6 +72,19 @@ def created_age_s(created: str) -> float:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return (datetime.now(UTC) - stamp).total_seconds()
+
+
+def claimer_of(namespace: str, owner: str) -> RunRef | None:
+    """The run a pool claim was made for, or None when the owner is no run (a janitor).
+
+    The owner is the run's container name (`sandbox/_pool.py: claim_owner`); workers
+    before it wrote `tenant/run`, which is still read (tenant ids hold no `/`).
+    """
+    run = _names.run_of_container(namespace, owner)
+    if run is None and "/" in owner:
+        tenant, _, run_id = owner.partition("/")
+        run = RunRef(tenant, run_id)
+    return run
 
 
 class Janitor:
@@ -59,63 +97,127 @@ class Janitor:
         self._ns = containers.ns
         self._pool_size = containers.config.pool_size
 
-    def sweep(self, is_live: Callable[[RunRef], bool]) -> JanitorReport:
+    def sweep(self, is_live: IsLive) -> JanitorReport:
         """Remove this namespace's containers and volumes whose run is not live."""
         report = JanitorReport()
-        ns_filter = {"label": [f"{LABEL_NAMESPACE}={self._ns}", f"{LABEL_MANAGED}=true"]}
         with docker_errors("janitor"):
-            containers = self._docker.containers.list(all=True, filters=ns_filter)
-            in_use: set[str] = set()
-            spare: list[Any] = []
-            for container in containers:
-                name = container.name
-                volume = container.labels.get(LABEL_VOLUME)
-                if _names.is_pool_container(self._ns, name):
-                    doomed = container.status != "running" or self._stuck_claim(container)
-                    if not doomed:
-                        spare.append(container)
-                else:
-                    run = _names.run_of_container(self._ns, name)
-                    doomed = run is None or not is_live(run)
-                if doomed:
-                    self._remove_container(container, report)
-                elif volume:
-                    in_use.add(volume)
-            spare.sort(key=lambda c: c.attrs.get("Created", ""))
-            for container in spare[self._pool_size :]:
-                self._remove_container(container, report)
-                in_use.discard(container.labels.get(LABEL_VOLUME, ""))
-            for volume in self._docker.volumes.list(filters=ns_filter):
-                if volume.name in in_use:
-                    continue
-                run = _names.run_of_volume(self._ns, volume.name)
-                if run is not None:
-                    doomed = not is_live(run)
-                else:
-                    doomed = created_age_s(volume.attrs.get("CreatedAt", "")) > ORPHAN_GRACE_S
-                if doomed:
-                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                        volume.remove(force=True)
-                        report.removed_volumes.append(volume.name)
+            in_use = self._sweep_containers(is_live, report)
+            self._sweep_volumes(is_live, in_use, report)
         return report
 
-    def _stuck_claim(self, container: Any) -> bool:
-        """A pool container whose executor was claimed long ago but that was never renamed."""
-        if created_age_s(container.attrs.get("Created", "")) < ORPHAN_GRACE_S:
-            return False
-        try:
-            hello = self._connections.channel(container.id).request({"op": "hello"}, timeout_s=5)
-        except (ChannelClosed, ExecutorError, TimeoutError, SandboxError):
-            return True
-        return hello.get("owner") is not None
+    def _filters(self) -> dict[str, list[str]]:
+        return {"label": [f"{LABEL_NAMESPACE}={self._ns}", f"{LABEL_MANAGED}=true"]}
 
-    def _remove_container(self, container: Any, report: JanitorReport) -> None:
-        self._connections.forget_container(container.id)
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
-            report.removed_containers.append(container.name)
-        volume = container.labels.get(LABEL_VOLUME)
+    def _sweep_containers(self, is_live: IsLive, report: JanitorReport) -> set[str]:
+        """Remove the containers nothing needs; returns the volumes of those kept."""
+        in_use: set[str] = set()
+        spare: list[PoolContainer] = []
+        for summary in self._docker.api.containers(all=True, filters=self._filters()):
+            pool = as_pool_container(self._ns, summary)
+            if pool is not None:
+                verdict = self._judge(pool, is_live)
+                if verdict == "spare":
+                    spare.append(pool)
+                elif verdict == "doomed":
+                    self._remove(pool.id, pool.name, pool.volume, report)
+                elif pool.volume:
+                    in_use.add(pool.volume)
+                continue
+            name = next(iter(summary.get("Names") or []), "").lstrip("/")
+            volume = (summary.get("Labels") or {}).get(LABEL_VOLUME, "")
+            run = _names.run_of_container(self._ns, name)
+            if run is None or not is_live(run):
+                self._remove(summary["Id"], name, volume, report)
+            elif volume:
+                in_use.add(volume)
+        spare.sort(key=lambda c: c.created)  # the oldest stay
+        for index, pool in enumerate(spare):
+            if index >= self._pool_size and self._claim_for_removal(pool):
+                self._remove(pool.id, pool.name, pool.volume, report)
+            elif pool.volume:
+                in_use.add(pool.volume)  # within the pool's size, or a run claimed it first
+        return in_use
+
+    def _sweep_volumes(self, is_live: IsLive, in_use: set[str], report: JanitorReport) -> None:
+        """Remove the volumes of runs that are not live, and pool volumes left behind."""
+        listed = self._docker.api.volumes(filters=self._filters()) or {}
+        for volume in listed.get("Volumes") or []:
+            name = volume["Name"]
+            if name in in_use:
+                continue
+            run = _names.run_of_volume(self._ns, name)
+            if run is not None:
+                doomed = not is_live(run)
+            else:
+                doomed = created_age_s(volume.get("CreatedAt") or "") > ORPHAN_GRACE_S
+            if doomed:
+                self._remove_volume(name, report)
+
+    # ================================================================== pool containers
+
+    def _judge(self, pool: PoolContainer, is_live: IsLive) -> Verdict:
+        """`spare` (unclaimed), `doomed` (no run can have it) or `busy` (a run may)."""
+        age = time.time() - pool.created
+        if pool.state == "created":
+            return "busy" if age < ORPHAN_GRACE_S else "doomed"  # a pool fill starts it
+        if pool.state != "running":
+            return "doomed"  # exited, dead or being removed: its executor grants nothing
+        try:
+            hello = self._connections.channel(pool.id).request(
+                {"op": "hello"}, timeout_s=HELLO_TIMEOUT_S
+            )
+        except (ChannelClosed, ExecutorError, TimeoutError, SandboxError):
+            return "doomed" if age > ORPHAN_GRACE_S else "busy"
+        owner = hello.get("owner")
+        if owner is None:
+            return "spare"
+        return "doomed" if self._abandoned(pool, str(owner), is_live) else "busy"
+
+    def _abandoned(self, pool: PoolContainer, owner: str, is_live: IsLive) -> bool:
+        """Whether a claim that was never followed by the rename can still be finished."""
+        run = claimer_of(self._ns, owner)
+        if run is None:
+            return True  # claimed by a janitor (which died before removing it)
+        if not is_live(run):
+            return True
+        try:
+            theirs = self._docker.api.inspect_container(_names.container_name(self._ns, run))
+        except docker.errors.NotFound:
+            return False  # the claimer is about to rename it
+        # Renamed since the listing (so it is the run's now), or the run has another
+        # container (so the claimer's rename fails and nobody will use this one).
+        return bool(theirs["Id"] != pool.id)
+
+    def _claim_for_removal(self, pool: PoolContainer) -> bool:
+        """Claim an unclaimed pool container for the janitor; False when a run was first."""
+        try:
+            answer = self._connections.channel(pool.id).request(
+                {"op": "claim", "owner": JANITOR_OWNER}, timeout_s=HELLO_TIMEOUT_S
+            )
+        except (ChannelClosed, ExecutorError, TimeoutError, SandboxError):
+            return False  # the next sweep looks again
+        return bool(answer.get("ok"))
+
+    # ================================================================== removal
+
+    def _remove(self, container_id: str, name: str, volume: str, report: JanitorReport) -> None:
+        """Remove a container and its volume; already gone (or going) counts as done."""
+        self._connections.forget_container(container_id)
+        try:
+            self._docker.api.remove_container(container_id, force=True)
+            report.removed_containers.append(name)
+        except docker.errors.APIError as exc:
+            if not removal_raced(exc):
+                raise
         if volume:
-            with contextlib.suppress(docker.errors.NotFound):
-                self._docker.volumes.get(volume).remove(force=True)
-                report.removed_volumes.append(volume)
+            self._remove_volume(volume, report)
+
+    def _remove_volume(self, name: str, report: JanitorReport) -> None:
+        try:
+            self._docker.api.remove_volume(name, force=True)
+            report.removed_volumes.append(name)
+        except docker.errors.APIError as exc:
+            # 404: removed meanwhile; 409: still in use (its container is going, or a
+            # run took it): the next sweep looks again.
+            if exc.status_code not in (404, 409):
+                raise

@@ -3,18 +3,32 @@
 Design (why it looks like this):
 
 * `pool_size` containers are kept started and unassigned, each with its own fresh
-  workspace volume. A run claims one by asking its executor (first claim wins, which
-  arbitrates between worker processes racing for the same container), then renames it
-  to the run's name; its volume becomes the run's workspace.
-* Only runs with the default image, no network and the default cpu/memory/pids limits
-  use the pool (the workspace size is handed to the executor at claim time); others
-  get a container created for them, with a volume named after the run.
+  workspace volume. Only runs that ask for what a pool container runs (the defaults,
+  `sandbox/_resources.py: is_default`) use the pool; others get a container created
+  for them, with a volume named after the run.
+* **A claim is two steps, and only the first decides.** (1) The container's executor
+  is asked to `claim` it for the run: it grants the first claim only (the same owner
+  asking again gets yes too), which settles races between threads, worker processes
+  and the janitor, who claims a container before removing it. (2) The winner renames
+  the container to the run's name: from then on the run's container is found by name
+  and no longer matches the pool listing. Docker's rename is not the arbiter: it looks
+  the container up before it locks it, so two renames of one container can both
+  succeed. A claimer that loses, or whose container vanished, tries the next one; with
+  none left, the run gets a container of its own.
+* **The claim's owner is the run's container name**, so the janitor can tell an
+  unfinished claim (its claimer died between the two steps) from one under way, by
+  asking whether that run is live and whether it has a container of its own.
+* **The pool is listed in one call** (`api.containers`, summaries only) and filtered
+  by label *and* by the pool name pattern, so claimed containers (renamed, but still
+  carrying the pool label) are not listed. docker-py's `containers.list` inspects
+  each container it lists, and one removed in between failed the whole listing.
 * Refills run in one background thread per process; a refill asked for while one runs
   makes that one look again instead of starting a second.
 
 This module must not: hand one container to two runs (only the executor's answer to
-`claim` makes a container a run's), or let a failed refill fail a run (refills are
-best effort; a run without a pool container gets a container of its own).
+`claim` makes a container a run's), let a container that vanished fail a claim (it
+is skipped), or let a failed refill fail a run (refills are best effort; a run
+without a pool container gets a container of its own).
 """
 
 from __future__ import annotations
@@ -22,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import secrets
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
@@ -32,12 +48,78 @@ from agentrun.contracts import SandboxPolicy
 from sandbox import _names
 from sandbox._channel import ChannelClosed, ExecutorError
 from sandbox._connections import Connections
-from sandbox._containers import EXECUTOR_CMD, LABEL_NAMESPACE, LABEL_POOL, LABEL_VOLUME, Containers
+from sandbox._containers import (
+    EXECUTOR_CMD,
+    LABEL_MANAGED,
+    LABEL_NAMESPACE,
+    LABEL_POOL,
+    LABEL_VOLUME,
+    Containers,
+)
 from sandbox._docker_errors import docker_errors
 from sandbox._resources import Resources, is_default
 from sandbox.base import RunRef, SandboxError
 
 log = logging.getLogger(__name__)
+
+CLAIM_TIMEOUT_S = 5.0
+"""How long a claimer waits for an executor's answer before trying the next container."""
+
+
+@dataclass(frozen=True)
+class PoolContainer:
+    """One unclaimed pool container, as a listing summary shows it (no inspect)."""
+
+    id: str
+    name: str
+    state: str
+    """Docker's `State`: `created`, `running`, `exited`, `removing`, …"""
+    created: float
+    """Seconds since the epoch."""
+    volume: str
+
+
+def pool_name_pattern(namespace: str) -> str:
+    """The Docker `name` filter (a regular expression) of unclaimed pool containers."""
+    return f"^/?{re.escape(_names.pool_container_name(namespace, ''))}[0-9a-f]+$"
+
+
+def as_pool_container(namespace: str, summary: dict[str, Any]) -> PoolContainer | None:
+    """A listing summary as an unclaimed pool container, or None when it is not one."""
+    names = [n.lstrip("/") for n in summary.get("Names") or []]
+    name = next((n for n in names if _names.is_pool_container(namespace, n)), None)
+    if name is None:
+        return None
+    labels = summary.get("Labels") or {}
+    return PoolContainer(
+        id=summary["Id"],
+        name=name,
+        state=str(summary.get("State", "")),
+        created=float(summary.get("Created") or 0),
+        volume=labels.get(LABEL_VOLUME, ""),
+    )
+
+
+def list_pool(docker_client: Any, namespace: str) -> list[PoolContainer]:
+    """The namespace's running, unclaimed pool containers, in one call that cannot 404.
+
+    Claimed containers carry the pool label forever (labels are fixed at creation) but
+    have the run's name, so the name filter leaves them out; the name check of
+    `as_pool_container` is the exact one, the server-side filter only narrows the answer.
+    """
+    filters: dict[str, Any] = {
+        "label": [f"{LABEL_NAMESPACE}={namespace}", f"{LABEL_MANAGED}=true", f"{LABEL_POOL}=true"],
+        "name": [pool_name_pattern(namespace)],
+        "status": ["running"],
+    }
+    with docker_errors("list pool"):
+        found = docker_client.api.containers(filters=filters)
+    return [c for c in (as_pool_container(namespace, s) for s in found) if c is not None]
+
+
+def claim_owner(namespace: str, run: RunRef) -> str:
+    """What a run's claim records in the executor: its container name (maps back exactly)."""
+    return _names.container_name(namespace, run)
 
 
 class WarmPool:
@@ -48,6 +130,7 @@ class WarmPool:
         self._connections = connections
         self._config = containers.config
         self._ns = containers.ns
+        self._docker = containers.docker
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._again = False
@@ -65,46 +148,71 @@ class WarmPool:
             self._config, res, self._containers.host_cpus()
         )
 
-    def _list(self, status: str | None = "running") -> list[Any]:
-        filters: dict[str, Any] = {"label": [f"{LABEL_NAMESPACE}={self._ns}", f"{LABEL_POOL}=true"]}
-        if status:
-            filters["status"] = status
-        with docker_errors("list pool"):
-            found = self._containers.docker.containers.list(all=status is None, filters=filters)
-        return [c for c in found if _names.is_pool_container(self._ns, c.name)]
+    # ================================================================== claim
 
     def claim(self, run: RunRef, res: Resources) -> Any | None:
         """A pool container renamed to the run's, or None when none could be claimed."""
-        owner = f"{run.tenant_id}/{run.run_id}"
-        candidates = self._list()
-        random.shuffle(candidates)
-        claimed = None
-        for container in candidates:
+        try:
+            candidates = list_pool(self._docker, self._ns)
+            random.shuffle(candidates)  # claimers spread out instead of queueing on one
+            for candidate in candidates:
+                if not self._win(candidate, run, res):
+                    continue
+                taken, container = self._take(candidate, run)
+                if taken:
+                    return container
+            return None
+        finally:
+            self.refill_async()
+
+    def _win(self, candidate: PoolContainer, run: RunRef, res: Resources) -> bool:
+        """Ask the executor for the container; True only when this run got it."""
+        request = {
+            "op": "claim",
+            "owner": claim_owner(self._ns, run),
+            "workspace_bytes": res.workspace_mb << 20,
+        }
+        try:
+            answer = self._connections.channel(candidate.id).request(
+                request, timeout_s=CLAIM_TIMEOUT_S
+            )
+        except (ChannelClosed, ExecutorError, TimeoutError, SandboxError):
+            return False  # gone, broken or busy: the next one
+        return bool(answer.get("ok"))
+
+    def _take(self, candidate: PoolContainer, run: RunRef) -> tuple[bool, Any | None]:
+        """Rename a container this run won to the run's name: (settled, the run's container).
+
+        Not settled means the container vanished under us: try the next one.
+        """
+        name = _names.container_name(self._ns, run)
+        with docker_errors("claim pool container"):
             try:
-                answer = self._connections.channel(container.id).request(
-                    {"op": "claim", "owner": owner, "workspace_bytes": res.workspace_mb << 20},
-                    timeout_s=5,
-                )
-            except (ChannelClosed, ExecutorError, TimeoutError, SandboxError):
-                continue
-            if not answer.get("ok"):
-                continue
-            with docker_errors("claim pool container"):
-                try:
-                    container.rename(_names.container_name(self._ns, run))
-                except docker.errors.NotFound:
-                    continue  # removed under us (janitor): try the next one
-                except docker.errors.APIError as exc:
-                    if exc.status_code != 409:
-                        raise
-                    # The run got a container from another worker meanwhile.
-                    self._containers.discard(container)
-                    claimed = self._containers.of_run(run)
-                    break
-            claimed = container
-            break
-        self.refill_async()
-        return claimed
+                self._docker.api.rename(candidate.id, name)
+                renamed = True
+            except docker.errors.NotFound:
+                return False, None  # removed under us
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                renamed = False
+        if not renamed:
+            # The name is taken: another worker got the run a container meanwhile.
+            # Ours was claimed for the run, so it is no one else's: remove it.
+            self._discard(candidate)
+            return True, self._containers.of_run(run)
+        container = self._containers.get(name)  # None: removed since the rename
+        return container is not None, container
+
+    def _discard(self, candidate: PoolContainer) -> None:
+        """Remove a container this run claimed but cannot use, with its workspace."""
+        self._connections.forget_container(candidate.id)
+        with contextlib.suppress(SandboxError):  # best effort: the janitor removes it later
+            container = self._containers.get(candidate.id)
+            if container is not None:
+                self._containers.discard(container)
+
+    # ================================================================== refill
 
     def _create_one(self) -> None:
         slot = secrets.token_hex(6)
@@ -116,7 +224,7 @@ class WarmPool:
             res, volume, {LABEL_POOL: "true", LABEL_VOLUME: volume}, command
         )
         with docker_errors("create pool container"):
-            container = self._containers.docker.containers.create(
+            container = self._docker.containers.create(
                 name=_names.pool_container_name(self._ns, slot), **kwargs
             )
             container.start()
@@ -127,7 +235,7 @@ class WarmPool:
     def warm(self) -> int:
         """Fill the pool up to `pool_size` now; returns how many were created."""
         created = 0
-        while not self._closed and len(self._list()) < self._config.pool_size:
+        while not self._closed and len(list_pool(self._docker, self._ns)) < self._config.pool_size:
             self._create_one()
             created += 1
         return created

@@ -7,11 +7,12 @@ Design (why it looks like this):
   gets a `SandboxPolicyError` naming the setting to change; silently giving it less
   would surface later as a confusing limit hit. CPUs are the exception: they are a
   ceiling, and Docker refuses more than the host has, so they are clamped quietly.
-* **Workspace size** (cgroup v1, ext4 here: no volume quotas): there is no Docker
-  kwarg for it. The executor gets the size on its command line (or at claim time for
-  a pool container); RLIMIT_FSIZE stops a single file at the remaining budget, and
-  the executor's watchdog kills calls that push the workspace over the limit (see the
-  executor). Reported as `LimitKind.DISK`.
+* **Workspace size**: there is no Docker kwarg for it (cgroup v1, ext4 here: no
+  volume quotas), so the workspace volume is a filesystem of exactly that size
+  (`sandbox/_workspace_images.py`) and the kernel refuses a write past it. Its size
+  is fixed when the volume is made, which is why a pool container (made ahead with
+  the default size) serves only runs that ask for the default size. A call that
+  filled it reports `LimitKind.DISK`.
 
 This module must not: talk to Docker (the host's CPU count is handed in), or read
 settings other than `SandboxConfig`.
@@ -92,7 +93,8 @@ def resolve_resources(
 def is_default(config: SandboxConfig, res: Resources, host_cpus: float) -> bool:
     """Whether `res` is what a run gets without asking (what a pool container runs).
 
-    The workspace size is not part of it: the executor takes it at claim time.
+    The workspace size is part of it: a pool container's workspace is a filesystem
+    made with the default size, and a filesystem in use cannot shrink.
     """
     return (
         res.image == config.image
@@ -100,6 +102,7 @@ def is_default(config: SandboxConfig, res: Resources, host_cpus: float) -> bool:
         and res.memory_mb == config.memory_mb
         and res.cpus == min(config.cpus, host_cpus)
         and res.pids == config.pids
+        and res.workspace_mb == config.workspace_mb
     )
 
 

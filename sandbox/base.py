@@ -11,6 +11,10 @@ Contract every implementation keeps:
 - Every path is relative to the run's workspace; escaping it is an error.
 - Limits are reported as data (`ExecOutcome.limit`), not raised: they are the
   model's problem to react to, not the worker's.
+- A call's processes end with it: nothing it started (in the background, with
+  `nohup`, `setsid` or a double fork) is still running when `exec` returns.
+- The workspace's size is enforced by the kernel where the implementation can
+  (a write past it fails with ENOSPC); a call that filled it reports `DISK`.
 """
 
 from __future__ import annotations
@@ -39,7 +43,19 @@ class SandboxPolicyError(SandboxError):
 
 
 class SandboxPathError(SandboxError):
-    """A path escapes the workspace, does not exist or is not the right kind of file."""
+    """A path a file operation was given escapes the workspace, does not exist, is not
+    the right kind of file or may not be read or written. Only that: a failure of the
+    sandbox itself is never a path error."""
+
+    retryable = False
+
+
+class SandboxWorkspaceFull(SandboxPolicyError):
+    """A file operation needs more space than the workspace's size limit leaves."""
+
+
+class SandboxCallNotFound(SandboxError):
+    """The workspace holds no record of that call (never run here, or deleted by the run)."""
 
     retryable = False
 
@@ -83,6 +99,8 @@ class CollectedFile:
 class JanitorReport:
     removed_containers: list[str] = field(default_factory=list)
     removed_volumes: list[str] = field(default_factory=list)
+    released_workspaces: list[str] = field(default_factory=list)
+    """Volumes whose workspace filesystem image was detached and deleted."""
 
 
 class Sandbox(Protocol):
@@ -102,7 +120,10 @@ class Sandbox(Protocol):
         ...
 
     def read_call_output(self, run: RunRef, call_id: str, stream: str, max_bytes: int) -> bytes:
-        """The full recorded stdout/stderr of a call (for spilling to an artifact)."""
+        """The full recorded stdout/stderr of a call (for spilling to an artifact).
+
+        An empty stream reads as `b""`; an unknown call raises `SandboxCallNotFound`.
+        """
         ...
 
     def read_file(

@@ -12,6 +12,7 @@ This module must not: read the environment or any file, or import the Docker SDK
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class SandboxConfig:
     """How much of a call's stdout/stderr is kept in the workspace (for spilling)."""
     tmp_mb: int
     """Size of the container's tmpfs `/tmp` (counts against the run's memory)."""
+    workspace_images: Path | None
+    """Absolute directory on the Docker host for the workspace filesystem images (the
+    kernel-enforced workspace quota); None runs without a workspace size limit."""
 
     def allowed_images(self) -> list[str]:
         return [self.image, *self.image_allowlist]

@@ -8,6 +8,8 @@ its first use; each part says in its own docstring why it looks the way it does.
   Docker arguments that enforce them.
 * `sandbox/_containers.py`: a run's container and volume (created hardened, started,
   paused, stopped, removed).
+* `sandbox/_workspace_images.py`: the workspace as an ext4 image of its size on a
+  loop device, so the kernel enforces the workspace quota.
 * `sandbox/_pool.py`: the warm pool of started, unassigned containers.
 * `sandbox/_janitor.py`: removes what no live run needs.
 * `sandbox/_calls.py`: the requests to a run's executor (exec, output, files).
@@ -19,10 +21,11 @@ Design (why it looks like this): identity lives in Docker, not in memory, so eve
 worker process finds a run's container by name; a run's first call finds it, or
 claims one from the pool, or creates one, in that order.
 
-This module must not: touch host paths (no bind mounts, no `docker cp` of host files),
-send traffic to a container's network (everything goes through the Docker API), keep
-state required for correctness in memory, or raise for a command's own failure
-(limits and exit codes are data in `ExecOutcome`).
+This module must not: touch host paths (no bind mounts, no `docker cp` of host files;
+the workspace images are `sandbox/_workspace_images.py`'s alone), send traffic to a
+container's network (everything goes through the Docker API), keep state required for
+correctness in memory, or raise for a command's own failure (limits and exit codes are
+data in `ExecOutcome`).
 """
 
 from __future__ import annotations
@@ -102,8 +105,14 @@ class DockerSandbox:
         self._pool.refill_async()
 
     def janitor(self, is_live: Callable[[RunRef], bool]) -> JanitorReport:
-        """Remove this namespace's containers and volumes whose run is not live."""
-        return self._janitor.sweep(is_live)
+        """Remove this namespace's containers and volumes whose run is not live.
+
+        Then release the workspace filesystems of the volumes that are gone (those
+        it removed, and those another process removed or a crash left behind).
+        """
+        report = self._janitor.sweep(is_live)
+        report.released_workspaces = self._containers.sweep_workspace_images(report.removed_volumes)
+        return report
 
     # ================================================================== the protocol
 

@@ -17,6 +17,13 @@ if ! command -v debootstrap >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap >/dev/null
 fi
+# The workspace quota: each run's workspace is an ext4 image on a loop device.
+if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v debugfs >/dev/null 2>&1 \
+   || ! command -v losetup >/dev/null 2>&1; then
+  log "installing e2fsprogs and mount (losetup) for the workspace quota"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq e2fsprogs mount >/dev/null
+fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   ($SUDO dockerd >/tmp/agentrun-dockerd.log 2>&1 &)

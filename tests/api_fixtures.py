@@ -27,6 +27,7 @@ from agentrun.config import Settings, load_settings
 from agentrun.contracts import DELTA_EVENT, RunEvent
 from api.app import create_app
 from api.schemas import EventsResponse
+from api.server import uvicorn_config
 from tests.model_fixtures import free_port
 from worker import build_worker
 
@@ -39,6 +40,8 @@ def api_settings(state_dir: Path, task_queue: str, **overrides: Any) -> Settings
         "task_queue": task_queue,
         "default_provider": "scripted",
         "webhook_secret": WEBHOOK_SECRET,
+        # Test receivers listen on loopback, which webhooks may reach only when allowed.
+        "webhook_allow_networks": ["127.0.0.1/32"],
         "sandbox_pool_size": 0,
         "dev_tenant": "apitest",
         "api_sse_poll_seconds": 0.1,
@@ -61,10 +64,13 @@ class _Server(uvicorn.Server):
 async def serve_api(
     settings: Settings, client: Client | None, app: FastAPI | None = None
 ) -> AsyncIterator[str]:
-    """Serve `app` (default: `create_app(settings, client)`) on 127.0.0.1; yields the base URL."""
+    """Serve `app` (default: `create_app(settings, client)`) on 127.0.0.1; yields the base URL.
+
+    The server config is production's (`api.server.uvicorn_config`), keep-alive included."""
     port = free_port()
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app or create_app(settings, client=client),
+        settings,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -196,6 +202,16 @@ class SseReader:
                 data.append(line[5:].lstrip())
             elif line.startswith("retry:"):
                 self.retry = int(line[6:].strip())
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI request (for the webhook receivers tests serve)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
 
 
 async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:

@@ -8,7 +8,9 @@ patch are kept: they prove old runs still replay):
     .venv/bin/python -m tests.record_histories [scenario ...]
 
 It starts its own Temporal dev server and a worker (real Docker, scripted model)
-and writes `tests/histories/<scenario>.json`.
+and writes `tests/histories/<scenario>.json`. Scenarios listed in `SERVER_FLAGS` get
+a dev server of their own, started with those flags (e.g. an early continue-as-new
+suggestion, so a test-sized turn fills its history).
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from agentrun import search_attributes
 from agentrun.contracts import (
     ApprovalDecision,
     ApprovalPolicy,
     ControlRequest,
+    Limits,
     RunStatus,
+    ToolName,
 )
-from tests.conftest import temporal_cli
+from tests.conftest import start_dev_server
 from tests.workflow_harness import (
     ALICE,
+    SUGGEST_CONTINUE_AS_NEW_AFTER,
     call,
+    early_continue_as_new_args,
     finish,
     running_worker,
     scripted_spec,
@@ -147,6 +150,43 @@ async def _streamed_retry(client: Client, queue: str) -> str:
     return (await h.fetch_history()).to_json()
 
 
+async def _turn_histories(client: Client, queue: str) -> list[str]:
+    """The Temporal runs of one run whose first turn continues-as-new between calls.
+
+    Eight shell calls, two of them beyond the run's cap of six (refused in call_model),
+    on a server that suggests continue-as-new early (`SERVER_FLAGS`).
+    """
+    h = await start_run(
+        client,
+        queue,
+        scripted_spec(
+            turn(*[call("shell", command=f"echo c{i} >> calls.txt") for i in range(8)]),
+            finish("turn done"),
+            tools=[ToolName.SHELL, ToolName.FINISH],
+            limits=Limits(max_tool_calls_per_turn=6),
+        ),
+    )
+    await h.result()
+    histories: list[str] = []
+    run_id = h.first_execution_run_id
+    while run_id:
+        history = await client.get_workflow_handle(h.id, run_id=run_id).fetch_history()
+        histories.append(history.to_json())
+        last = history.events[-1].workflow_execution_continued_as_new_event_attributes
+        run_id = last.new_execution_run_id or None
+    return histories
+
+
+async def _turn_continue_as_new(client: Client, queue: str) -> str:
+    # patch "continue-as-new-within-turn": the first run ends between two tool calls
+    return (await _turn_histories(client, queue))[0]
+
+
+async def _turn_resumed(client: Client, queue: str) -> str:
+    # the next run: it starts by running the calls the first one carried
+    return (await _turn_histories(client, queue))[1]
+
+
 SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "happy_path": _happy_path,
     "approval": _approval,
@@ -155,26 +195,37 @@ SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "streamed_retry": _streamed_retry,
     # The same approvals after the patch "decision-answers-new-status".
     "approval_answers_status": _approval,
+    "turn_continue_as_new": _turn_continue_as_new,
+    "turn_resumed": _turn_resumed,
 }
+
+SERVER_FLAGS: dict[str, list[str]] = {
+    "turn_continue_as_new": early_continue_as_new_args(SUGGEST_CONTINUE_AS_NEW_AFTER),
+    "turn_resumed": early_continue_as_new_args(SUGGEST_CONTINUE_AS_NEW_AFTER),
+}
+"""Dev-server flags per scenario; the others share a server with default settings."""
 
 
 async def main(names: list[str]) -> None:
     unknown = set(names) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {sorted(SCENARIOS)}")
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli(),
-        data_converter=pydantic_data_converter,
-        search_attributes=search_attributes.ALL,
-    )
-    queue = f"record-{uuid.uuid4().hex[:8]}"
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name in names or list(SCENARIOS):
+        groups.setdefault(tuple(SERVER_FLAGS.get(name, [])), []).append(name)
     OUT.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        async with running_worker(env.client, queue, Path(tmp)):
-            for name in names or list(SCENARIOS):
-                (OUT / f"{name}.json").write_text(await SCENARIOS[name](env.client, queue))
-                print(f"wrote {name}.json")
-    await env.shutdown()
+    for flags, group in groups.items():
+        env = await start_dev_server(*flags)
+        queue = f"record-{uuid.uuid4().hex[:8]}"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                async with running_worker(env.client, queue, Path(tmp)):
+                    for name in group:
+                        history = await SCENARIOS[name](env.client, queue)
+                        (OUT / f"{name}.json").write_text(history)
+                        print(f"wrote {name}.json")
+        finally:
+            await env.shutdown()
 
 
 if __name__ == "__main__":

@@ -9,16 +9,22 @@
 * ``docker_sandbox``: one `DockerSandbox` for the session; everything in the namespace
   is removed when the session ends.
 * ``run_ref``: a fresh tenant/run per test, destroyed afterwards.
+* ``leftovers``: what a namespace left in Docker; removing it also releases the
+  workspace images (loop devices, image files), like the janitor does.
 
 Import the fixtures you use into the test module; tests/conftest.py is not ours.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import docker
@@ -27,7 +33,8 @@ import pytest
 
 from agentrun.config import Settings
 from agentrun.contracts import SandboxPolicy
-from sandbox._containers import LABEL_NAMESPACE
+from sandbox._containers import LABEL_NAMESPACE, LABEL_QUOTA_MB
+from sandbox._workspace_images import WorkspaceImages, attached_loops, release
 from sandbox.base import ExecOutcome, RunRef
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
@@ -66,9 +73,12 @@ def sandbox_image() -> str:
 
 
 @pytest.fixture(scope="session")
-def sandbox_config(sandbox_image: str) -> SandboxConfig:
+def sandbox_config(sandbox_image: str, tmp_path_factory: pytest.TempPathFactory) -> SandboxConfig:
     settings = Settings(
         sandbox_image=sandbox_image,
+        # Workspace images of the session's sandboxes live in a temporary directory,
+        # never in the checkout's state directory.
+        sandbox_workspace_dir=tmp_path_factory.mktemp("workspaces"),
         sandbox_namespace=f"agentrun-test-{uuid.uuid4().hex[:8]}",
         sandbox_pool_size=0,
         sandbox_memory_mb=256,
@@ -88,6 +98,9 @@ def docker_sandbox(sandbox_config: SandboxConfig) -> Iterator[DockerSandbox]:
         sandbox.janitor(lambda _run: False)
         sandbox.close()
         leftovers(sandbox_config.namespace, remove=True)
+        if sandbox_config.workspace_images is not None:
+            with contextlib.suppress(OSError):  # not empty: a leak, left for inspection
+                (sandbox_config.workspace_images / sandbox_config.namespace).rmdir()
 
 
 @pytest.fixture
@@ -102,17 +115,54 @@ def new_run() -> RunRef:
 
 
 def leftovers(namespace: str, *, remove: bool = False) -> tuple[list[str], list[str]]:
-    """Names of this namespace's containers and volumes (optionally removing them)."""
+    """Names of this namespace's containers and volumes (optionally removing them, and
+    releasing their workspace images: loop devices and image files must not leak).
+
+    Lists through the plain list endpoints: the SDK's `containers.list` inspects every
+    container it found, and fails on one a pool refill or a claim removed meanwhile.
+    """
     client = docker.from_env()
     flt = {"label": f"{LABEL_NAMESPACE}={namespace}"}
-    containers = client.containers.list(all=True, filters=flt)
-    volumes = client.volumes.list(filters=flt)
+    containers = client.api.containers(all=True, filters=flt)
+    volumes = client.api.volumes(filters=flt).get("Volumes") or []
     if remove:
         for c in containers:
-            c.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(c["Id"], force=True)
         for v in volumes:
-            v.remove(force=True)
-    return [c.name for c in containers], [v.name for v in volumes]
+            quota = LABEL_QUOTA_MB in (v.get("Labels") or {})
+            device = (v.get("Options") or {}).get("device")
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_volume(v["Name"], force=True)
+            if quota and device:
+                release(Path(device))
+    return [c["Names"][0].lstrip("/") for c in containers], [v["Name"] for v in volumes]
+
+
+def executor_module() -> ModuleType:
+    """sandbox/image/executor.py, loaded as a module (it imports nothing of agentrun)."""
+    spec = importlib.util.spec_from_file_location(
+        "agentrun_executor", ROOT / "sandbox" / "image" / "executor.py"
+    )
+    assert spec is not None and spec.loader is not None
+    executor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(executor)
+    return executor
+
+
+def workspace_image(config: SandboxConfig, volume: str) -> Path:
+    """The image file of a workspace volume (see sandbox/_workspace_images.py)."""
+    return (
+        WorkspaceImages(config.workspace_images, config.namespace, "")
+        .link_for(volume)
+        .with_suffix(".img")
+    )
+
+
+def loops_backed_by(image: Path) -> list[str]:
+    """The loop devices attached to `image` (deleted or not)."""
+    real = os.path.realpath(image)
+    return [device for device, backing, _ in attached_loops() if backing == real]
 
 
 def sh(

@@ -1,4 +1,4 @@
-"""Problem answers that need no Temporal: the body-size limit and its 413.
+"""Problem answers that need no Temporal: the body-size limit and its 413, the 405's `Allow`.
 
 The body-size middleware answers before any route (or dependency) runs, so these
 tests drive the app in-process over httpx's ASGI transport; nothing connects to
@@ -64,3 +64,13 @@ def test_render_problem_writes_an_api_errors_status_title_kind_and_extras() -> N
         b'{"type":"https://agentrun.dev/problems/payload-too-large","title":"Payload too large",'
         b'"status":413,"detail":"too big","instance":"/v1/runs","limit":10}'
     )
+
+
+async def test_a_405_names_every_method_the_path_serves(tmp_path: Path) -> None:
+    # `/v1/runs` is two routes (GET lists, POST launches); Starlette alone would name
+    # the methods of the first one only.
+    async with _client(tmp_path) as http:
+        resp = await http.delete("/v1/runs")
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == "GET, POST"
+    assert resp.json()["detail"] == "/v1/runs supports GET, POST, not DELETE"

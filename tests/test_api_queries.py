@@ -18,6 +18,7 @@ from api.queries import (
     CURSOR_VERSION,
     InvalidListing,
     Timestamp,
+    UnknownCursor,
     build_list_query,
     decode_cursor,
     encode_cursor,
@@ -160,3 +161,29 @@ def test_timestamp_filters_take_rfc3339_strings_only() -> None:
     assert adapter.validate_python("2025-01-01T00:00:00Z") == datetime(2025, 1, 1, tzinfo=UTC)
     with pytest.raises(ValidationError, match="RFC 3339"):
         adapter.validate_python("0.5")
+
+
+@pytest.mark.parametrize("label", ["team=docs\n", "team\n=docs"])
+def test_a_label_with_a_final_newline_is_refused(label: str) -> None:
+    # Python's `$` matches before a final newline; the document's pattern does not.
+    with pytest.raises(InvalidListing, match="must be key=value"):
+        build_list_query("acme", [], None, [label], None, None)
+
+
+def test_timestamps_of_the_first_years_keep_four_digits() -> None:
+    query = build_list_query("acme", [], None, [], datetime(1, 1, 3, 0, 1), None)
+    assert query.endswith("StartTime >= '0001-01-03T00:01:00.000000Z'")
+
+
+def test_timestamps_whose_utc_falls_off_the_calendar_bound_at_its_ends() -> None:
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-3)))
+    query = build_list_query("acme", [], None, [], early, late)
+    assert "StartTime >= '0001-01-01T00:00:00.000000Z'" in query
+    assert query.endswith("StartTime < '9999-12-31T23:59:59.999999Z'")
+
+
+def test_a_foreign_cursor_is_an_unknown_cursor_not_a_malformed_one() -> None:
+    other = build_list_query("acme", [], None, ["team=b"], None, None)
+    with pytest.raises(UnknownCursor):
+        decode_cursor(other, encode_cursor(BASE, b"page-2"))

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
-from sandbox.base import RunRef, SandboxPathError
+from sandbox._calls import refusal
+from sandbox._channel import ExecutorError
+from sandbox.base import (
+    RunRef,
+    SandboxCallNotFound,
+    SandboxError,
+    SandboxPathError,
+    SandboxWorkspaceFull,
+)
 from sandbox.docker_sandbox import DockerSandbox
-from tests.sandbox_fixtures import POLICY, sh
+from tests.sandbox_fixtures import POLICY, executor_module, sh
 
 pytestmark = pytest.mark.docker
 
@@ -104,3 +113,59 @@ def test_full_call_output_is_readable_beyond_max_output_bytes(
     full = docker_sandbox.read_call_output(run_ref, "s5-c0", "stdout", 10 << 20)
     assert full == b"".join(b"%d\n" % i for i in range(1, 20001))
     assert docker_sandbox.read_call_output(run_ref, "s5-c0", "stdout", 5) == b"1\n2\n3"
+
+
+def test_full_output_is_readable_when_the_other_stream_stayed_empty(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
+    out = docker_sandbox.exec(
+        run_ref,
+        "s7-c0",
+        "head -c 20000 /dev/zero | tr '\\0' a",
+        policy=POLICY,
+        timeout_s=10,
+        max_output_bytes=1000,
+    )
+    assert (out.exit_code, out.limit, out.stdout_total, out.stderr_total) == (0, None, 20000, 0)
+    assert out.stdout == b"a" * 1000
+    assert docker_sandbox.read_call_output(run_ref, "s7-c0", "stdout", 1 << 20) == b"a" * 20000
+    assert docker_sandbox.read_call_output(run_ref, "s7-c0", "stderr", 1 << 20) == b""
+
+
+def test_a_file_tool_on_an_unreadable_file_is_a_path_error(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
+    sh(docker_sandbox, run_ref, "echo secret > locked; chmod 000 locked")
+    with pytest.raises(SandboxPathError, match="ermission"):
+        docker_sandbox.read_file(run_ref, "locked", policy=POLICY, max_bytes=100)
+
+
+def test_the_executors_own_failures_are_never_path_errors(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
+    # A record the run broke itself (its stdout file replaced by a directory): reading
+    # it fails inside the executor, which is not a problem with a path the model gave.
+    docker_sandbox.exec(
+        run_ref, "s8-c0", "seq 1 1000", policy=POLICY, timeout_s=10, max_output_bytes=10
+    )
+    sh(docker_sandbox, run_ref, "cd .agentrun/calls/s8-c0.* && rm out && mkdir out")
+    with pytest.raises(SandboxError) as broken:
+        docker_sandbox.read_call_output(run_ref, "s8-c0", "stdout", 100)
+    assert not isinstance(broken.value, SandboxPathError)
+    with pytest.raises(SandboxError) as unknown:
+        docker_sandbox.read_call_output(run_ref, "never-ran", "stdout", 100)
+    assert not isinstance(unknown.value, SandboxPathError)
+
+
+def test_only_a_file_operations_path_problems_are_path_errors() -> None:
+    executor = executor_module()
+    assert executor.error_kind("read", PermissionError(errno.EACCES, "denied")) == "path"
+    assert executor.error_kind("commit", IsADirectoryError(errno.EISDIR, "dir")) == "path"
+    assert executor.error_kind("write", OSError(errno.ENOSPC, "full")) == "disk"
+    # The same errors met by the executor's own steps are its failures, not the model's.
+    assert executor.error_kind("output", FileNotFoundError(errno.ENOENT, "gone")) == "os"
+    assert executor.error_kind("exec", PermissionError(errno.EACCES, "denied")) == "os"
+    assert refusal(ExecutorError("os", "FileNotFoundError")) is None  # retried, then unavailable
+    assert isinstance(refusal(ExecutorError("path", "no such file")), SandboxPathError)
+    assert isinstance(refusal(ExecutorError("disk", "full")), SandboxWorkspaceFull)
+    assert isinstance(refusal(ExecutorError("call", "no record")), SandboxCallNotFound)

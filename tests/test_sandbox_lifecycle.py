@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -15,9 +16,18 @@ from sandbox import _names
 from sandbox.base import RunRef
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
-from tests.sandbox_fixtures import POLICY, leftovers, new_run, sh
+from tests.sandbox_fixtures import (
+    POLICY,
+    leftovers,
+    loops_backed_by,
+    new_run,
+    sh,
+    workspace_image,
+)
 
 pytestmark = pytest.mark.docker
+
+SMALL = POLICY.model_copy(update={"workspace_mb": 16})
 
 
 def container_of(config: SandboxConfig, run: RunRef) -> Any:
@@ -167,9 +177,10 @@ def test_pool_gives_each_run_its_own_fresh_workspace_and_refills(
     assert leftovers(config.namespace) == ([], [])
 
 
-def test_workspace_limit_is_handed_to_a_pool_container_at_claim(
+def test_a_run_asking_for_another_workspace_size_gets_a_container_of_its_own(
     sandbox_config: SandboxConfig,
 ) -> None:
+    # A pool container's workspace is a filesystem of the default size, made ahead.
     config = replace(sandbox_config, pool_size=1)
     pooled = DockerSandbox(config)
     run = RunRef("t-pool", new_run().run_id)
@@ -178,7 +189,74 @@ def test_workspace_limit_is_handed_to_a_pool_container_at_claim(
         policy = POLICY.model_copy(update={"workspace_mb": 8})
         out = sh(pooled, run, "head -c 50M /dev/zero > big", policy=policy)
         assert out.limit is LimitKind.DISK
-        assert container_of(config, run).labels["agentrun.pool"] == "true"
+        assert "agentrun.pool" not in container_of(config, run).labels
+        assert len(pool_containers(config)) == 1  # the pool container was left for others
+        size = sh(pooled, run, "stat -f -c '%b %S' /workspace", policy=policy).stdout.split()
+        assert int(size[0]) * int(size[1]) <= 8 << 20
     finally:
         pooled.close()
-        pooled.janitor(lambda _run: False)
+        # Swept with no pool to keep, so nothing of this test outlives it.
+        sweeper = DockerSandbox(replace(config, pool_size=0))
+        sweeper.janitor(lambda _run: False)
+        sweeper.close()
+
+
+def test_destroy_and_the_janitor_release_workspace_images_and_loop_devices(
+    docker_sandbox: DockerSandbox, sandbox_config: SandboxConfig
+) -> None:
+    destroyed, kept = new_run(), new_run()
+    images = {
+        run: workspace_image(sandbox_config, _names.volume_name(sandbox_config.namespace, run))
+        for run in (destroyed, kept)
+    }
+    try:
+        for run in (destroyed, kept):
+            sh(docker_sandbox, run, "echo x > f")
+            assert images[run].exists() and loops_backed_by(images[run])
+        docker_sandbox.destroy(destroyed, keep_workspace=False)
+        assert not images[destroyed].exists()
+        assert loops_backed_by(images[destroyed]) == []
+        docker_sandbox.destroy(kept, keep_workspace=True)
+        assert images[kept].exists() and loops_backed_by(images[kept])  # kept means kept
+        report = docker_sandbox.janitor(lambda run: run != kept)
+        assert _names.volume_name(sandbox_config.namespace, kept) in report.released_workspaces
+        assert not images[kept].exists()
+        assert loops_backed_by(images[kept]) == []
+    finally:
+        docker_sandbox.destroy(destroyed, keep_workspace=False)
+        docker_sandbox.destroy(kept, keep_workspace=False)
+
+
+def test_a_kept_workspace_comes_back_after_its_loop_device_is_gone(
+    docker_sandbox: DockerSandbox, run_ref: RunRef, sandbox_config: SandboxConfig
+) -> None:
+    # What a host reboot does to a stopped run: loop devices are gone (and their
+    # numbers go to other images), the image file stays.
+    image = workspace_image(sandbox_config, _names.volume_name(sandbox_config.namespace, run_ref))
+    sh(docker_sandbox, run_ref, "echo kept > notes.txt", policy=SMALL)
+    docker_sandbox.destroy(run_ref, keep_workspace=True)
+    for device in loops_backed_by(image):
+        subprocess.run(["losetup", "--detach", device], check=True)
+    assert loops_backed_by(image) == []
+    assert sh(docker_sandbox, run_ref, "cat notes.txt", policy=SMALL).stdout == b"kept\n"
+    assert len(loops_backed_by(image)) == 1
+    # ...and its size limit with it.
+    out = sh(docker_sandbox, run_ref, "head -c 100M /dev/zero > big", policy=SMALL)
+    assert out.limit is LimitKind.DISK
+
+
+def test_with_the_quota_off_the_workspace_is_a_plain_volume_without_an_image(
+    sandbox_config: SandboxConfig,
+) -> None:
+    config = replace(sandbox_config, workspace_images=None)
+    plain = DockerSandbox(config)
+    run = new_run()
+    try:
+        assert sh(plain, run, "echo fine > f && cat f").stdout == b"fine\n"
+        volume = docker.from_env().volumes.get(_names.volume_name(config.namespace, run))
+        assert "agentrun.quota_mb" not in (volume.attrs.get("Labels") or {})
+        assert not volume.attrs.get("Options")
+    finally:
+        plain.destroy(run, keep_workspace=False)
+        plain.close()
+    assert run_objects(config, run) == ([], [])

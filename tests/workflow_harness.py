@@ -54,6 +54,8 @@ def worker_settings(state_dir: Path, **overrides: Any) -> Settings:
         "state_dir": state_dir,
         "default_provider": "scripted",
         "webhook_secret": WEBHOOK_SECRET,
+        # Test receivers listen on loopback, which webhooks may reach only when allowed.
+        "webhook_allow_networks": ["127.0.0.1/32"],
         "sandbox_pool_size": 0,
         # A namespace per worker: the janitor and pool of one never touch another's.
         "sandbox_namespace": f"t-{uuid.uuid4().hex[:10]}",
@@ -91,6 +93,20 @@ async def running_worker(
             yield settings
         finally:
             await _terminate_open_runs(task_queue)
+
+
+SUGGEST_CONTINUE_AS_NEW_AFTER = 40
+"""History events after which `early_continue_as_new_args` servers suggest continue-as-new."""
+
+
+def early_continue_as_new_args(events: int) -> list[str]:
+    """Dev-server flags: Temporal suggests continue-as-new past `events` history events.
+
+    Its default (4,096) takes hundreds of tool calls to reach; lowered, a test-sized
+    turn crosses it between two of its calls. The threshold is server configuration,
+    so such tests start a dev server of their own.
+    """
+    return ["--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={events}"]
 
 
 def call(name: str, **arguments: Any) -> ScriptedToolCall:

@@ -60,7 +60,8 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import transitions
 from workflows.errors import Abort, outcome_of
-from workflows.loop import PREVIEW_CHARS, AgentLoop
+from workflows.lifecycle import PREVIEW_CHARS
+from workflows.loop import AgentLoop
 from workflows.policies import PATCH_DECISION_STATUS
 from workflows.state import RunLocal
 

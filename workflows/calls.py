@@ -6,6 +6,11 @@ stateless function that takes one typed input and states the call's timeouts and
 named retry policy (`workflows.policies`). The loop then reads as *what* happens,
 and a reviewer checks *how* each activity is called in one screen.
 
+Every call that can take more than a few seconds has a heartbeat timeout (the
+activity heartbeats, `activities.heartbeat`), so a worker that dies holding it is
+noticed within `HEARTBEAT`; the only one without (`deliver_webhook`) finishes
+within `SHORT_TIMEOUT`. Timeouts are not compared on replay: changing them is safe.
+
 Changing the order, number or kind of these calls changes the commands a workflow
 emits, which breaks the replay of runs in flight: guard such a change with a
 `workflow.patched` marker (`workflows.policies`).
@@ -45,7 +50,6 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.errors import describe
 from workflows.policies import (
-    COLLECT_ARTIFACTS_HEARTBEAT,
     COLLECT_ARTIFACTS_TIMEOUT,
     HEARTBEAT,
     INIT_RUN_TIMEOUT,
@@ -67,6 +71,7 @@ async def init_run(inp: InitRunInput) -> InitRunOutput:
         RunActivities.init_run,
         inp,
         start_to_close_timeout=INIT_RUN_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT,
         retry_policy=STORE_RETRY,
     )
 
@@ -100,7 +105,7 @@ async def collect_artifacts(inp: StoreArtifactInput) -> list[ArtifactRef]:
             ToolActivities.store_artifact,
             inp,
             start_to_close_timeout=COLLECT_ARTIFACTS_TIMEOUT,
-            heartbeat_timeout=COLLECT_ARTIFACTS_HEARTBEAT,
+            heartbeat_timeout=HEARTBEAT,
             retry_policy=TOOL_RETRY,
         )
     except ActivityError as err:
@@ -115,6 +120,7 @@ async def sandbox_control(inp: SandboxControlInput) -> None:
             ToolActivities.sandbox_control,
             inp,
             start_to_close_timeout=SANDBOX_CONTROL_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT,
             retry_policy=TOOL_RETRY,
         )
     except ActivityError as err:
@@ -129,6 +135,7 @@ async def store_events(inp: StoreEventsInput) -> EventSegment:
         RunActivities.store_events,
         inp,
         start_to_close_timeout=STORE_EVENTS_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT,
         retry_policy=STORE_RETRY,
     )
 

@@ -1,10 +1,11 @@
 """The agent loop's mechanics, which `AgentRunWorkflow` (`workflows.agent_run`) extends.
 
 The workflow class shows what clients see (input, run, updates, queries); the *how*
-lives here, one concern per method group: `_start`/`_loop` (model call → tool calls
-→ observe → repeat), `_await_approval`, `_boundary`/`_race` (cancel, deadline and
-pause between and during steps), `_finish`/`_continue_as_new` (the two ways a
-Temporal run ends). The state they work on is described in `workflows.state`.
+lives here and in `workflows.lifecycle`, which this extends. Here, the steps:
+`_start`/`_loop`/`_run_turn` (model call → tool calls → observe → repeat; a full
+history continues-as-new between two steps, or between two tool calls of a long
+turn) and `_await_approval`. The state they work on is described in
+`workflows.state`.
 
 This module must not: define workflow handlers (the interface stays in one place),
 do I/O except through `workflows.calls`, or decide a transition's validity
@@ -13,9 +14,7 @@ do I/O except through `workflows.calls`, or decide a transition's validity
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
-from typing import Literal, TypeVar
 
 from temporalio import workflow
 
@@ -25,41 +24,28 @@ with workflow.unsafe.imports_passed_through():
     from agentrun.contracts import (
         ApprovalRequestedPayload,
         ApprovalResolvedPayload,
-        ArtifactStoredPayload,
-        ContinuedAsNewPayload,
         DispatchToolInput,
-        EventPayload,
         InitRunInput,
-        LoopState,
         ModelCalledPayload,
         ModelCallInFlight,
         ModelCallInput,
         ModelCallOutput,
         ModelStartedPayload,
-        RunEvent,
-        RunFinishedPayload,
-        RunInput,
         RunResult,
         RunStartedPayload,
         RunStatus,
-        SandboxControlInput,
-        StoreArtifactInput,
-        StoreEventsInput,
         TerminalReason,
         ToolCall,
         ToolCalledPayload,
         ToolName,
         ToolResult,
         ToolResultPayload,
-        WebhookInput,
-        new_event,
     )
     from agentrun.search_attributes import (
         SA_AGENT,
         SA_CREATED_BY,
         SA_LABELS,
         SA_MODEL,
-        SA_STATUS,
         SA_STEPS,
         SA_TENANT,
         label_values,
@@ -67,25 +53,18 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from workflows import approvals, calls, transitions
-from workflows.errors import Abort, internal_error
+from workflows.errors import Abort
+from workflows.lifecycle import PREVIEW_CHARS, RunLifecycle
 from workflows.policies import PATCH_MODEL_STARTED
 from workflows.prompts import system_prompt
-from workflows.state import RunLocal
 
-T = TypeVar("T")
-PREVIEW_CHARS = 300
-"""Event payloads carry at most this much of a goal, reply, message or answer."""
 SANDBOX_TOOLS = frozenset(
     {ToolName.SHELL, ToolName.READ_FILE, ToolName.WRITE_FILE, ToolName.LIST_FILES}
 )
 
 
-class AgentLoop:
-    """The loop's mechanics; `AgentRunWorkflow` sets the three attributes in `__init__`."""
-
-    _inp: RunInput
-    _state: LoopState
-    _local: RunLocal
+class AgentLoop(RunLifecycle):
+    """The loop's steps; `AgentRunWorkflow` sets `_inp`, `_state` and `_local`."""
 
     # ----------------------------------------------------------------- steps
 
@@ -123,6 +102,11 @@ class AgentLoop:
 
     async def _loop(self) -> RunResult:
         spec, state = self._inp.spec, self._state
+        if state.turn_calls:
+            # The previous Temporal run continued in the middle of a turn: finish it first.
+            finished = await self._run_turn()
+            if finished is not None:
+                return finished
         while True:
             await self._boundary()
             limit = transitions.limit_reached(state.step, state.usage, spec.limits)
@@ -156,6 +140,7 @@ class AgentLoop:
                     output_tokens=reply.usage.output_tokens,
                     tool_calls=[c.name for c in reply.tool_calls],
                     text=reply.text_preview[:PREVIEW_CHARS],
+                    refused_tool_calls=reply.refused_tool_calls,
                 ),
                 attempt=reply.attempt,
             )
@@ -163,15 +148,36 @@ class AgentLoop:
                 # A reply without tool calls is the model's final answer.
                 self._local.final_answer = reply.text_preview
                 return await self._finish(TerminalReason.COMPLETED)
-            for call in reply.tool_calls:
-                result = await self._run_tool(call)
-                if result.message_digest is not None:
-                    state.append.append(result.message_digest)
-                if result.final_answer is not None:
-                    self._local.final_answer = result.final_answer
-                    return await self._finish(TerminalReason.COMPLETED)
-                if self._local.cancel is not None:
-                    break
+            state.turn_calls = list(reply.tool_calls)
+            finished = await self._run_turn()
+            if finished is not None:
+                return finished
+
+    async def _run_turn(self) -> RunResult | None:
+        """Run the turn's tool calls (`state.turn_calls`) in order; the result if one ends it.
+
+        Between two calls, a full history continues the run as new, carrying the calls
+        still to run: a turn has at most the per-turn cap of calls, but that cap is
+        operator configuration, and approvals add events too. At least one call runs
+        in each Temporal run, so a turn always moves on.
+        """
+        state, local = self._state, self._local
+        ran = 0
+        while state.turn_calls:
+            if ran and self._history_full_within_turn():
+                await self._continue_as_new()
+            call, state.turn_calls = state.turn_calls[0], state.turn_calls[1:]
+            result = await self._run_tool(call)
+            ran += 1
+            if result.message_digest is not None:
+                state.append.append(result.message_digest)
+            if result.final_answer is not None:
+                local.final_answer = result.final_answer
+                state.turn_calls = []
+                return await self._finish(TerminalReason.COMPLETED)
+            if local.cancel is not None:
+                state.turn_calls = []
+        return None
 
     async def _call_model(self, consumed: int) -> ModelCallOutput:
         spec, state = self._inp.spec, self._state
@@ -187,6 +193,7 @@ class AgentLoop:
                     append=state.append,
                     user_messages=list(state.user_messages[:consumed]),
                     tools=[t.value for t in spec.tools],
+                    max_tool_calls=spec.limits.max_tool_calls_per_turn,
                 )
             )
         )
@@ -275,181 +282,3 @@ class AgentLoop:
             )
         )
         return approvals.denial_reason(approved, decision)
-
-    # ------------------------------------------------------------ boundaries
-
-    async def _boundary(self) -> None:
-        """Between steps: honour cancel, deadline and pause (pausing the sandbox)."""
-        local = self._local
-        if local.cancel is not None:
-            raise Abort(TerminalReason.CANCELLED)
-        self._check_deadline()
-        if not local.paused:
-            return
-        if self._state.sandbox_started:
-            await self._sandbox("pause")
-        while local.paused and local.cancel is None:
-            try:
-                await workflow.wait_condition(
-                    lambda: not local.paused or local.cancel is not None,
-                    timeout=self._remaining(),
-                )
-            except TimeoutError:
-                raise Abort(TerminalReason.DEADLINE) from None
-        if self._state.sandbox_started:
-            await self._sandbox("resume")
-        if local.cancel is not None:
-            raise Abort(TerminalReason.CANCELLED)
-
-    async def _race(self, handle: workflow.ActivityHandle[T]) -> T:
-        """Await an activity, abandoning it on deadline or on cancel-with-abort."""
-        local = self._local
-        try:
-            await workflow.wait_condition(
-                lambda: (
-                    handle.done() or (local.cancel is not None and local.cancel.abort_in_flight)
-                ),
-                timeout=self._remaining(),
-            )
-        except TimeoutError:
-            handle.cancel()
-            raise Abort(TerminalReason.DEADLINE) from None
-        if not handle.done():
-            handle.cancel()
-            raise Abort(TerminalReason.CANCELLED)
-        return await handle
-
-    def _remaining(self) -> timedelta | None:
-        if self._state.deadline is None:
-            return None
-        return max(self._state.deadline - workflow.now(), timedelta(milliseconds=1))
-
-    def _check_deadline(self) -> None:
-        if self._state.deadline is not None and workflow.now() >= self._state.deadline:
-            raise Abort(TerminalReason.DEADLINE)
-
-    # ------------------------------------------------------------ finishing
-
-    async def _finish(self, reason: TerminalReason, error: str | None = None) -> RunResult:
-        local, state = self._local, self._state
-        local.reason, local.error, local.pending = reason, error, None
-        for ref in await calls.collect_artifacts(
-            StoreArtifactInput(
-                run_id=self._inp.run_id,
-                tenant_id=self._inp.tenant_id,
-                collect_workspace=state.sandbox_started,
-                conversation_head=state.conversation_head,
-            )
-        ):
-            state.artifacts.append(ref)
-            self._emit(ArtifactStoredPayload(name=ref.name, digest=ref.digest, size=ref.size))
-        if state.sandbox_started:
-            await self._sandbox("destroy", keep_workspace=self._inp.spec.sandbox.keep_workspace)
-        status = transitions.terminal_status(reason)
-        local.finished_at = workflow.now()
-        local.paused = False
-        self._set_phase(status)
-        cancelled = local.cancel is not None and reason == TerminalReason.CANCELLED
-        self._emit(
-            RunFinishedPayload(
-                status=status,
-                reason=reason,
-                error=error or None,
-                final_answer=None
-                if local.final_answer is None
-                else local.final_answer[:PREVIEW_CHARS],
-                cancelled_by=local.cancel.actor.subject if cancelled and local.cancel else None,
-            )
-        )
-        if self._inp.spec.webhook is not None:
-            self._spawn_webhook(self._inp.spec.webhook.url, state.events[-1])
-        if local.webhooks:
-            await asyncio.gather(*local.webhooks, return_exceptions=True)
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        local.done = True
-        return RunResult(
-            run_id=self._inp.run_id,
-            tenant_id=self._inp.tenant_id,
-            status=status,
-            reason=reason,
-            final_answer=local.final_answer,
-            error=error,
-            steps=state.step,
-            usage=state.usage,
-            artifacts=state.artifacts,
-        )
-
-    async def _sandbox(
-        self, action: Literal["pause", "resume", "destroy"], keep_workspace: bool | None = None
-    ) -> None:
-        await calls.sandbox_control(
-            SandboxControlInput(
-                run_id=self._inp.run_id,
-                tenant_id=self._inp.tenant_id,
-                action=action,
-                keep_workspace=keep_workspace,
-            )
-        )
-
-    def _spawn_webhook(self, url: str, event: RunEvent) -> None:
-        """Deliver `event` in the background; the run waits for it before it ends."""
-        inp = WebhookInput(
-            run_id=self._inp.run_id, tenant_id=self._inp.tenant_id, url=url, event=event
-        )
-
-        async def deliver() -> None:
-            self._emit(await calls.deliver_webhook(inp))
-
-        self._local.webhooks.append(asyncio.ensure_future(deliver()))
-
-    # ------------------------------------------------------- continue-as-new
-
-    def _should_continue_as_new(self) -> bool:
-        return self._local.steps_this_run >= self._inp.continue_as_new_every or (
-            workflow.info().is_continue_as_new_suggested()
-        )
-
-    async def _continue_as_new(self) -> None:
-        local, state = self._local, self._state
-        if local.webhooks:
-            await asyncio.gather(*local.webhooks, return_exceptions=True)
-            local.webhooks = []
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        self._emit(ContinuedAsNewPayload(step=state.step))
-        if state.events:
-            segment = await calls.store_events(
-                StoreEventsInput(
-                    run_id=self._inp.run_id, tenant_id=self._inp.tenant_id, events=state.events
-                )
-            )
-            state.segments.append(segment)
-            state.events = []
-        if state.started_at is None or state.conversation_head is None:
-            raise internal_error("continue-as-new before the run was initialised")
-        next_state = state.model_copy(update={"continued": state.continued + 1})
-        workflow.continue_as_new(self._inp.model_copy(update={"carried": next_state}))
-
-    # ------------------------------------------------------------ helpers
-
-    def _status(self) -> RunStatus:
-        return transitions.visible_status(self._state.status, self._local.paused)
-
-    def _set_phase(self, phase: RunStatus) -> None:
-        self._state.status = phase
-        self._sync_status()
-
-    def _sync_status(self) -> None:
-        """Keep the `AgentRunStatus` search attribute equal to the visible status."""
-        status = self._status()
-        if status != self._local.sa_status:
-            self._local.sa_status = status
-            workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
-
-    def _emit(self, payload: EventPayload, attempt: int | None = None) -> None:
-        self._state.last_seq += 1
-        self._state.events.append(new_event(self._state.last_seq, workflow.now(), payload, attempt))
-
-    def _require_head(self) -> str:
-        if self._state.conversation_head is None:
-            raise internal_error("conversation not initialised")
-        return self._state.conversation_head

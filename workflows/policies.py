@@ -52,25 +52,43 @@ WEBHOOK_RETRY = RetryPolicy(
 # --- timeouts: start-to-close of one attempt, per activity.
 HEARTBEAT = timedelta(seconds=10)
 """Long activities heartbeat every ~2 s; a worker that dies is noticed within this."""
+SHORT_TIMEOUT = timedelta(seconds=30)
+"""The longest start-to-close of an activity that does not heartbeat: a dead worker
+holding it is noticed within this (the others are noticed within `HEARTBEAT`)."""
 INIT_RUN_TIMEOUT = timedelta(seconds=60)
-"""Writes the system prompt and goal to the artifact store: small and local."""
+"""Writes the system prompt, goal and script to the artifact store; it heartbeats, so
+a dead worker is noticed within `HEARTBEAT`, and this only bounds a stalled store."""
 MODEL_CALL_TIMEOUT = timedelta(minutes=10)
 """A long streamed reply from a slow model; the heartbeat catches a dead worker sooner."""
 TOOL_GRACE = timedelta(seconds=120)
 """Added to the run's own tool timeout: container start-up and output upload."""
 COLLECT_ARTIFACTS_TIMEOUT = timedelta(minutes=5)
-"""Collecting a whole workspace (and the transcript) into the artifact store."""
-COLLECT_ARTIFACTS_HEARTBEAT = timedelta(seconds=30)
-"""It heartbeats once per stored file, and one large file takes a while to store."""
+"""Collecting a whole workspace (and the transcript) into the artifact store; heartbeats."""
 SANDBOX_CONTROL_TIMEOUT = timedelta(minutes=2)
-"""Pausing, resuming or removing a container; Docker can be slow under load."""
+"""Pausing, resuming or removing a container; Docker can be slow under load. It
+heartbeats, so a dead worker costs `HEARTBEAT`, not this."""
 STORE_EVENTS_TIMEOUT = timedelta(seconds=60)
-"""One segment of events (the steps of one Temporal run) written to the artifact store."""
+"""One segment of events (the steps of one Temporal run) written to the artifact store;
+it heartbeats."""
 WEBHOOK_TIMEOUT = timedelta(seconds=30)
-"""One delivery attempt; a receiver slower than this is retried later."""
+"""One delivery attempt (no heartbeat: at most `SHORT_TIMEOUT`); a receiver slower
+than this is retried later."""
+
+# --- history: when a Temporal run hands over to a fresh one (continue-as-new).
+CONTINUE_AS_NEW_HISTORY_EVENTS = 10_000
+"""Continue-as-new past this many history events even if Temporal does not suggest it
+(its suggestion is server configuration, 4,096 events by default). Temporal fails a
+run at 51,200 events; a capped turn adds at most ~6 per tool call, so checking
+between calls leaves a wide margin."""
 
 # --- workflow.patched markers: each names the runs it protects.
 PATCH_MODEL_STARTED = "model-started-event"
 """Runs started before `model.started` existed replay without it (same event seqs)."""
 PATCH_DECISION_STATUS = "decision-answers-new-status"
 """approve/deny answered `awaiting_approval` before; now the status the run moved to."""
+PATCH_TURN_CONTINUE_AS_NEW = "continue-as-new-within-turn"
+"""Runs started before it ran every call of a turn however full their history, and
+continued-as-new only when Temporal suggested it or after N steps: they replay so.
+Newer runs also continue between two calls of a turn, and past
+`CONTINUE_AS_NEW_HISTORY_EVENTS`. Asked only when the history is full, so runs that
+never fill it carry no marker."""

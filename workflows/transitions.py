@@ -37,6 +37,7 @@ from agentrun.contracts import (
     TerminalReason,
     Usage,
 )
+from workflows.policies import CONTINUE_AS_NEW_HISTORY_EVENTS
 
 MAX_PENDING_MESSAGES = 20
 """Steering messages waiting for the next model call; more are refused (409)."""
@@ -88,6 +89,16 @@ def limit_reached(step: int, usage: Usage, limits: Limits) -> TerminalReason | N
     if limits.max_tokens is not None and usage.total >= limits.max_tokens:
         return TerminalReason.BUDGET
     return None
+
+
+def history_full(suggested: bool, history_events: int) -> bool:
+    """Whether this Temporal run should hand over to a fresh one (continue-as-new).
+
+    `suggested` is Temporal's own flag (`workflow.info().is_continue_as_new_suggested()`,
+    set past the server's configured count or size); `history_events` backs it up
+    with our threshold, whatever the server's configuration.
+    """
+    return suggested or history_events >= CONTINUE_AS_NEW_HISTORY_EVENTS
 
 
 def conflict(

@@ -97,6 +97,7 @@ from agentrun.contracts._ids import (
     run_ref_from_workflow_id,
     workflow_id_for,
 )
+from agentrun.contracts._json_typed import JsonTyped
 from agentrun.contracts._records import (
     ArtifactRef,
     Message,
@@ -152,6 +153,7 @@ __all__ = [
     "EventsQuery",
     "InitRunInput",
     "InitRunOutput",
+    "JsonTyped",
     "LimitKind",
     "Limits",
     "LoopState",

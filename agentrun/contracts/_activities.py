@@ -42,6 +42,9 @@ class ModelCallInput(BaseModel):
     user_messages: list[str] = Field(default_factory=list)
     """Steering messages sent mid-run, appended as user messages."""
     tools: list[str]
+    max_tool_calls: int | None = None
+    """The run's `Limits.max_tool_calls_per_turn`; the activity applies the smaller of
+    it and the deployment's cap, and refuses the calls beyond."""
 
 
 class ModelCallOutput(BaseModel):
@@ -52,6 +55,9 @@ class ModelCallOutput(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     stop_reason: str | None = None
     attempt: int = 1
+    refused_tool_calls: int = 0
+    """Calls of the reply beyond the per-turn cap: not in `tool_calls`, never run; the
+    conversation holds a refusal tool message for each."""
 
 
 class DispatchToolInput(BaseModel):

@@ -8,11 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentrun.contracts._events import EventSegment, RunEvent
 from agentrun.contracts._ids import Digest, RunStatus, TerminalReason
-from agentrun.contracts._records import ArtifactRef, PendingApproval, Usage
+from agentrun.contracts._json_typed import JsonTyped
+from agentrun.contracts._records import ArtifactRef, PendingApproval, ToolCall, Usage
 from agentrun.contracts._spec import Actor, RunSpec
 
 
-class ControlRequest(BaseModel):
+class ControlRequest(JsonTyped):
     """Payload of pause / resume / cancel."""
 
     model_config = ConfigDict(extra="forbid")
@@ -22,7 +23,7 @@ class ControlRequest(BaseModel):
     """For cancel: abort the in-flight step instead of letting it finish."""
 
 
-class ApprovalDecision(BaseModel):
+class ApprovalDecision(JsonTyped):
     """Payload of approve / deny. Must name the exact pending call and its arguments."""
 
     model_config = ConfigDict(extra="forbid")
@@ -32,7 +33,7 @@ class ApprovalDecision(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-class UserMessage(BaseModel):
+class UserMessage(JsonTyped):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, max_length=8000)
     actor: Actor
@@ -128,3 +129,7 @@ class LoopState(BaseModel):
     """How many times the run continued-as-new."""
     sandbox_started: bool = False
     """A sandbox tool ran, so there is a container to pause, collect and destroy."""
+    turn_calls: list[ToolCall] = Field(default_factory=list)
+    """The current turn's tool calls not yet run. Carried only when the run continues
+    in the middle of a turn; small, as calls hold their arguments by digest and a
+    turn has at most the per-turn cap of them."""

@@ -89,7 +89,10 @@ class ModelCalledPayload(EventPayload):
     input_tokens: int = 0
     output_tokens: int = 0
     tool_calls: list[str] = Field(default_factory=list)
-    """The names of the tools the reply called, in order."""
+    """The names of the tools the reply called, in order (those that will run)."""
+    refused_tool_calls: int = 0
+    """Calls beyond the per-turn cap (`Limits.max_tool_calls_per_turn`): not run; the
+    model was told so in a tool message for each."""
     text: str = ""
     """The reply's text, at most 300 characters."""
 
@@ -153,12 +156,19 @@ class WebhookDeliveredPayload(EventPayload):
     """The seq of the event that was delivered."""
     ok: bool
     status_code: int | None = None
+    """The receiver's 2xx answer; never set for a failed delivery (no port-scan oracle)."""
     error: str | None = None
+    """A failed delivery's `<type>: <fixed sentence>`, the type a coarse reason
+    (`WebhookDestinationRefused`, `WebhookRedirected`, `WebhookRejected`,
+    `WebhookUnavailable`, `WebhookConfigError`, or a timeout; docs/api.md, "Webhooks")."""
 
 
 class ContinuedAsNewPayload(EventPayload):
     event_type = EventType.CONTINUED_AS_NEW
     step: int
+    pending_tool_calls: int = 0
+    """Tool calls of step `step` still to run: the run continued in the middle of a
+    turn (its history was full), and the next Temporal run runs them first."""
 
 
 class RunFinishedPayload(EventPayload):

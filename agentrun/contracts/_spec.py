@@ -6,9 +6,10 @@ import re
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator
 
 from agentrun.contracts._ids import NAME_PATTERN, SecretName, canonical_json, digest_of
+from agentrun.contracts._json_typed import JsonTyped
 
 # ---------------------------------------------------------------------------
 # The run specification (what a client launches)
@@ -23,14 +24,14 @@ class ToolName(StrEnum):
     FINISH = "finish"
 
 
-class ScriptedToolCall(BaseModel):
+class ScriptedToolCall(JsonTyped):
     model_config = ConfigDict(extra="forbid")
     name: str
     arguments: dict[str, JsonValue] | str = Field(default_factory=dict)
     """A dict, or a raw string to simulate a model emitting malformed JSON."""
 
 
-class ScriptedTurn(BaseModel):
+class ScriptedTurn(JsonTyped):
     """One deterministic model response, for the `scripted` provider (the LLM test double).
 
     The provider answers turn N with the N-th entry, N being the number of assistant
@@ -51,7 +52,7 @@ class ScriptedTurn(BaseModel):
     (partial output that a client must drop once the retried attempt streams)."""
 
 
-class ModelRef(BaseModel):
+class ModelRef(JsonTyped):
     """Which model a run uses. Endpoints and keys are operator configuration, never here."""
 
     model_config = ConfigDict(extra="forbid")
@@ -64,7 +65,7 @@ class ModelRef(BaseModel):
     """Only for provider `scripted`; stored in the artifact store at run start."""
 
 
-class ApprovalPolicy(BaseModel):
+class ApprovalPolicy(JsonTyped):
     """Which tool calls wait for a human decision before they run."""
 
     model_config = ConfigDict(extra="forbid")
@@ -81,7 +82,7 @@ class ApprovalPolicy(BaseModel):
         return self.mode == "always" or (self.mode == "tools" and tool in self.tools)
 
 
-class Limits(BaseModel):
+class Limits(JsonTyped):
     model_config = ConfigDict(extra="forbid")
     max_steps: int = Field(default=20, ge=1, le=100_000)
     """One step is one model call plus the tool calls it asked for."""
@@ -92,10 +93,23 @@ class Limits(BaseModel):
     tool_timeout_seconds: float = Field(default=120.0, gt=0, le=86400)
     max_tool_output_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
     """What the model sees of a tool's output; the rest is stored as an artifact."""
+    max_tool_calls_per_turn: int | None = Field(default=None, ge=1, le=1000)
+    """Tool calls one model reply may make; the calls beyond it are not run, and the
+    model gets a tool message saying so for each. Never above the deployment's
+    `AGENTRUN_MAX_TOOL_CALLS_PER_TURN` (32 by default), which `None` means."""
 
 
-class SandboxPolicy(BaseModel):
-    """Per-run sandbox settings; each is clamped to what the operator allows."""
+class SandboxPolicy(JsonTyped):
+    """Per-run sandbox settings, within what the operator allows.
+
+    A value over the deployment's maximum (`AGENTRUN_SANDBOX_MAX_*`), an image outside
+    its allow-list, or network where it is off is refused, never clamped: the API
+    answers 422 naming the limit before the run starts, and the worker refuses it
+    again when it creates the sandbox (`cpus` within the maximum are still capped at
+    what the Docker host has). The bounds below are the most any deployment may
+    allow; a deployment's own maxima are in its OpenAPI document. `None` takes the
+    deployment's default (`AGENTRUN_SANDBOX_MEMORY_MB` …).
+    """
 
     model_config = ConfigDict(extra="forbid")
     image: str | None = Field(default=None, max_length=300)
@@ -109,20 +123,34 @@ class SandboxPolicy(BaseModel):
     """Keep the workspace volume after the run ends; `None` follows the deployment default."""
 
 
-class WebhookSpec(BaseModel):
+class WebhookSpec(JsonTyped):
+    """Where the run's events are POSTed (signed; see docs/api.md, "Webhooks")."""
+
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2000, examples=["https://hooks.example.com/agentrun"])
+    url: str = Field(
+        max_length=2000,
+        examples=["https://hooks.example.com/agentrun"],
+        description=(
+            "An http(s) URL without credentials; an IP host is four decimal octets or a "
+            "plain IPv6 address. Deliveries go only to public addresses (checked after "
+            "DNS) unless the operator allow-lists the host or its network."
+        ),
+    )
     on_approval_request: bool = False
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        # Deliberately as loose as ever: this model is decoded again inside workflows
+        # that started under older rules, and a stricter check here would leave them
+        # unable to decode their input. The URL rules (`parse_destination`) and the
+        # allow-list are applied by the API at launch (422) and again at delivery.
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("webhook url must be an absolute http(s) URL")
         return value
 
 
-class RunSpec(BaseModel):
+class RunSpec(JsonTyped):
     """What a client asks for when it launches a run."""
 
     model_config = ConfigDict(
@@ -174,7 +202,7 @@ class RunSpec(BaseModel):
         return digest_of(canonical_json(self.model_dump(mode="json")))
 
 
-class Actor(BaseModel):
+class Actor(JsonTyped):
     """Who asked for something. Every control action carries one (audit trail)."""
 
     model_config = ConfigDict(extra="forbid")

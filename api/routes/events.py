@@ -22,7 +22,7 @@ from api.errors import BadRequest, Unavailable, problems
 from api.feed import RunFeeds
 from api.launcher import run_handle
 from api.routes.params import RunId, runs_router
-from api.schemas import EventsResponse
+from api.schemas import SSE_CURSOR_PATTERN, EventsResponse
 from api.service import Handle, RunNotAnswering, describe, fetch_events
 from api.sse import Cursor, TailOpener, event_stream, sse_response
 from store.delta_log import DeltaLog
@@ -36,12 +36,16 @@ SSE_EXAMPLE = (
     '"text":"Hello",…}\n\n'
     'id: 5\nevent: model.called\ndata: {"seq":5,"type":"model.called",…}\n\n'
 )
-SSE_CONTENT = {SSE_MEDIA: {"schema": {"type": "string"}, "example": SSE_EXAMPLE}}
+SSE_CONTENT = {
+    # Before OpenAPI 3.2's `itemSchema`, the schema of an event-stream content is the
+    # schema of each of its messages (`SseMessage`: `id`, `event` and `data`).
+    SSE_MEDIA: {"schema": {"$ref": "#/components/schemas/SseMessage"}, "example": SSE_EXAMPLE}
+}
 SSE_MESSAGES = (
-    "`event:` is the event type (or `model.delta` for a token delta); `data:` the event "
-    "JSON, one of the `RunEvent` schemas (`#/components/schemas/RunEvent`, as in "
-    "`EventsResponse.events`), or the delta JSON; `id:` a resume cursor (`<seq>`, or "
-    "`<seq>.<step>.<n>` while a model call streams); ends with an `end` event after the "
+    "each message is an `SseMessage`: `event:` the event type and `data:` the event "
+    "(a `RunEvent`, as in `EventsResponse.events`), or `event: model.delta` and a "
+    "`ModelDelta`; `id:` a resume cursor (`<seq>`, or `<seq>.<step>.<n>` while a model "
+    "call streams). The stream ends with an `end` message (`StreamEnd`) after the "
     "terminal event. Resume with `Last-Event-ID`."
 )
 EVENTS_200: dict[int | str, dict[str, Any]] = {
@@ -61,8 +65,21 @@ DeltasParam = Annotated[
 ]
 
 
-def _start_cursor(after: int, last_event_id: str | None) -> Cursor:
-    if last_event_id is None or not last_event_id.strip():
+LastEventId = Annotated[
+    str,
+    Header(
+        alias="Last-Event-ID",
+        description="Resume after this cursor: the `id:` of the last message received, "
+        "`<seq>` or `<seq>.<step>.<n>` (takes precedence over `after`; empty: none)",
+        json_schema_extra={"pattern": f"^$|{SSE_CURSOR_PATTERN}"},
+    ),
+]
+"""Validated by `_start_cursor` (with a message that says what a cursor is), against
+the same pattern the document states."""
+
+
+def _start_cursor(after: int, last_event_id: str) -> Cursor:
+    if not last_event_id:
         return Cursor(after)
     try:
         return Cursor.parse(last_event_id)
@@ -105,15 +122,14 @@ async def get_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     deltas: DeltasParam = True,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-    last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", include_in_schema=False)
-    ] = None,
+    last_event_id: LastEventId = "",
 ) -> EventsResponse | StreamingResponse:
     """Every event of the run in `seq` order, across continue-as-new (older events
-    come from segments in the artifact store)."""
+    come from segments in the artifact store). `Last-Event-ID` is read with
+    `Accept: text/event-stream` only, but checked always."""
     handle = run_handle(client, tenant, run_id)
+    start = _start_cursor(after, last_event_id)
     if accept and SSE_MEDIA in accept:
-        start = _start_cursor(after, last_event_id)
         return await _stream(
             request, feeds, handle, start, _tails(delta_log, tenant, run_id, deltas)
         )
@@ -150,15 +166,7 @@ async def stream_events(
     delta_log: DeltasDep,
     after: Annotated[int, Query(ge=0, le=10**15, description="Start after this seq")] = 0,
     deltas: DeltasParam = True,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            description="Resume after this cursor: the `id:` of the last message received, "
-            "`<seq>` or `<seq>.<step>.<n>` (takes precedence over `after`)",
-            max_length=40,
-        ),
-    ] = None,
+    last_event_id: LastEventId = "",
 ) -> StreamingResponse:
     handle = run_handle(client, tenant, run_id)
     start = _start_cursor(after, last_event_id)

@@ -19,12 +19,16 @@ from fastapi import Body, Header, Query, Response
 from temporalio.service import RPCError, RPCStatusCode
 
 from agentrun.contracts import RunSpec, RunStatus
+from api.admission import refusals
 from api.deps import ActorDep, ClientDep, SettingsDep, TenantDep
-from api.errors import BadRequest, Conflict, problems
+from api.errors import PROBLEM_RESPONSES, BadRequest, Conflict, NotFound, problems
 from api.launcher import IdempotencyConflict, start_run
 from api.queries import (
+    CURSOR_PATTERN,
+    LABEL_FILTER,
     InvalidListing,
     Timestamp,
+    UnknownCursor,
     build_list_query,
     decode_cursor,
     encode_cursor,
@@ -49,6 +53,12 @@ LIST_RPC_TIMEOUT = timedelta(seconds=10)
     responses={
         200: {"model": RunCreated, "description": "Idempotent retry: the run this key started"},
         **problems(409, 413, 422, 503),
+        422: {
+            **PROBLEM_RESPONSES[422],
+            "description": "Invalid request, or a spec this deployment does not run: a "
+            "sandbox value over its maximum, an image outside its allow-list, network where "
+            "it is off, a `webhook` without AGENTRUN_WEBHOOK_SECRET (`errors` lists each)",
+        },
     },
 )
 async def create_run(
@@ -70,12 +80,12 @@ async def create_run(
 ) -> RunCreated:
     """Start a run from a `RunSpec`. With an `Idempotency-Key`, retries (even
     concurrent ones) return the same run: 201 for the first, 200 afterwards; the
-    same key with a different body is a 409."""
-    if spec.webhook is not None and not settings.webhook_secret:
-        raise BadRequest(
-            "the spec names a webhook but this deployment has no AGENTRUN_WEBHOOK_SECRET "
-            "to sign deliveries with; ask the operator to set it, or drop `webhook`"
-        )
+    same key with a different body is a 409. A spec over this deployment's limits
+    (`api.admission`, also stated in this document's schemas) is a 422 before
+    anything starts."""
+    refused = refusals(settings, spec)
+    if refused:
+        raise BadRequest("; ".join(r.msg for r in refused), errors=[r.as_error() for r in refused])
     try:
         started = await start_run(client, settings, tenant, spec, actor, idempotency_key)
     except IdempotencyConflict as exc:
@@ -100,7 +110,10 @@ async def create_run(
     "",
     response_model=RunList,
     summary="List runs",
-    responses=problems(422, 503),
+    responses={
+        **problems(422, 503),
+        404: {**PROBLEM_RESPONSES[404], "description": "The cursor names no page of this listing"},
+    },
 )
 async def list_runs(
     client: ClientDep,
@@ -112,8 +125,11 @@ async def list_runs(
     label: Annotated[
         list[str] | None,
         Query(
-            description="Repeatable `key=value`; a run must carry every label given",
+            description="Repeatable `key=value`; a run must carry every label given. Values "
+            "may not hold quotes, backslashes or control characters",
             examples=["team=docs"],
+            # Checked by `build_list_query` (its 422 says what a filter must look like).
+            json_schema_extra={"items": {"type": "string", "pattern": LABEL_FILTER}},
         ),
     ] = None,
     created_after: Annotated[
@@ -122,7 +138,14 @@ async def list_runs(
     ] = None,
     created_before: Annotated[Timestamp | None, Query(description="Started before")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=4096, pattern=r"^[A-Za-z0-9_\-]+$")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            description="A `next_cursor` of this listing with the same filters (404 for "
+            "one that names no page: another listing's, made up, or expired)",
+        ),
+    ] = None,
 ) -> RunList:
     """Runs of the caller's tenant, from Temporal visibility (eventually consistent:
     a run started a moment ago may take a second to appear). Open runs come first,
@@ -132,6 +155,8 @@ async def list_runs(
             tenant, status or [], agent, label or [], created_after, created_before
         )
         token = decode_cursor(query, cursor) if cursor else None
+    except UnknownCursor as exc:
+        raise NotFound(f"{exc}; list again without it") from None
     except InvalidListing as exc:
         raise BadRequest(str(exc)) from None
     pages = client.list_workflows(
@@ -142,7 +167,9 @@ async def list_runs(
     except RPCError as err:
         if token is None or err.status == RPCStatusCode.UNAVAILABLE:
             raise
-        raise BadRequest("cursor is invalid or has expired; list again without it") from None
+        raise NotFound(
+            "cursor names no page (it may have expired); list again without it"
+        ) from None
     runs: list[RunSummary] = []
     for wf in pages.current_page or []:
         run_id = wf.id.split("/", 2)[-1]

@@ -10,7 +10,8 @@ It must not: trust the worker's framing blindly (several worker processes may be
 attached at once and their stdin bytes share one pipe, so every frame is
 checksummed and every request is idempotent, which makes a dropped frame a retry,
 not a corruption); buffer a command's output in memory beyond what it returns;
-touch anything outside /workspace, /tmp and its home.
+touch anything outside /workspace, /tmp and its home; let a command's process
+outlive its call.
 
 Wire format (one line per frame, ASCII):
   worker -> executor: ``F <client> <rid> <seq> <count> <crc32> <base64 chunk>``;
@@ -23,10 +24,24 @@ marker, written by atomic rename after the command ended. The token is an HMAC t
 worker derives from a key the container never sees, so a command cannot predict and
 pre-forge the directory of a future call.
 
-Layout: `STATE` holds what lasts across calls (owner, workspace size and usage, the
-running calls); one `Call` holds everything about one command. `run_call` takes a
-call through its steps: `begin` (baselines), `spawn`, `pump` (stdout/stderr into
-capped sinks, deadline, exit), `reap`, and `attribute_limit` (which limit ended it).
+Processes end with their call. Each command runs under its own subreaper (Docker's
+tini, ``docker-init -s``), so whatever it starts stays in the call's process tree
+even after ``setsid`` or a double fork; when the call ends (exit, timeout, a limit),
+every process of the container that is neither this executor nor in the tree of
+another call still running is killed (`end_processes`). There is no background
+service: a daemon started by one call is gone before the next one starts.
+
+The workspace size is enforced by the kernel: /workspace is a filesystem of that
+size (the worker mounts an ext4 image per run, see sandbox/_workspace_images.py), so
+a write past it fails with ENOSPC. The executor only names the limit: a call that
+saw the workspace full and either used space or printed ENOSPC's message reports
+``disk``; a later call that writes nothing is never blamed for it.
+
+Layout: `STATE` holds what lasts across calls (owner, the running calls); one `Call`
+holds everything about one command. `run_call` takes a call through its steps:
+`begin` (baselines), `spawn`, `pump` (stdout/stderr into capped sinks, deadline,
+exit, disk samples), `end_processes`, `reap`, and `attribute_limit` (which limit
+ended it).
 """
 
 from __future__ import annotations
@@ -34,10 +49,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import json
 import os
 import queue
-import resource
 import selectors
 import signal
 import stat
@@ -45,6 +60,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 VERSION = 1
@@ -63,6 +79,33 @@ CHUNK = 65536
 MAX_LINE = 1 << 20
 PIDS_EVENTS = "/sys/fs/cgroup/pids/pids.events"
 OOM_CONTROL = "/sys/fs/cgroup/memory/memory.oom_control"
+SUBREAPER = "/sbin/docker-init"
+"""Docker's init (tini), bind-mounted into every container created with `init: true`."""
+FULL_MARGIN = 64 << 10
+"""The workspace counts as full below this much free space (ext4 keeps a few blocks)."""
+NO_SPACE = (os.strerror(errno.ENOSPC).encode(), os.strerror(errno.EDQUOT).encode())
+"""What a command prints when a write failed for lack of space (C.UTF-8 locale)."""
+PATH_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+    }
+)
+"""OS errors of a file operation that are about the path the model gave."""
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+RESERVE = os.path.join(STATE_DIR, "reserve")
+RESERVE_BYTES = 256 << 10
+"""Workspace space held back for call records (`keep_reserve`)."""
+RECORD_SLOT = 16 << 10
+"""What one call record needs at most (a directory, a result file): freed per retry."""
+FILE_OPS = frozenset({"read", "write", "commit", "list", "walk"})
 
 # The names of the limits a result reports. They are the values of
 # `agentrun.contracts.LimitKind`, spelled out because this file imports nothing of
@@ -77,11 +120,29 @@ LIMIT_NAMES = (TIMEOUT, MEMORY, PIDS, OUTPUT, DISK, INTERRUPTED)
 
 
 class RequestError(Exception):
-    """A request the executor refuses; `kind` tells the worker which error to raise."""
+    """A request the executor refuses; `kind` tells the worker which error to raise.
+
+    Kinds: `path` (a path the request named is wrong), `value` (a bad argument),
+    `disk` (the workspace is full), `call` (no record of that call), `pids` (no
+    thread left to serve it), `os` (anything else failed inside the executor).
+    """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def error_kind(op: str, exc: OSError) -> str:
+    """The kind of an OS error raised while serving `op`.
+
+    Only a file operation's errors about its path are `path` errors (the model named
+    a wrong file); everything else the executor itself ran into is `os`.
+    """
+    if exc.errno in DISK_ERRNOS:
+        return "disk"
+    if op in FILE_OPS and exc.errno in PATH_ERRNOS:
+        return "path"
+    return "os"
 
 
 # --------------------------------------------------------------------------- output
@@ -109,34 +170,32 @@ def b64(data: bytes) -> str:
 class State:
     """What the executor knows across calls (one instance: `STATE`).
 
-    `lock` guards `calls`, `owner` and `workspace_bytes`. `usage_bytes` is the last
-    measurement of the workspace (by the watchdog, or by a call that saw the disk
-    grow); walking a big workspace on every call would cost more than the call.
+    `lock` guards `calls` and `owner`. `workspace_bytes` is the size the worker asked
+    for (informational: the workspace's own filesystem enforces it).
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.calls: dict[str, Call] = {}
         self.owner: str | None = None
-        self.workspace_bytes = 1 << 30
-        self.usage_bytes = 0
-        self.usage_at = 0.0
-        self.measure = threading.Event()
-        """Set when a call ended: the watchdog re-measures the workspace off the call's path."""
-
-    def measure_now(self) -> int:
-        self.usage_bytes, self.usage_at = workspace_usage(), time.monotonic()
-        return self.usage_bytes
+        self.workspace_bytes = 0
 
 
 class _Sink:
-    """One output stream of a call: a capped file on disk plus the head kept in memory."""
+    """One output stream of a call: a capped file on disk plus the head kept in memory.
+
+    The file is created on the first byte, so a stream that stayed empty has none
+    (`op_output` reads that as empty). `no_space` remembers whether the stream
+    carried ENOSPC's message (the disk limit's evidence from inside the command).
+    """
 
     def __init__(self, path: str, head: int, cap: int) -> None:
         self.path, self.head_size, self.cap = path, head, cap
         self.head = bytearray()
         self.total = 0
         self.file: Any = None
+        self.no_space = False
+        self._tail = b""
 
     def write(self, data: bytes) -> None:
         room = self.cap - self.total
@@ -146,11 +205,15 @@ class _Sink:
                     self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
                 self.file.write(data[:room])
             except OSError:
-                # The workspace is full (EFBIG/ENOSPC): keep counting, stop storing.
+                # The workspace is full (ENOSPC): keep counting, stop storing.
                 if self.file:
                     with contextlib.suppress(OSError):
                         self.file.close()
                 self.file = False
+        if not self.no_space:
+            seen = self._tail + data
+            self.no_space = any(msg in seen for msg in NO_SPACE)
+            self._tail = data[-64:]
         if len(self.head) < self.head_size:
             self.head += data[: self.head_size - len(self.head)]
         self.total += len(data)
@@ -165,8 +228,8 @@ class Call:
     """Everything about one command: its request, the baselines its limits are judged
     against, its output and how it ended.
 
-    Registered in `STATE.calls` while it runs; the watchdog reads `proc`,
-    `kill_reason` and `usage_at_start` from another thread, and sets `kill_reason`.
+    Registered in `STATE.calls` while it runs; `end_processes` of another call reads
+    `proc` from another thread.
     """
 
     def __init__(self, call_dir: str, req: dict[str, Any]) -> None:
@@ -176,22 +239,29 @@ class Call:
         self.done = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.kill_reason: str | None = None
-        """Set when the executor ends the call itself (timeout, output, disk)."""
-        self.usage_at_start = 0
+        """Set when the executor ends the call itself (timeout, output)."""
         # Set by begin() from the request and the container's counters.
         self.timeout = 0.0
         self.store_cap = 0
         self.env: dict[str, str] = {}
-        self.limit_bytes = 0
-        self.budget = 0
         self.pids0 = 0
         self.oom0 = 0
-        self.used0 = 0
+        self.free0 = 0
+        """Free bytes of the workspace when the call started."""
+        self.min_free = 0
+        """The least free space seen while the call ran."""
+        self.saw_full = False
+        """Whether the workspace was full at some point while the call ran."""
         self.started = 0.0
         self.sinks: dict[str, _Sink] = {}
         # Set by pump() and reap().
         self.status: int | None = None
         self.duration_ms = 0
+
+    def sample_disk(self) -> None:
+        free, full = workspace_free()
+        self.min_free = min(self.min_free, free)
+        self.saw_full = self.saw_full or full
 
     def result(self, exit_code: int | None, limit: str | None) -> dict[str, Any]:
         """The recorded result; `_heads` (the returned output) is popped before recording."""
@@ -222,54 +292,19 @@ def counter(path: str, key: str) -> int:
     return 0
 
 
-def fs_used() -> int:
-    """Bytes used on the filesystem holding the workspace (cheap, but host-wide)."""
+def workspace_free() -> tuple[int, bool]:
+    """Free bytes of the workspace's filesystem, and whether it is full.
+
+    One statfs: cheap enough to sample many times a call. Full means less than
+    `FULL_MARGIN` left or no inode left (a filesystem that reports no inode count,
+    like btrfs, is never full by inodes).
+    """
     try:
         st = os.statvfs(WORKSPACE)
     except OSError:
-        return 0
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
-def workspace_usage() -> int:
-    """Bytes allocated under /workspace (st_blocks, like `du`); hard links counted once."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    stack = [WORKSPACE]
-    while stack:
-        top = stack.pop()
-        try:
-            it = os.scandir(top)
-        except OSError:
-            continue
-        with it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_nlink > 1:
-                    if (st.st_dev, st.st_ino) in seen:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-    return total
-
-
-def set_budget() -> int:
-    """Cap every file's size at what is left of the workspace budget.
-
-    Set on the executor itself (soft RLIMIT_FSIZE, so it can be raised again) and so
-    inherited by every command at fork, with no window in which a command runs
-    unlimited. The executor ignores SIGXFSZ (its own writes fail with EFBIG instead);
-    `restore_signals` gives commands the default action back, so a filler dies.
-    """
-    budget = max(int(STATE.workspace_bytes) - int(STATE.usage_bytes), 4096)
-    with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_FSIZE, (budget, resource.RLIM_INFINITY))
-    return budget
+        return 0, False
+    free = st.f_bavail * st.f_frsize
+    return free, free < FULL_MARGIN or (st.f_files > 0 and st.f_favail == 0)
 
 
 # --------------------------------------------------------------------------- paths
@@ -297,53 +332,76 @@ def resolve(rel: str, *, must_exist: bool = True) -> str:
 # --------------------------------------------------------------------------- a call's steps
 
 
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the call's process group, its session and every descendant.
+def process_table() -> dict[int, tuple[int, bool]]:
+    """Parent pid and liveness (not a zombie) of every process of the container."""
+    table: dict[int, tuple[int, bool]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(name)] = (int(fields[1]), fields[0] not in (b"Z", b"X"))
+    return table
 
-    The command runs in its own session, so the process group and session id equal
-    its pid. A process that calls setsid() and double-forks leaves all three; it is
-    bounded by the container's limits and dies with the container (documented).
+
+def subtree(table: dict[int, tuple[int, bool]], roots: list[int]) -> set[int]:
+    """The given processes and all their descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    stack = [pid for pid in roots if pid in table]
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, ()))
+    return found
+
+
+def end_processes(call: Call) -> None:
+    """SIGKILL every process the call left, wherever it went.
+
+    Spared: docker-init (pid 1), this executor, the trees under this executor's other
+    children (the calls still running: each runs under its own subreaper, so a
+    daemon it started is still in its tree), and processes entered from outside
+    (`docker exec`: parent pid 0). Everything else is this call's, or a leftover of
+    a call that already ended, which is reparented to pid 1 once its subreaper
+    exited: `nohup`, `setsid`, double forks, a fork bomb. Repeated until nothing is
+    left, since a fork bomb forks while it is being killed.
     """
-    leader = proc.pid
-    # Repeat until nothing of the tree is left alive (a fork bomb forks while we kill).
-    for _ in range(100):
-        victims: set[int] = set()
-        parents: dict[int, int] = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            pid, ppid, pgid, sid = int(name), int(fields[1]), int(fields[2]), int(fields[3])
-            if fields[0] == b"Z":
-                continue  # already dead; its parent or docker-init reaps it
-            parents[pid] = ppid
-            if pgid == leader or sid == leader or pid == leader:
-                victims.add(pid)
-        changed = True
-        while changed:
-            changed = False
-            for pid, ppid in parents.items():
-                if ppid in victims and pid not in victims:
-                    victims.add(pid)
-                    changed = True
-        victims.discard(os.getpid())
+    me = os.getpid()
+    own = call.proc.pid if call.proc is not None else -1
+    for _ in range(200):
+        table = process_table()
+        spared = [
+            pid
+            for pid, (ppid, _) in table.items()
+            if (ppid == me and pid != own) or (ppid == 0 and pid != 1)
+        ]
+        keep = subtree(table, spared) | {1, me}
+        victims = [pid for pid, (_, alive) in table.items() if alive and pid not in keep]
         if not victims:
             return
-        with contextlib.suppress(OSError):
-            os.killpg(leader, signal.SIGKILL)
         for pid in victims:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
-def _limit_child(pid: int) -> None:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
-        f.write("1000")
+_spawn_lock = threading.Lock()
+"""One spawn at a time: the executor's OOM score is raised around each (see `spawn`)."""
+OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+_oom_score_adj0 = "0"
+"""The executor's own OOM score adjustment (read at start; restored after a spawn)."""
+
+
+def _set_oom_score_adj(value: str) -> None:
+    with contextlib.suppress(OSError), open(OOM_SCORE_ADJ, "w") as f:
+        f.write(value)
 
 
 def begin(call: Call) -> None:
@@ -354,14 +412,10 @@ def begin(call: Call) -> None:
     head = int(req.get("max_output", 16384))
     call.env = dict(BASE_ENV)
     call.env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
-    call.limit_bytes = int(STATE.workspace_bytes)
-    # The watchdog's last measurement: walking a big workspace on every call would
-    # cost more than the call. It bounds single-file growth; the watchdog does the rest.
-    call.usage_at_start = int(STATE.usage_bytes)
-    call.budget = set_budget()
     call.pids0 = counter(PIDS_EVENTS, "max")
     call.oom0 = counter(OOM_CONTROL, "oom_kill")
-    call.used0 = fs_used()
+    call.free0, call.saw_full = workspace_free()
+    call.min_free = call.free0
     call.started = time.monotonic()
     call.sinks = {
         "out": _Sink(os.path.join(call.dir, "out"), head, call.store_cap),
@@ -370,22 +424,37 @@ def begin(call: Call) -> None:
 
 
 def spawn(call: Call) -> subprocess.Popen[bytes]:
-    """Start the command in its own session; raises OSError when it cannot start."""
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", call.req["cmd"]],
-        cwd=WORKSPACE,
-        env=call.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-        restore_signals=True,
-    )
-    # Set after spawning (no preexec_fn, so CPython can vfork: about twice as
-    # cheap). Raising it needs no privilege. The command becomes the OOM killer's
-    # first choice, so a memory bomb does not take the executor down.
-    _limit_child(proc.pid)
+    """Start the command in its own session; raises OSError when it cannot start.
+
+    Under `docker-init -s`: a subreaper of the call's own, so processes that leave
+    their parent (double fork, `setsid`) stay in the call's tree while it runs. Its
+    exit status is the command's (128+n for a signal, like a shell's).
+    """
+    argv = ["/bin/sh", "-c", call.req["cmd"]]
+    if os.access(SUBREAPER, os.X_OK):
+        argv = [SUBREAPER, "-s", "--", *argv]
+    with _spawn_lock:
+        # The command must be the OOM killer's first choice, so a memory bomb does
+        # not take the executor down; set on the command after the fork, its first
+        # children could fork before the write. So the executor raises its own score
+        # for the instant of the fork (no privilege needed, and none to lower it back
+        # to where it was) and the command inherits it. No preexec_fn: CPython can
+        # vfork, about twice as cheap.
+        _set_oom_score_adj("1000")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=WORKSPACE,
+                env=call.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                restore_signals=True,
+            )
+        finally:
+            _set_oom_score_adj(_oom_score_adj0)
     call.proc = proc
     return proc
 
@@ -401,17 +470,17 @@ def spawn_failed(call: Call, exc: OSError) -> dict[str, Any]:
         "stdout_total": 0,
         "stderr_total": err.total,
         "duration_ms": 0,
-        "limit": PIDS if exc.errno == 11 else None,
+        "limit": PIDS if exc.errno == errno.EAGAIN else None,
         "_heads": {"out": b"", "err": bytes(err.head)},
     }
 
 
 def pump(call: Call, proc: subprocess.Popen[bytes]) -> None:
-    """Move the command's output into its sinks until it exits or must be killed.
+    """Move the command's output into its sinks until it exits or must be ended.
 
     Ends the call (`kill_reason`) at its deadline or when an output stream passes
-    `store_cap`; the watchdog may end it too (disk). Sets `call.status` when the
-    command's main process exited while we watched.
+    `store_cap`. Samples the workspace's free space on every turn. Sets
+    `call.status` when the command's main process exited while we watched.
     """
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
@@ -426,19 +495,19 @@ def pump(call: Call, proc: subprocess.Popen[bytes]) -> None:
     try:
         while True:
             now = time.monotonic()
+            call.sample_disk()
             if call.kill_reason is None and now >= deadline:
                 call.kill_reason = TIMEOUT
             if call.kill_reason is not None:
-                kill_tree(proc)
                 break
             pipes_open = len(sel.get_map()) > (1 if exited_at is None else 0)
             if exited_at is not None and (not pipes_open or now - exited_at > 0.2):
                 # Done; a background child still holding the pipes does not keep the
-                # call open beyond a short grace.
+                # call open beyond a short grace (end_processes ends it).
                 break
             if now - start > 0.05:
                 call.ack()
-            wait = max(min(deadline - now, 0.25 if now - start > 0.05 else 0.05), 0.0)
+            wait = max(min(deadline - now, 0.1 if now - start > 0.05 else 0.05), 0.0)
             for key, _ in sel.select(wait):
                 if key.data == "exit":
                     sel.unregister(pidfd)
@@ -461,9 +530,7 @@ def pump(call: Call, proc: subprocess.Popen[bytes]) -> None:
 
 
 def reap(call: Call, proc: subprocess.Popen[bytes]) -> int:
-    """Make sure the command is gone and its output stored; returns its wait status."""
-    if call.kill_reason is not None:
-        kill_tree(proc)
+    """Wait for the command's main process and store its output; returns its status."""
     if call.status is None:
         call.status = proc.wait()
     for sink in call.sinks.values():
@@ -483,19 +550,18 @@ def attribute_limit(call: Call, status: int) -> tuple[int | None, str | None]:
         # Name the limit that bit first, even when the command went on (a shell whose
         # child hit a limit) or ran into the timeout (a fork bomb): "pids" or "memory"
         # tells the model more than "timeout".
+        call.sample_disk()
+        used_space = call.min_free < call.free0 - FULL_MARGIN
+        said_so = call.sinks["err"].no_space or call.sinks["out"].no_space
         if counter(OOM_CONTROL, "oom_kill") > call.oom0:
             limit = MEMORY
         elif counter(PIDS_EVENTS, "max") > call.pids0:
             limit = PIDS
-        elif exit_code == 128 + signal.SIGXFSZ:
+        elif call.saw_full and (used_space or said_so):
+            # The workspace was full while the call ran, and the call filled it or a
+            # write of it failed for lack of space. A full workspace alone blames no
+            # one: the next call that writes nothing is not its cause.
             limit = DISK
-        elif limit is None and fs_used() - call.used0 >= call.budget // 2:
-            # The volume's filesystem grew by half the remaining budget or more (or
-            # another tenant of the host disk wrote a lot): measure precisely.
-            usage = STATE.measure_now()
-            full = usage >= call.limit_bytes - (64 << 10)
-            if full and usage > call.usage_at_start + (64 << 10):
-                limit = DISK  # this call filled it (not an earlier one)
     return exit_code, limit
 
 
@@ -506,13 +572,13 @@ def run_call(call: Call) -> dict[str, Any]:
         proc = spawn(call)
     except OSError as exc:
         return spawn_failed(call, exc)
-    pump(call, proc)
+    try:
+        pump(call, proc)
+    finally:
+        # Nothing of a call outlives it, whether it exited, timed out or hit a limit.
+        end_processes(call)
     status = reap(call, proc)
     exit_code, limit = attribute_limit(call, status)
-    if limit is not None and call.kill_reason is None:
-        # A limit fired but the command's main process ended on its own (a fork bomb
-        # in the background): nothing of a call that hit a limit may linger.
-        kill_tree(proc)
     return call.result(exit_code, limit)
 
 
@@ -536,13 +602,60 @@ def call_result(call_dir: str, max_output: int, reattached: bool) -> dict[str, A
     return result
 
 
+def keep_reserve() -> None:
+    """Hold `RESERVE_BYTES` of the workspace back for call records (best effort).
+
+    A command may fill the workspace to its last block; its call must still be
+    recorded, and the next call (the model's `rm`) must still run, which needs a
+    directory and a result file. Topped up after every call, when there is room.
+    """
+    try:
+        os.makedirs(STATE_DIR, exist_ok=True)
+        fd = os.open(RESERVE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_blocks * 512 < RESERVE_BYTES:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the workspace is full: the next call's end tries again
+
+
+def recorded(step: Callable[[], Any]) -> Any:
+    """Run a step that writes call records; when the workspace is full, free one slot
+    of the reserve and try again (nothing else writes meanwhile: no command runs
+    while a call is set up or recorded, its processes ended with it)."""
+    while True:
+        try:
+            return step()
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            try:
+                size = os.stat(RESERVE).st_size
+            except OSError:
+                raise exc from None
+            if size == 0:
+                raise
+            os.truncate(RESERVE, max(0, size - RECORD_SLOT))
+
+
+def make_call_dir(call_dir: str) -> None:
+    os.makedirs(CALLS_DIR, exist_ok=True)
+    os.mkdir(call_dir)
+
+
 def write_result(call_dir: str, result: dict[str, Any]) -> None:
-    tmp = os.path.join(call_dir, "result.json.tmp")
-    with open(tmp, "w") as f:
-        # No fsync: the record must survive container restarts (page cache does), and
-        # an fsync per call would cost more than the call. A host crash can lose it.
-        json.dump(result, f)
-    os.replace(tmp, os.path.join(call_dir, "result.json"))
+    def write() -> None:
+        tmp = os.path.join(call_dir, "result.json.tmp")
+        with open(tmp, "w") as f:
+            # No fsync: the record must survive container restarts (page cache does),
+            # and an fsync per call would cost more than the call. A host crash can
+            # lose it.
+            json.dump(result, f)
+        os.replace(tmp, os.path.join(call_dir, "result.json"))
+
+    recorded(write)
 
 
 def call_dir_for(req: dict[str, Any]) -> str:
@@ -577,8 +690,7 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
                     },
                 )
                 return call_result(call_dir, max_output, True)
-            os.makedirs(CALLS_DIR, exist_ok=True)
-            os.mkdir(call_dir)
+            recorded(lambda: make_call_dir(call_dir))
             call = Call(call_dir, req)
             STATE.calls[call_dir] = call
             owner = True
@@ -605,9 +717,9 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
         write_result(call_dir, result)
     finally:
         call.done.set()
-        STATE.measure.set()
         with STATE.lock:
             STATE.calls.pop(call_dir, None)
+        keep_reserve()
     return {
         **result,
         "stdout": b64(heads["out"][:max_output]),
@@ -617,13 +729,19 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_output(req: dict[str, Any]) -> dict[str, Any]:
+    """A chunk of a call's recorded stdout or stderr."""
     call_dir = call_dir_for(req)
     name = {"stdout": "out", "stderr": "err"}.get(str(req.get("stream")))
     if name is None:
         raise RequestError("value", "stream must be stdout or stderr")
     if not os.path.isdir(call_dir):
-        raise RequestError("path", f"no such call: {req['call']}")
-    with open(os.path.join(call_dir, name), "rb") as f:
+        raise RequestError("call", f"no record of call {req['call']!r} in this workspace")
+    try:
+        f = open(os.path.join(call_dir, name), "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        # A stream gets its file on its first byte: none means it stayed empty.
+        return {"data": ""}
+    with f:
         f.seek(int(req.get("offset", 0)))
         return {"data": b64(f.read(int(req.get("length", CHUNK))))}
 
@@ -645,15 +763,16 @@ def op_write(req: dict[str, Any]) -> dict[str, Any]:
     """Write a chunk at an offset into a temp file (idempotent, so safe to resend)."""
     tmp = os.path.join(STATE_DIR, "tmp", os.path.basename(str(req["tmp"])))
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
-    if int(req["offset"]) == 0 and workspace_usage() + int(req.get("size", 0)) > int(
-        STATE.workspace_bytes
-    ):
-        raise RequestError("disk", "the file does not fit in the workspace size limit")
+    size = int(req.get("size", 0))
+    if int(req["offset"]) == 0 and size > workspace_free()[0]:
+        # Refused before the first byte rather than at the last chunk; the
+        # filesystem would refuse it anyway (ENOSPC, a `disk` error too).
+        raise RequestError(
+            "disk", f"a file of {size} bytes does not fit in what is left of the workspace"
+        )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.pwrite(fd, base64.b64decode(req["data"]), int(req["offset"]))
-    except OSError as exc:
-        raise RequestError("disk" if exc.errno in (27, 28) else "os", str(exc)) from None
     finally:
         os.close(fd)
     return {}
@@ -740,7 +859,6 @@ def op_claim(req: dict[str, Any]) -> dict[str, Any]:
             STATE.owner = owner = str(req["owner"])
             if req.get("workspace_bytes"):
                 STATE.workspace_bytes = int(req["workspace_bytes"])
-            set_budget()
         return {"ok": owner == req["owner"], "owner": owner}
 
 
@@ -748,7 +866,6 @@ def op_config(req: dict[str, Any]) -> dict[str, Any]:
     with STATE.lock:
         if req.get("workspace_bytes"):
             STATE.workspace_bytes = int(req["workspace_bytes"])
-            set_budget()
         if req.get("owner") and STATE.owner is None:
             STATE.owner = str(req["owner"])
     return {"owner": STATE.owner}
@@ -778,18 +895,23 @@ def handle(client: str, rid: str, raw: bytes) -> None:
             acked.append(True)
             send(client, rid, "A", {})
 
+    name = "?"
     try:
         req = json.loads(raw)
         req["_ack"] = ack
-        op = OPS.get(req.get("op"))
+        name = str(req.get("op"))
+        op = OPS.get(name)
         if op is None:
-            raise RequestError("value", f"unknown op {req.get('op')!r}")
+            raise RequestError("value", f"unknown op {name!r}")
         result = op(req)
         send(client, rid, "D", {"ok": True, "result": result})
     except RequestError as exc:
         send(client, rid, "D", {"ok": False, "kind": exc.kind, "error": str(exc)})
+    except OSError as exc:
+        message = f"{name}: {exc.strerror or exc}" + (f": {exc.filename!r}" if exc.filename else "")
+        send(client, rid, "D", {"ok": False, "kind": error_kind(name, exc), "error": message})
     except Exception as exc:
-        send(client, rid, "D", {"ok": False, "kind": "os", "error": repr(exc)})
+        send(client, rid, "D", {"ok": False, "kind": "os", "error": f"{name}: {exc!r}"})
 
 
 class Handlers:
@@ -825,43 +947,6 @@ class Handlers:
 HANDLERS = Handlers()
 
 
-def disk_watchdog() -> None:
-    """Kill calls that push the workspace past its size limit.
-
-    Docker's local volumes have no quota on this storage (cgroup v1, ext4, overlay2),
-    so the executor measures. RLIMIT_FSIZE stops a single growing file exactly at the
-    budget; this loop catches many-files fillers within about half a second. A call is
-    killed only when the workspace is over the limit *and* grew during the call, so a
-    model can still `rm` its way back under it.
-    """
-    interval = 0.5
-    while True:
-        woken = STATE.measure.wait(interval)
-        STATE.measure.clear()
-        with STATE.lock:
-            running = [
-                c for c in STATE.calls.values() if c.proc is not None and c.kill_reason is None
-            ]
-        age = time.monotonic() - STATE.usage_at
-        # Idle: re-measure after calls ended, but at most every 2 s (a burst of quick
-        # calls must not pay a workspace walk each), and every 30 s regardless.
-        if not running and (age < 2 or (not woken and age < 30)):
-            if woken:
-                STATE.measure.set()
-                time.sleep(2 - age)
-            continue
-        began = time.monotonic()
-        usage = STATE.measure_now()
-        set_budget()
-        # Never spend more than a fifth of the time walking the workspace.
-        interval = max(0.5, 4 * (STATE.usage_at - began))
-        if usage <= int(STATE.workspace_bytes):
-            continue
-        for call in running:
-            if usage > call.usage_at_start:
-                call.kill_reason = DISK
-
-
 # --------------------------------------------------------------------------- stdin
 
 
@@ -882,16 +967,16 @@ def parse_frame(line: bytes) -> tuple[str, str, int, int, bytes] | None:
 
 
 def main() -> None:
+    global _oom_score_adj0
+    with contextlib.suppress(OSError), open(OOM_SCORE_ADJ) as f:
+        _oom_score_adj0 = f.read().strip() or "0"
     for arg in sys.argv[1:]:
         if arg.startswith("--workspace-bytes="):
             STATE.workspace_bytes = int(arg.split("=", 1)[1])
         if arg.startswith("--owner="):
             STATE.owner = arg.split("=", 1)[1]
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    STATE.measure_now()
-    set_budget()
-    threading.Thread(target=disk_watchdog, daemon=True).start()
+    keep_reserve()
     partial: dict[tuple[str, str], dict[int, bytes]] = {}
     started: dict[tuple[str, str], float] = {}
     stdin = sys.stdin.buffer
