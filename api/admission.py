@@ -157,13 +157,19 @@ def _over(
     loc: tuple[str | int, ...], asked: float, maximum: float, variable: str | None
 ) -> Refusal:
     field = ".".join(map(str, loc))
+    most = _number(maximum)
     if variable:
-        where = f"this deployment's maximum of {maximum:g} ({variable})"
+        where = f"this deployment's maximum of {most} ({variable})"
     else:
-        where = f"the API's maximum of {maximum:g}"
+        where = f"the API's maximum of {most}"
     return Refusal(
-        loc, f"{field}={asked:g} exceeds {where}; ask for at most {maximum:g}", "less_than_equal"
+        loc, f"{field}={_number(asked)} exceeds {where}; ask for at most {most}", "less_than_equal"
     )
+
+
+def _number(value: float) -> str:
+    """As the client wrote it: `1048576`, not `1.04858e+06`; `0.5` stays `0.5`."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 # ------------------------------------------------------------------ the document
@@ -196,7 +202,7 @@ def document(openapi: dict[str, Any], settings: Settings) -> None:
         branch = _branch(policy[name], "integer", "number")
         maximum = maximum_of(settings)
         branch["maximum"] = min(branch.get("maximum", maximum), maximum)
-        policy[name]["description"] = f"At most {maximum:g} in this deployment ({variable})."
+        policy[name]["description"] = f"At most {_number(maximum)} in this deployment ({variable})."
     _branch(schemas["Limits"]["properties"]["max_tokens"], "integer")["maximum"] = MAX_TOKEN_BUDGET
     turn = schemas["ScriptedTurn"]["properties"]
     for name in ("input_tokens", "output_tokens"):

@@ -75,6 +75,7 @@ async def test_a_sandbox_value_over_the_maximum_is_422_naming_the_maximum(
     problem = resp.json()
     assert f"maximum of {maximum} ({variable})" in problem["detail"]
     assert f"ask for at most {maximum}" in problem["detail"]
+    assert f"sandbox.{field}={value}" in problem["detail"]  # as the client wrote it
     assert problem["errors"] == [
         {"loc": ["body", "sandbox", field], "msg": problem["detail"], "type": "less_than_equal"}
     ]
