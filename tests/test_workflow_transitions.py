@@ -187,7 +187,17 @@ def test_a_run_that_is_finishing_rejects_actions_before_its_phase_turns_terminal
 
 
 def test_the_exact_pending_call_and_arguments_are_accepted() -> None:
-    check_decision(ControlView(status=RunStatus.AWAITING_APPROVAL, pending=PENDING), _decision())
+    view = ControlView(status=RunStatus.AWAITING_APPROVAL, pending=PENDING)
+    accepted = [d for d in (_decision(), _decision(digest="f" * 64)) if _accepts(view, d)]
+    assert accepted == [_decision()]  # the exact call and digest pass; another digest not
+
+
+def _accepts(view: ControlView, decision: ApprovalDecision) -> bool:
+    try:
+        check_decision(view, decision)
+    except ApplicationError:
+        return False
+    return True
 
 
 def test_a_decision_without_a_pending_approval_is_rejected() -> None:
