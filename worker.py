@@ -11,9 +11,10 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -75,8 +76,13 @@ def build_worker(
     router: ModelProvider | None = None,
     store: ArtifactStore | None = None,
     task_queue: str | None = None,
+    stand_ins: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Worker:
-    """Wire the workflow and all activities; tests pass their own queue and parts."""
+    """Wire the workflow and all activities; tests pass their own queue and parts.
+
+    `stand_ins` replaces activities by name (a test's `store_events` that waits for
+    its cue, as temporalio's samples stand activities in), keeping the others real.
+    """
     store = store or LocalArtifactStore(settings.artifacts_path)
     if sandbox is None:
         sandbox = DockerSandbox(sandbox_config(settings))
@@ -89,19 +95,20 @@ def build_worker(
     webhooks = WebhookSender(settings.webhook_secret, WebhookAllowList.from_settings(settings))
     runs = RunActivities(store, webhooks=webhooks)
     tools = ToolActivities(sandbox, store, keep_workspace_default=settings.sandbox_keep_workspace)
+    activities: dict[str, Callable[..., Any]] = {
+        "call_model": models.call_model,
+        "init_run": runs.init_run,
+        "store_events": runs.store_events,
+        "deliver_webhook": runs.deliver_webhook,
+        "dispatch_tool": tools.dispatch_tool,
+        "sandbox_control": tools.sandbox_control,
+        "store_artifact": tools.store_artifact,
+    }
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[AgentRunWorkflow],
-        activities=[
-            models.call_model,
-            runs.init_run,
-            runs.store_events,
-            runs.deliver_webhook,
-            tools.dispatch_tool,
-            tools.sandbox_control,
-            tools.store_artifact,
-        ],
+        activities=list({**activities, **(stand_ins or {})}.values()),
         # Sync activities (Docker SDK) run here; one thread per concurrent activity slot.
         activity_executor=ThreadPoolExecutor(settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,

@@ -75,6 +75,11 @@ class AgentRunWorkflow(AgentLoop):
         self._inp = inp
         self._state = inp.carried.model_copy(deep=True) if inp.carried else LoopState()
         self._local = RunLocal()
+        if inp.carried is not None:
+            # The previous Temporal run's answered pause / cancel (defaults for runs
+            # continued before they were carried).
+            self._local.paused = inp.carried.paused
+            self._local.cancel = inp.carried.cancel
 
     @workflow.run
     async def run(self, inp: RunInput) -> RunResult:

@@ -214,16 +214,26 @@ class RunLifecycle:
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._emit(ContinuedAsNewPayload(step=state.step, pending_tool_calls=len(state.turn_calls)))
         if state.events:
+            # Updates are still accepted while the segment is stored: their events stay
+            # (unflushed) for the next run, and only the stored ones are dropped.
+            flushed = list(state.events)
             segment = await calls.store_events(
                 StoreEventsInput(
-                    run_id=self._inp.run_id, tenant_id=self._inp.tenant_id, events=state.events
+                    run_id=self._inp.run_id, tenant_id=self._inp.tenant_id, events=flushed
                 )
             )
             state.segments.append(segment)
-            state.events = []
+            state.events = state.events[len(flushed) :]
         if state.started_at is None or state.conversation_head is None:
             raise internal_error("continue-as-new before the run was initialised")
-        next_state = state.model_copy(update={"continued": state.continued + 1})
+        # A pause or cancel answered by this run holds in the next one too.
+        next_state = state.model_copy(
+            update={
+                "continued": state.continued + 1,
+                "paused": local.paused,
+                "cancel": local.cancel,
+            }
+        )
         workflow.continue_as_new(self._inp.model_copy(update={"carried": next_state}))
 
     # ------------------------------------------------------------ helpers

@@ -5,11 +5,12 @@
   pending tool-result digests and user messages, artifacts, deadline, unflushed
   events and flushed segments). The workflow holds it as `self._state` and carries
   it whole on continue-as-new. Durable: a new field gets a default.
-- `RunLocal` (here): what one Temporal run holds as `self._local` and never
-  carries: the pause flag, the cancel request, the pending approval and its
-  decision, the run's outcome, and the bookkeeping of this run's own commands
-  (webhook tasks, steps this run, the last status search attribute, the model
-  call in flight, done).
+- `RunLocal` (here): what one Temporal run holds as `self._local`: the pause flag
+  and the cancel request (copied into `LoopState.paused`/`cancel` at continue-as-new
+  and back in the next run's `__init__`, as an update can land during the hand-over),
+  and, never carried, the pending approval and its decision, the run's outcome, and
+  the bookkeeping of this run's own commands (webhook tasks, steps this run, the
+  last status search attribute, the model call in flight, done).
 
 This module must not: hold anything a later Temporal run of the same agent run
 needs (that belongs in `LoopState`), or call `temporalio.workflow`.
@@ -33,7 +34,7 @@ from agentrun.contracts import (
 
 @dataclass
 class RunLocal:
-    """What one Temporal run holds beside `LoopState`, and never carries over.
+    """What one Temporal run holds beside `LoopState` (only `paused` and `cancel` carry over).
 
     Control requests are answered by the run that received them; the outcome fields
     are set only when the run finishes (no next run follows); the rest is bookkeeping

@@ -102,8 +102,9 @@ class LoopState(BaseModel):
     the name `CarriedState` (see `tests/histories/continue_as_new.json`); they still
     validate into it. Never rename or retype a field; a new one gets a default.
 
-    What one Temporal run holds and does *not* carry (pause flag, cancel request,
-    pending approval, the run's outcome, ...) lives in `workflows.state.RunLocal`.
+    What one Temporal run holds and does *not* carry (pending approval, the run's
+    outcome, ...) lives in `workflows.state.RunLocal`; its pause flag and cancel
+    request are copied into `paused`/`cancel` at the hand-over.
     """
 
     status: RunStatus = RunStatus.QUEUED
@@ -123,7 +124,8 @@ class LoopState(BaseModel):
     deadline: datetime | None = None
     last_seq: int = 0
     events: list[RunEvent] = Field(default_factory=list)
-    """The events not yet flushed (kept small: flushed before continuing)."""
+    """The events not yet flushed (kept small: flushed before continuing; the ones an
+    update emitted while that flush ran are carried here to the next run)."""
     segments: list[EventSegment] = Field(default_factory=list)
     continued: int = 0
     """How many times the run continued-as-new."""
@@ -133,3 +135,12 @@ class LoopState(BaseModel):
     """The current turn's tool calls not yet run. Carried only when the run continues
     in the middle of a turn; small, as calls hold their arguments by digest and a
     turn has at most the per-turn cap of them."""
+    paused: bool = False
+    """The run was paused when it continued-as-new (a pause can land while the last
+    segment is stored); the next run starts paused. Written only at the hand-over:
+    within a run the flag lives in `RunLocal.paused`. Runs continued before it was
+    carried start unpaused, as they did."""
+    cancel: ControlRequest | None = None
+    """The cancel request answered before the run continued-as-new; the next run
+    ends cancelled at its first boundary. Written only at the hand-over (within a run
+    it lives in `RunLocal.cancel`); absent for runs continued before it was carried."""
