@@ -87,6 +87,22 @@ async def held_worker(
         yield settings, held
 
 
+@asynccontextmanager
+async def held_at_handover(
+    client: Client, task_queue: str, state_dir: Path
+) -> AsyncIterator[tuple[Settings, HeldStoreEvents, WorkflowHandle[Any, Any]]]:
+    """A run that continues-as-new after each step, held inside its first hand-over
+    (`store_events` entered, not yet released); released and ended on the way out."""
+    async with held_worker(client, task_queue, state_dir) as (settings, held):
+        handle = await start_run(client, task_queue, SPEC, continue_as_new_every=1)
+        try:
+            await asyncio.wait_for(held.entered.wait(), WAIT)
+            yield settings, held, handle
+        finally:
+            held.release.set()
+            await _end(handle)
+
+
 async def _end(handle: WorkflowHandle[Any, Any]) -> None:
     """Terminate the run if the test left it open (a failed assertion)."""
     if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
@@ -112,56 +128,44 @@ SPEC = scripted_spec(
 async def test_a_pause_during_continue_as_new_holds_the_next_run(
     client: Client, task_queue: str, state_dir: Path
 ) -> None:
-    async with held_worker(client, task_queue, state_dir) as (settings, held):
-        handle = await start_run(client, task_queue, SPEC, continue_as_new_every=1)
-        try:
-            await asyncio.wait_for(held.entered.wait(), WAIT)
-            answer = await handle.execute_update(
-                AgentRunWorkflow.pause, ControlRequest(actor=ALICE, reason="hold on")
-            )
-            assert answer.status == RunStatus.PAUSED
-            held.release.set()
+    async with held_at_handover(client, task_queue, state_dir) as (settings, held, handle):
+        answer = await handle.execute_update(
+            AgentRunWorkflow.pause, ControlRequest(actor=ALICE, reason="hold on")
+        )
+        assert answer.status == RunStatus.PAUSED
+        held.release.set()
 
-            view = await wait_for(handle, lambda v: v.continued >= 1)
-            assert view.status == RunStatus.PAUSED
-            assert view.steps == 1
-            events = await all_events(handle, settings.artifacts_path)
-            _assert_gapless(events)
-            assert _actions(events) == [ControlAction.PAUSE]
+        view = await wait_for(handle, lambda v: v.continued >= 1)
+        assert view.status == RunStatus.PAUSED
+        assert view.steps == 1
+        events = await all_events(handle, settings.artifacts_path)
+        _assert_gapless(events)
+        assert _actions(events) == [ControlAction.PAUSE]
 
-            # Still paused: no new step started in the next run.
-            again = await status(handle)
-            assert (again.status, again.steps) == (RunStatus.PAUSED, 1)
+        # Still paused: no new step started in the next run.
+        again = await status(handle)
+        assert (again.status, again.steps) == (RunStatus.PAUSED, 1)
 
-            await handle.execute_update(AgentRunWorkflow.resume, ControlRequest(actor=ALICE))
-            result = await handle.result()
-            assert (result.status, result.steps) == (RunStatus.COMPLETED, 3)
-            events = await all_events(handle, settings.artifacts_path)
-            _assert_gapless(events)
-            assert _actions(events) == [ControlAction.PAUSE, ControlAction.RESUME]
-        finally:
-            held.release.set()
-            await _end(handle)
+        await handle.execute_update(AgentRunWorkflow.resume, ControlRequest(actor=ALICE))
+        result = await handle.result()
+        assert (result.status, result.steps) == (RunStatus.COMPLETED, 3)
+        events = await all_events(handle, settings.artifacts_path)
+        _assert_gapless(events)
+        assert _actions(events) == [ControlAction.PAUSE, ControlAction.RESUME]
 
 
 async def test_a_cancel_during_continue_as_new_ends_the_run_cancelled(
     client: Client, task_queue: str, state_dir: Path
 ) -> None:
-    async with held_worker(client, task_queue, state_dir) as (settings, held):
-        handle = await start_run(client, task_queue, SPEC, continue_as_new_every=1)
-        try:
-            await asyncio.wait_for(held.entered.wait(), WAIT)
-            await handle.execute_update(
-                AgentRunWorkflow.cancel, ControlRequest(actor=ALICE, reason="stop")
-            )
-            held.release.set()
+    async with held_at_handover(client, task_queue, state_dir) as (settings, held, handle):
+        await handle.execute_update(
+            AgentRunWorkflow.cancel, ControlRequest(actor=ALICE, reason="stop")
+        )
+        held.release.set()
 
-            result = await handle.result()
-            assert (result.status, result.reason) == (RunStatus.CANCELLED, TerminalReason.CANCELLED)
-            assert result.steps == 1
-            events = await all_events(handle, settings.artifacts_path)
-            _assert_gapless(events)
-            assert _actions(events) == [ControlAction.CANCEL]
-        finally:
-            held.release.set()
-            await _end(handle)
+        result = await handle.result()
+        assert (result.status, result.reason) == (RunStatus.CANCELLED, TerminalReason.CANCELLED)
+        assert result.steps == 1
+        events = await all_events(handle, settings.artifacts_path)
+        _assert_gapless(events)
+        assert _actions(events) == [ControlAction.CANCEL]
