@@ -99,6 +99,18 @@ def _backing_file(device: str) -> str | None:
         return None
 
 
+def older_than(path: Path, age_s: float, now: float) -> bool:
+    """Whether `path` was last modified more than `age_s` before `now`.
+
+    A path that vanished meanwhile is not: a provision under way renames and deletes
+    its temp files while a sweep lists them, and that race must not fail the sweep.
+    """
+    try:
+        return now - path.lstat().st_mtime > age_s
+    except FileNotFoundError:
+        return False
+
+
 def _tool(name: str) -> str | None:
     return shutil.which(name, path=TOOL_PATH)
 
@@ -259,7 +271,7 @@ class WorkspaceImages:
             for path in self.dir.iterdir():
                 if path.suffix == IMAGE:
                     candidates.setdefault(path.stem, False)
-                elif path.name.startswith(".") and now - path.lstat().st_mtime > grace_s:
+                elif path.name.startswith(".") and older_than(path, grace_s, now):
                     path.unlink(missing_ok=True)  # a temp file of a provision that died
         for volume, deleted in candidates.items():
             if volume in live_volumes:

@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -13,6 +14,8 @@ import pytest
 
 from agentrun.contracts import LimitKind
 from sandbox import _names
+from sandbox._containers import SANDBOX_USER
+from sandbox._workspace_images import WorkspaceImages, older_than
 from sandbox.base import RunRef
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
@@ -260,3 +263,42 @@ def test_with_the_quota_off_the_workspace_is_a_plain_volume_without_an_image(
         plain.destroy(run, keep_workspace=False)
         plain.close()
     assert run_objects(config, run) == ([], [])
+
+
+def test_a_sweep_never_fails_on_the_temp_files_of_provisions_under_way(tmp_path: Path) -> None:
+    # Issue 9's pool race failed once in CI with a bare FileNotFoundError: a sweep
+    # listed a provision's temp image, and the provision deleted it before the sweep
+    # read its age. Provisions and sweeps race here for real (root, losetup, mkfs).
+    images = WorkspaceImages(tmp_path, "ns", SANDBOX_USER)
+    volumes = [f"vol-{i}" for i in range(12)]
+    errors: list[BaseException] = []
+    provisioned = threading.Event()
+
+    def sweep_until_provisioned() -> None:
+        try:
+            while not provisioned.is_set():
+                assert images.sweep(set(volumes), grace_s=3600) == []
+        except BaseException as exc:
+            errors.append(exc)
+
+    sweeper = threading.Thread(target=sweep_until_provisioned, daemon=True)
+    sweeper.start()
+    try:
+        for volume in volumes:
+            images.provision(volume, size_mb=8)
+    finally:
+        provisioned.set()
+        sweeper.join(timeout=60)
+        released = images.sweep(set(), grace_s=0)
+    assert not errors, errors
+    assert sorted(released) == sorted(volumes)
+    assert [p.name for p in (tmp_path / "ns").iterdir()] == []
+
+
+def test_a_path_that_vanished_is_not_older_than_anything(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"")
+    now = time.time()
+    assert older_than(kept, 60, now + 61)
+    assert not older_than(kept, 60, now)
+    assert not older_than(tmp_path / "gone", 0, now + 1e9)

@@ -13,6 +13,7 @@ container could remove it after a run had claimed it.
 from __future__ import annotations
 
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -86,6 +87,11 @@ def race(
         thread.join(timeout=JOIN_S)
     assert not any(t.is_alive() for t in [*main, *background]), "a thread hung"
     return errors
+
+
+def described(errors: list[BaseException]) -> str:
+    """The errors with their tracebacks: a race that fails once must say where."""
+    return "\n".join("".join(traceback.format_exception(e)) for e in errors)
 
 
 def remove_quietly(client: Any, name: str) -> None:
@@ -189,7 +195,7 @@ def test_concurrent_claims_on_a_small_pool_all_succeed_with_own_workspaces_while
                 [*claims, partial(end_runs, workers[1], ended)],
                 meanwhile=[partial(sweep_all_live, trimmer)],
             )
-            assert not errors, f"claims failed: {errors!r}"
+            assert not errors, f"claims failed:\n{described(errors)}"
             # Each run has a workspace of its own: no two runs were handed one container.
             for run in runs:
                 assert own_files(workers[0], run) == [f"mine-{run.run_id}"]
@@ -226,7 +232,7 @@ def test_a_janitor_sweeping_during_claims_never_removes_a_claimed_container(
                 if name in run_names and cid in events.destroyed
             ]
             assert not removed, f"the janitor removed claimed containers: {removed}"
-            assert not errors, f"claims failed: {errors!r}"
+            assert not errors, f"claims failed:\n{described(errors)}"
             for run in runs:  # and their workspaces are the ones they wrote to
                 assert own_files(pooled, run) == [f"mine-{run.run_id}"]
     finally:
@@ -267,7 +273,7 @@ def test_listing_the_pool_and_sweeping_never_fail_while_containers_are_removed(
                 [partial(remove_all, client, doomed)],
                 meanwhile=[sandbox.warm_pool, partial(sweep_all_live, sandbox)],
             )
-            assert not errors, f"listing failed while containers were removed: {errors!r}"
+            assert not errors, f"listing failed while containers were removed:\n{described(errors)}"
     finally:
         sandbox.close()
 
