@@ -1,20 +1,34 @@
 """The agentrun worker: one process that runs the workflow and every activity.
 
-Configuration comes from `AGENTRUN_*` environment variables (see the README);
+Configuration comes from `AGENTRUN_*` environment variables (docs/configuration.md);
 it is validated at start and a bad value stops the process with a message that
 names the variable. Run it with `python worker.py` (or `agentrun worker`).
+
+Design (why it looks like this):
+
+* **Exit codes**: 0 stopped by a signal, 1 cannot start (Temporal unreachable: the
+  message names `AGENTRUN_TEMPORAL_ADDRESS`), 2 invalid configuration.
+* **The process ends with `os._exit`** once it has flushed its output. The Temporal
+  client's Rust runtime keeps Tokio threads that may still release Python objects
+  while the interpreter finalizes, which aborts the process (`Fatal Python error:
+  PyGILState_Release`, rc 134; temporalio/sdk-python#300). Nothing is left to
+  finalize by then: the worker has stopped, providers and the sandbox are closed.
+
+This module must not: read the environment outside :func:`main`, or be imported by
+the API (it is a floor above it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -36,8 +50,13 @@ from sandbox.docker_sandbox import DockerSandbox
 from store.artifacts import ArtifactStore, LocalArtifactStore
 from store.delta_log import DeltaLog
 from workflows.agent_run import AgentRunWorkflow
+from workflows.cancel_parent import CancelParentWorkflow
 
 log = logging.getLogger("agentrun.worker")
+
+
+class CannotStart(Exception):
+    """The worker cannot start; the message says what to check (a variable, a server)."""
 
 
 def sandbox_config(settings: Settings) -> SandboxConfig:
@@ -107,7 +126,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[AgentRunWorkflow],
+        # CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through it.
+        workflows=[AgentRunWorkflow, CancelParentWorkflow],
         activities=list({**activities, **(stand_ins or {})}.values()),
         # Sync activities (Docker SDK) run here; one thread per concurrent activity slot.
         activity_executor=ThreadPoolExecutor(settings.max_concurrent_activities),
@@ -167,7 +187,13 @@ async def janitor_loop(client: Client, settings: Settings, sandbox: DockerSandbo
 
 
 async def run_worker(settings: Settings) -> None:
-    client = await connect(settings)
+    try:
+        client = await connect(settings)
+    except RuntimeError as exc:  # the SDK's connection errors (refused, TLS, DNS …)
+        raise CannotStart(
+            f"cannot connect to Temporal at {settings.temporal_address} "
+            f"(AGENTRUN_TEMPORAL_ADDRESS, namespace {settings.temporal_namespace!r}): {exc}"
+        ) from None
     sandbox = DockerSandbox(sandbox_config(settings))
     sandbox.refill_pool_async()  # the first run's first tool call skips the cold start
     # Built here, not in build_worker, so that shutdown closes the providers' HTTP clients.
@@ -183,10 +209,13 @@ async def run_worker(settings: Settings) -> None:
         else None
     )
     log.info(
-        "worker polling task queue %r on %s (namespace %s)",
+        "worker polling task queue %r on %s (namespace %s); sandbox pool %s of %d in %s",
         settings.task_queue,
         settings.temporal_address,
         settings.temporal_namespace,
+        sandbox.config.pool_id,
+        settings.sandbox_pool_size,
+        settings.sandbox_namespace,
     )
     try:
         async with worker:
@@ -199,7 +228,8 @@ async def run_worker(settings: Settings) -> None:
     log.info("worker stopped")
 
 
-def main() -> int:
+def serve() -> int:
+    """Run the worker until a signal stops it; the process's exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings()
@@ -208,11 +238,23 @@ def main() -> int:
         return 2
     try:
         asyncio.run(run_worker(settings))
-    except RuntimeError as exc:  # connection refused and friends
+    except CannotStart as exc:
+        print(f"agentrun worker: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # the SDK refusing to start the worker (namespace …)
         print(f"agentrun worker: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+def main() -> NoReturn:
+    """The process's entry point: serve, flush, and end without finalizing (see above)."""
+    code = serve()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,8 +1,21 @@
 """Deployment configuration, read once at the edges (worker, API lifespan, CLI).
 
-Every setting is an environment variable with the `AGENTRUN_` prefix (see the
-README's configuration reference). Nothing reads the environment at import time:
-call :func:`load_settings` where the process starts and inject what it returns.
+Every setting is an environment variable with the `AGENTRUN_` prefix. Nothing reads
+the environment at import time: call :func:`load_settings` where the process starts
+and inject what it returns.
+
+Design (why it looks like this):
+
+* **Each field's docstring is its documentation.** `docs/configuration.md` is
+  generated from this class (`python -m agentrun.config_docs`), and a test fails
+  when a field has no docstring or the committed reference is out of date.
+* **Settings that only make sense together are checked together** (`_coherent`): a
+  sandbox default over its maximum, or a `/tmp` as large as the memory it counts
+  against, would otherwise pass start-up and then fail every run, blaming the run.
+  The message names both variables and their values.
+
+This module must not: read the environment outside :func:`load_settings`, or print a
+secret's value (errors show `<hidden>` for keys and secrets).
 """
 
 from __future__ import annotations
@@ -12,7 +25,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentrun.webhook_destinations import allow_list_host
@@ -22,21 +35,52 @@ DEFAULT_MAX_TOOL_CALLS_PER_TURN = 32
 """`AGENTRUN_MAX_TOOL_CALLS_PER_TURN` when unset (also the activity's default)."""
 
 
+_PAIRS: tuple[tuple[str, str, bool, str, str], ...] = (
+    *(
+        (
+            f"sandbox_{r}",
+            f"sandbox_max_{r}",
+            True,
+            "above",
+            "lower the default or raise the maximum (every run asking for nothing would "
+            "be refused)",
+        )
+        for r in ("memory_mb", "cpus", "pids", "workspace_mb")
+    ),
+    (
+        "sandbox_tmp_mb",
+        "sandbox_memory_mb",
+        False,
+        "not below",
+        "the sandbox's tmpfs is memory, so a run filling it would be killed for memory "
+        "before the tmpfs size applies; make it smaller",
+    ),
+)
+"""Settings that must hold together: (lower, upper, may be equal, relation, fix)."""
+
+
 class ConfigError(Exception):
     """Configuration is invalid; the message says which variable and how to fix it."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTRUN_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTRUN_", extra="ignore", use_attribute_docstrings=True
+    )
 
     # Temporal
     temporal_address: str = "127.0.0.1:7233"
+    """Temporal frontend, `host:port`."""
     temporal_namespace: str = "default"
+    """Temporal namespace the runs live in."""
     task_queue: str = "agentrun"
+    """Task queue the worker polls and the API starts runs on."""
 
     # Worker
     max_concurrent_activities: int = Field(default=20, ge=1, le=10_000)
+    """Activity slots per worker (also the threads sandbox calls run in)."""
     max_concurrent_workflow_tasks: int = Field(default=20, ge=1, le=10_000)
+    """Workflow task slots per worker."""
     continue_as_new_after_steps: int = Field(default=200, ge=1)
     """Continue-as-new after this many steps even if the SDK does not suggest it yet."""
     max_tool_calls_per_turn: int = Field(default=DEFAULT_MAX_TOOL_CALLS_PER_TURN, ge=1, le=1000)
@@ -46,20 +90,27 @@ class Settings(BaseSettings):
 
     # State and artifacts
     state_dir: Path = DEFAULT_STATE_DIR
+    """Local state: the dev stack's Temporal database and logs, artifacts, deltas."""
     artifact_dir: Path | None = None
-    """Defaults to `<state_dir>/artifacts`."""
+    """Root of the local artifact store; defaults to `<state_dir>/artifacts`. The API
+    and the workers must share it."""
     delta_dir: Path | None = None
     """Where model token deltas are logged; defaults to `<state_dir>/deltas`. The API
     and the workers must share it, as they share the artifact directory."""
 
     # Models
     default_provider: Literal["openai", "anthropic", "scripted"] = "openai"
+    """Provider of runs whose spec says `model.provider = "default"`."""
     default_model: str = "smollm2-135m-instruct"
+    """Model name for runs on the default provider whose spec names none."""
     model_stream: bool = True
     """Ask providers for streamed replies and log their token deltas for SSE clients."""
     openai_base_url: str = "http://127.0.0.1:8081/v1"
-    """OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server …)."""
+    """OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server …); when
+    unset, `OPENAI_BASE_URL`, then the embedded model."""
     openai_api_key: str | None = Field(default=None, repr=False)
+    """Key for the OpenAI-compatible endpoint; when unset, `OPENAI_API_KEY`, but only
+    for OpenAI's own URL or one from `OPENAI_BASE_URL` (never sent elsewhere)."""
     openai_json_schema_tools: bool = True
     """Constrain output to the tool-call JSON schema (llama.cpp, vLLM) instead of native tools."""
     openai_schema_format: Literal["json_object", "json_schema"] = "json_object"
@@ -68,27 +119,48 @@ class Settings(BaseSettings):
     default; it rejects `json_schema`); `json_schema` sends OpenAI's structured-outputs
     form `{"type": "json_schema", "json_schema": {"name": ..., "schema": ...}}`
     (vLLM, Ollama, llama.cpp's C++ `llama-server`)."""
+    tool_choice: Literal["auto", "required", "none"] = "auto"
+    """Whether models must call a tool (`required`), may (`auto`) or may not (`none`),
+    for runs whose `model.tool_choice` is unset."""
     anthropic_base_url: str = "https://api.anthropic.com"
+    """Anthropic Messages API endpoint; when unset, `ANTHROPIC_BASE_URL`, then this."""
     anthropic_api_key: str | None = Field(default=None, repr=False)
+    """Anthropic key; when unset, `ANTHROPIC_API_KEY` (same pairing rule as OpenAI's)."""
     model_timeout_seconds: float = Field(default=300.0, gt=0)
+    """Timeout of one model call."""
 
     # Sandbox
     sandbox_image: str = "agentrun-sandbox:latest"
+    """The default sandbox image (the one pool containers run)."""
     sandbox_image_allowlist: list[str] = Field(default_factory=list)
+    """Further images runs may ask for (a JSON list)."""
     sandbox_runtime: str | None = None
     """e.g. `runsc` (gVisor) or `kata-runtime` when the host has it."""
     sandbox_pool_size: int = Field(default=2, ge=0, le=100)
+    """Started, unassigned containers kept ready for a fast first tool call; 0 turns
+    the pool off. Workers with the same pool size and sandbox defaults share a pool;
+    others keep pools of their own."""
     sandbox_memory_mb: int = Field(default=512, ge=16)
+    """Memory of a run's sandbox when its spec asks for none."""
     sandbox_max_memory_mb: int = Field(default=4096, ge=16)
+    """Most memory a run may ask for; a run asking more is refused at launch (422)."""
     sandbox_cpus: float = Field(default=1.0, gt=0)
+    """CPUs of a run's sandbox when its spec asks for none (at most the host's)."""
     sandbox_max_cpus: float = Field(default=2.0, gt=0)
+    """Most CPUs a run may ask for; a run asking more is refused at launch (422)."""
     sandbox_pids: int = Field(default=256, ge=8)
+    """Process limit of a run's sandbox when its spec asks for none."""
     sandbox_max_pids: int = Field(default=4096, ge=8)
+    """Highest process limit a run may ask for; more is refused at launch (422)."""
     sandbox_workspace_mb: int = Field(default=1024, ge=1)
+    """Workspace size of a run's sandbox when its spec asks for none."""
     sandbox_max_workspace_mb: int = Field(default=16384, ge=1)
+    """Largest workspace a run may ask for; more is refused at launch (422)."""
     sandbox_allow_network: bool = False
     """Operator switch: without it, no run may ask for egress."""
     sandbox_keep_workspace: bool = False
+    """Keep a run's workspace volume after it ends (runs may ask for it too); the
+    janitor still removes it after `AGENTRUN_SANDBOX_RETENTION_HOURS`."""
     sandbox_retention_hours: float = Field(default=1.0, ge=0)
     """How long the janitor leaves the sandbox of an ended run (kept workspaces included)."""
     sandbox_janitor_seconds: float = Field(default=300.0, ge=0)
@@ -103,20 +175,24 @@ class Settings(BaseSettings):
     sandbox_workspace_quota: Literal["loop", "off"] = "loop"
     """`loop`: each workspace is an ext4 image of its size on a loop device, so the
     kernel refuses writes past it (needs a root worker on the Docker host). `off`: no
-    workspace size limit at all (for Docker Desktop or a remote engine)."""
+    workspace size limit at all (for Docker Desktop or a remote engine). `loop` needs
+    `losetup`, `mkfs.ext4` and `debugfs` on the worker's host."""
     sandbox_workspace_dir: Path | None = None
-    """Where the workspace images live on the Docker host; defaults to
-    `<state_dir>/workspaces`."""
+    """Where the workspace images live on the Docker host (sparse files, each at most
+    its workspace's size); defaults to `<state_dir>/workspaces`."""
 
     # API
     api_host: str = "127.0.0.1"
+    """Address the API listens on."""
     api_port: int = Field(default=8080, ge=1, le=65535)
+    """Port the API listens on."""
     api_keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     """How long the API keeps an idle keep-alive connection open. Longer than any
     client pool or proxy keeps one idle (httpx 5 s, nginx upstream and cloud load
     balancers 60 s): a client reusing a connection the server closes at that same
     moment reads nothing back (`httpx.ReadError`)."""
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest request body the API reads; larger ones are refused with a 413."""
     webhook_secret: str | None = Field(default=None, repr=False)
     """HMAC-SHA256 key for webhook signatures (required when a run names a webhook)."""
     webhook_allow_hosts: list[str] = Field(default_factory=list)
@@ -128,9 +204,11 @@ class Settings(BaseSettings):
     dev_tenant: str = "default"
     """Tenant used when the API runs without API keys (local embedded default)."""
     api_query_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
-    """How long the API waits for a worker to answer a query before falling back."""
+    """How long the API waits for a worker to answer a query before falling back to
+    the run's recorded state."""
     api_update_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
-    """How long the API waits for a control update (pause, approve …) to complete."""
+    """How long the API waits for a control update (pause, approve …) to complete;
+    past it the call answers 504."""
     api_sse_poll_seconds: float = Field(default=0.2, gt=0, le=10)
     """How often an SSE stream polls the run's `events` query for new events."""
     api_sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
@@ -139,19 +217,27 @@ class Settings(BaseSettings):
     """One events poller per followed run, shared by its SSE connections (`api.feed`);
     false gives every connection its own (the benchmark's baseline)."""
 
-    @field_validator(
-        "sandbox_max_memory_mb", "sandbox_max_cpus", "sandbox_max_pids", "sandbox_max_workspace_mb"
-    )
-    @classmethod
-    def _maximum_holds_default(cls, value: float, info: ValidationInfo) -> float:
-        # A default over its maximum would have every run that asks for nothing refused.
-        name = (info.field_name or "").replace("_max_", "_")
-        default = info.data.get(name)
-        if default is not None and default > value:
-            raise ValueError(
-                f"is below the default AGENTRUN_{name.upper()}={default}; raise it or lower that"
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        # Each pair passes field by field, then fails every run (blaming the run).
+        problems = [
+            f"{_var(low)}={_shown(getattr(self, low))} is {relation} "
+            f"{_var(high)}={_shown(getattr(self, high))}: {fix}"
+            for low, high, allow_equal, relation, fix in _PAIRS
+            if getattr(self, low) > getattr(self, high)
+            or (not allow_equal and getattr(self, low) == getattr(self, high))
+        ]
+        kept = 2 * self.sandbox_output_store_bytes  # stdout and stderr, in the workspace
+        if kept >= self.sandbox_workspace_mb << 20:
+            problems.append(
+                f"{_var('sandbox_output_store_bytes')}={self.sandbox_output_store_bytes} keeps "
+                f"up to {kept} bytes of each call's output (2 streams) in the workspace, "
+                f"which {_var('sandbox_workspace_mb')}={self.sandbox_workspace_mb} cannot "
+                "hold: lower the first or raise the second"
             )
-        return value
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("temporal_address")
     @classmethod
@@ -194,17 +280,40 @@ class Settings(BaseSettings):
         return [self.sandbox_image, *self.sandbox_image_allowlist]
 
 
+def _var(field: str) -> str:
+    return f"AGENTRUN_{field.upper()}"
+
+
+def _shown(value: object) -> str:
+    """A value as an operator writes it (`4`, not `4.0`)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate settings; raise :class:`ConfigError` with a readable message."""
+    """Read and validate settings; raise :class:`ConfigError` with a readable message.
+
+    One problem gives one line (`invalid configuration: AGENTRUN_X=…: why`), so a
+    process that stops on it says so in one line.
+    """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            var = f"AGENTRUN_{field.upper()}"
+            message = err["msg"].removeprefix("Value error, ")
+            if not field:  # a check across fields: its message names the variables
+                lines.append(message)
+                continue
+            var = _var(field)
             shown = os.environ.get(var, "<unset>")
             if "key" in field or "secret" in field:
                 shown = "<hidden>"
-            lines.append(f"  {var}={shown}: {err['msg']}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+            lines.append(f"{var}={shown}: {message}")
+        if len(lines) == 1:
+            raise ConfigError(f"invalid configuration: {lines[0]}") from None
+        raise ConfigError(
+            "invalid configuration:\n" + "\n".join(f"  {ln}" for ln in lines)
+        ) from None

@@ -29,6 +29,7 @@ from temporalio.client import Client
 from agentrun.config import Settings, load_settings
 from api.admission import document as document_admission
 from api.deps import ApiState, TemporalConnection, set_api_state
+from api.docs_page import install_docs_pages
 from api.errors import (
     PROBLEM_CONTENT_TYPE,
     PayloadTooLarge,
@@ -126,6 +127,9 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         version=API_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by `api.docs_page` from the installation: the defaults load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     store = LocalArtifactStore(settings.artifacts_path)
     segments = SegmentReader(store)
@@ -143,6 +147,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     # The order of the routers is the order of the operations in /openapi.json.
     for router in (runs.router, events.router, control.router, artifacts.router):
         app.include_router(router)
+    install_docs_pages(app)
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
 
     def openapi() -> dict[str, Any]:

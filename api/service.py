@@ -7,8 +7,9 @@ routes and the SSE stream only deal with outcomes.
 
 Reads prefer the live `status`/`events` queries (a worker answers them, also for
 ended runs, by replaying history). When no worker answers in time, a run view is
-rebuilt from what Temporal recorded: the workflow's result for a completed run,
-else its search attributes.
+rebuilt from what Temporal recorded: the run's `RunResult` for an ended run (the
+workflow's result, its failure's details or its memo: `recorded_result`), else its
+search attributes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from temporalio.client import (
     Client,
     WorkflowExecution,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
@@ -59,6 +61,7 @@ from api.launcher import MEMO_GOAL, run_handle
 from api.schemas import RunLinks, RunSummary, RunView
 from store.artifacts import ArtifactStore, BlobNotFound, get_bytes
 from workflows.agent_run import AgentRunWorkflow
+from workflows.outcome import MEMO_RESULT, result_from_failure
 
 log = logging.getLogger("agentrun.api")
 
@@ -203,14 +206,13 @@ async def run_view(client: Client, settings: Settings, tenant: str, run_id: str)
         common["created_at"] = live.started_at or desc.start_time
         return RunView(**data, **common, source="query")
     status = effective_status(sa.get(SA_STATUS), desc.status)
-    if desc.status == WorkflowExecutionStatus.COMPLETED:
+    if desc.status in _RECORDED_OUTCOME:
         try:
-            result: RunResult = await handle.result(
-                rpc_timeout=timedelta(seconds=settings.api_query_timeout_seconds)
-            )
+            result = await recorded_result(handle, desc, settings.api_query_timeout_seconds)
         except Exception as err:  # a recorded result that cannot be read: degrade
             log.warning("cannot read the result of %s: %s", run_id, err)
-        else:
+            result = None
+        if result is not None:
             return RunView(
                 status=result.status,
                 reason=result.reason,
@@ -240,6 +242,35 @@ async def run_view(client: Client, settings: Settings, tenant: str, run_id: str)
         **common,
         source="visibility",
     )
+
+
+_RECORDED_OUTCOME = frozenset(
+    {
+        WorkflowExecutionStatus.COMPLETED,
+        WorkflowExecutionStatus.FAILED,
+        WorkflowExecutionStatus.CANCELED,
+    }
+)
+"""Closed statuses whose run recorded its `RunResult` (`workflows.outcome`)."""
+
+
+async def recorded_result(
+    handle: Handle, desc: WorkflowExecution, wait_seconds: float
+) -> RunResult | None:
+    """The `RunResult` an ended run recorded: the workflow's result when it completed,
+    its failure's details when it failed, its memo when it was cancelled (see
+    `workflows.outcome`). None when the run recorded none (a Temporal cancel before
+    runs recorded one, a failure the workflow did not end with)."""
+    if desc.status == WorkflowExecutionStatus.CANCELED:
+        memo: RunResult | None = await desc.memo_value(MEMO_RESULT, None, type_hint=RunResult)
+        return memo
+    try:
+        result: RunResult = await handle.result(
+            follow_runs=False, rpc_timeout=timedelta(seconds=wait_seconds)
+        )
+    except WorkflowFailureError as err:
+        return result_from_failure(err.cause)
+    return result
 
 
 async def memo_goal(wf: WorkflowExecution) -> str | None:

@@ -27,7 +27,7 @@ import httpx
 
 from agentrun.contracts import DELTA_EVENT, ModelDelta, RunEvent
 from agentrun.sse_wire import SseDecoder, SseMessage
-from cli.errors import CliError
+from cli.errors import ApiRefused, CliError
 from cli.event_json import read_delta, read_event
 
 STREAM_RECONNECTS = 5
@@ -82,7 +82,7 @@ class ApiClient:
                 "is `agentrun api` running? (set AGENTRUN_API_URL to point elsewhere)"
             ) from None
         if resp.status_code not in ok:
-            raise CliError(_problem_text(resp))
+            raise ApiRefused(_problem_text(resp), resp.status_code)
         return resp.json()
 
     def stream_events(self, run_id: str, after: int) -> Iterator[StreamItem]:
@@ -103,7 +103,7 @@ class ApiClient:
                 ) as resp:
                     if resp.status_code != 200:
                         resp.read()
-                        raise CliError(_problem_text(resp))
+                        raise ApiRefused(_problem_text(resp), resp.status_code)
                     failures = 0
                     for sse in _sse_messages(resp.iter_lines()):
                         if sse.event == "end":

@@ -4,6 +4,13 @@ A client command takes the API client, the parsed flags and the stream to write
 to, and returns its exit code; it raises `CliError` for anything the user must
 hear about. `api` and `worker` serve instead of calling the API.
 
+Design (why it looks like this): `approve` and `deny` act on someone else's
+run, so they show the call and ask first, as `gh` does (`--yes` skips the
+question; without a terminal to ask on and without `--yes` they refuse rather
+than hang or guess). `logs` of an ended run whose event log no worker can read
+(a 503: the log lives in the workflow, and only a worker replays it) prints the
+outcome Temporal recorded instead, as `show` does, and says why.
+
 This module must not: talk to Temporal (the client commands go through the
 REST API, so they work from anywhere the API is reachable), or parse argv.
 """
@@ -12,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, TextIO
 
+from agentrun.contracts import RunStatus
 from cli.api_client import ApiClient
-from cli.errors import EXIT_OK, EXIT_USAGE, CliError
-from cli.event_format import format_event, print_json
+from cli.errors import EXIT_OK, EXIT_USAGE, ApiRefused, CliError
+from cli.event_format import format_event, print_json, printable, tokens
 from cli.follow import follow
 from cli.spec_builder import build_spec
 
@@ -65,13 +74,16 @@ def cmd_show(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         print_json(run, out)
         return EXIT_OK
     usage = run.get("usage") or {}
+    estimated = bool(usage.get("estimated"))
     lines = [
         f"run:        {run['run_id']}",
         f"status:     {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""),
         f"goal:       {run.get('goal') or ''}",
         f"agent:      {run.get('agent')}   model: {run.get('model')}",
-        f"steps:      {run.get('steps', 0)}   tokens: {usage.get('input_tokens', 0)} in, "
-        f"{usage.get('output_tokens', 0)} out",
+        f"steps:      {run.get('steps', 0)}   tokens: "
+        f"{tokens(usage.get('input_tokens', 0), estimated)} in, "
+        f"{tokens(usage.get('output_tokens', 0), estimated)} out"
+        + (" (estimated)" if estimated else ""),
         f"created:    {run.get('created_at')} by {run.get('created_by')}",
     ]
     if run.get("labels"):
@@ -95,19 +107,58 @@ def cmd_show(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+TERMINAL = {status.value for status in RunStatus if status.terminal}
+NO_WORKER = 503
+"""What `GET …/events` answers when no worker answered the events query in time."""
+
+
 def cmd_logs(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     if args.follow:
+        # The stream of an ended run no worker can replay would wait for one forever:
+        # ask first (the run view says whether a worker answered, in `source`).
+        run = api.request("GET", f"/v1/runs/{args.run}")
+        if run["status"] in TERMINAL and run.get("source") != "query":
+            return _recorded_outcome(run, out, args.json)
         return follow(api, args.run, args.after, out, args.json)
     after = args.after
     while True:
-        page = api.request("GET", f"/v1/runs/{args.run}/events", params={"after": after})
+        try:
+            page = api.request("GET", f"/v1/runs/{args.run}/events", params={"after": after})
+        except ApiRefused as exc:
+            if exc.status != NO_WORKER:
+                raise
+            run = api.request("GET", f"/v1/runs/{args.run}")
+            if run["status"] not in TERMINAL:
+                raise  # a live run: the 503 already says to start a worker
+            return _recorded_outcome(run, out, args.json)
         for event in page["events"]:
-            out.write(
-                (json.dumps(event, sort_keys=True) if args.json else format_event(event)) + "\n"
-            )
+            line = json.dumps(event, sort_keys=True) if args.json else format_event(event, args.run)
+            out.write(line + "\n")
         if page["next_after"] == after:
             return EXIT_OK
         after = page["next_after"]
+
+
+def _recorded_outcome(run: dict[str, Any], out: TextIO, as_json: bool) -> int:
+    """An ended run's outcome as Temporal recorded it, for when its events are unreadable."""
+    print(
+        f"agentrun: the events of {run['run_id']} cannot be read now: reading a run's "
+        "event log needs an agentrun worker polling its task queue; its recorded outcome:",
+        file=sys.stderr,
+    )
+    if as_json:
+        out.write(json.dumps(run, sort_keys=True) + "\n")
+        return EXIT_OK
+    reason = f" ({run['reason']})" if run.get("reason") else ""
+    lines = [f"status:     {run['status']}{reason}", f"steps:      {run.get('steps', 0)}"]
+    if run.get("final_answer"):
+        lines.append(f"answer:     {run['final_answer']}")
+    if run.get("error"):
+        lines.append(f"error:      {run['error']}")
+    if run.get("finished_at"):
+        lines.append(f"finished:   {run['finished_at']}")
+    out.write(printable("\n".join(lines)) + "\n")
+    return EXIT_OK
 
 
 def cmd_control(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -127,24 +178,51 @@ def cmd_control(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_decide(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     approval_id, digest = args.approval_id, args.digest
+    if not args.yes and not _is_terminal(args.stdin):
+        raise CliError(
+            f"refusing to {args.command} without a confirmation, and stdin is not a "
+            f"terminal to ask on: pass --yes to {args.command} without one",
+            EXIT_USAGE,
+        )
+    run = api.request("GET", f"/v1/runs/{args.run}")
+    pending = run.get("pending_approval")
     if not approval_id or not digest:
-        run = api.request("GET", f"/v1/runs/{args.run}")
-        pending = run.get("pending_approval")
         if not pending:
             raise CliError(f"run {args.run} has no pending approval (status: {run['status']})")
         if approval_id and approval_id != pending["approval_id"]:
             raise CliError(f"approval {approval_id} is not pending ({pending['approval_id']} is)")
         approval_id = pending["approval_id"]
         digest = digest or pending["call"]["arguments_digest"]
-        out.write(
-            f"{args.command} {pending['call']['name']} {pending['call'].get('preview', '')}\n"
-        )
+    call = pending["call"] if pending and pending["approval_id"] == approval_id else None
+    if call is not None and call["arguments_digest"] == digest:
+        out.write(printable(f"{args.command} {call['name']} {call.get('preview', '')}") + "\n")
+    else:  # not the pending call (the API will say so): show what was named
+        out.write(f"{args.command} {approval_id} with arguments digest {digest}\n")
+    if not args.yes and not _confirm(f"{args.command.capitalize()} this call?", args.stdin, out):
+        out.write(f"{args.run}: nothing done\n")
+        return EXIT_OK
     body = {"decision": args.command, "arguments_digest": digest}
     if args.reason:
         body["reason"] = args.reason
     result = api.request("POST", f"/v1/runs/{args.run}/approvals/{approval_id}", json=body)
     out.write(f"{args.run}: {result['detail'] or args.command} ({result['status']})\n")
     return EXIT_OK
+
+
+def _confirm(question: str, stdin: TextIO, out: TextIO) -> bool:
+    out.write(f"{question} [y/N] ")
+    out.flush()
+    answer = stdin.readline()
+    if not answer.endswith("\n"):
+        out.write("\n")  # end of input: the answer is no
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or a file-like stream
+        return False
 
 
 def cmd_message(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:

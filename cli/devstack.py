@@ -11,7 +11,8 @@
    package) persisting to `<state>/temporal.db`, so runs survive restarts, with
    the Web UI and agentrun's search attributes;
 2. the embedded model (SmolLM2-135M on llama.cpp's OpenAI-compatible server)
-   unless an API key or another endpoint is configured;
+   whenever the OpenAI provider resolves to its address (nothing else configured,
+   see `activities.models.registry`);
 3. the worker (`worker.py`) and 4. the REST API (uvicorn).
 
 It is a developer convenience, not the production deployment (see
@@ -33,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from activities.models.registry import openai_endpoint
 from agentrun import search_attributes
 from agentrun.config import ConfigError, Settings, load_settings
 from cli.api_client import ApiClient
@@ -78,12 +80,16 @@ class DevStack:
     # ----------------------------------------------------------- services
 
     def embedded_model_needed(self) -> bool:
-        s = self.settings
-        if s.default_provider != "openai":
+        """Whether the worker's OpenAI provider will call the embedded model's address.
+
+        Decided by the registry's own resolution (`openai_endpoint`), so a key or a
+        base URL in the environment cannot leave the worker pointing at a model the
+        stack did not start (or start one nothing calls).
+        """
+        if self.settings.default_provider != "openai":
             return False
-        if s.openai_api_key or os.environ.get("OPENAI_API_KEY"):
-            return False
-        return s.openai_base_url.startswith(("http://127.0.0.1:8081", "http://localhost:8081"))
+        url = openai_endpoint(self.settings, os.environ).base_url
+        return url.rstrip("/").startswith(("http://127.0.0.1:8081", "http://localhost:8081"))
 
     def services(self) -> list[Service]:
         py = sys.executable

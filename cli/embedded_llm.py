@@ -45,8 +45,10 @@ from typing import IO
 import httpx
 
 __all__ = [
+    "DEFAULT_CHAT_FORMAT",
     "DEFAULT_MODEL_ALIAS",
     "GGUF_NAME",
+    "NATIVE_TOOLS_CHAT_FORMAT",
     "EmbeddedModelError",
     "EmbeddedModelServer",
     "main",
@@ -56,6 +58,11 @@ __all__ = [
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
 """Served model id; matches ``Settings.default_model``."""
+DEFAULT_CHAT_FORMAT = "chatml"
+"""SmolLM2's own template, for schema-constrained tools (agentrun's default)."""
+NATIVE_TOOLS_CHAT_FORMAT = "chatml-function-calling"
+"""ChatML plus llama-cpp-python's native ``tools``/``tool_calls`` support, for
+``AGENTRUN_OPENAI_JSON_SCHEMA_TOOLS=false`` (``--native-tools``)."""
 LOG_TAIL_CHARS = 4000
 
 # Runs in the child interpreter: disable weight repacking, then run the server
@@ -134,6 +141,7 @@ class EmbeddedModelServer:
         startup_timeout: float = 120.0,
         log_path: Path | None = None,
         die_with_parent: bool = True,
+        chat_format: str = DEFAULT_CHAT_FORMAT,
     ) -> None:
         self.host = host
         self.port = port
@@ -145,6 +153,7 @@ class EmbeddedModelServer:
         self.startup_timeout = startup_timeout
         self.log_path = log_path
         self.die_with_parent = die_with_parent
+        self.chat_format = chat_format
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -182,7 +191,7 @@ class EmbeddedModelServer:
             str(self.threads),
             # SmolLM2's GGUF template is ChatML; naming it avoids the Jinja fallback.
             "--chat_format",
-            "chatml",
+            self.chat_format,
             # Verbose mode logs every graph tensor (megabytes per start).
             "--verbose",
             "False",
@@ -294,9 +303,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep llama.cpp's weight repacking (faster on CPUs where AMX really works)",
     )
+    parser.add_argument(
+        "--native-tools",
+        action="store_true",
+        help=f"serve with --chat_format {NATIVE_TOOLS_CHAT_FORMAT}: native `tools`/`tool_calls` "
+        "(use with AGENTRUN_OPENAI_JSON_SCHEMA_TOOLS=false)",
+    )
     args = parser.parse_args(argv)
     server = EmbeddedModelServer(
-        port=args.port, host=args.host, threads=args.threads, n_ctx=args.n_ctx, repack=args.repack
+        port=args.port,
+        host=args.host,
+        threads=args.threads,
+        n_ctx=args.n_ctx,
+        repack=args.repack,
+        chat_format=NATIVE_TOOLS_CHAT_FORMAT if args.native_tools else DEFAULT_CHAT_FORMAT,
     )
 
     def terminate(signum: int, frame: object) -> None:

@@ -24,3 +24,11 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_API) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ApiRefused(CliError):
+    """The API answered with an error status (`status`); the message is its problem."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, EXIT_API)
+        self.status = status

@@ -1,11 +1,16 @@
 """How the CLI shows a run's events and live model output to a person.
 
-    #3    12:04:11  tool.result            write_file ok: wrote 5 bytes
-          ▸ streamed words arrive
+    #3    12:04:11  tool.result            shell ok: exit 0
+                                           total 8
+                                           -rw-r--r-- 1 agent agent 5 hello.txt
+          ▸ I will write the file now.
+          → write_file {"path": "hello.txt", "content": "hello"}
 
-One line per durable event (`format_event`), token deltas on one indented live
-line (`LiveLine`), and nothing from a model or a tool reaches the terminal
-unescaped (`printable`).
+One line per durable event (`format_event`), whose further lines (a tool's
+multi-line output, a reply's text) stay indented under its summary; a reply's
+token deltas live on indented lines (`LiveLine`): its text on a `▸` line, each
+tool call it makes on a `→ name {arguments}` line. Nothing from a model or a
+tool reaches the terminal unescaped (`printable`).
 
 Design (why it looks like this): events are read into the typed `RunEvent`
 union and their payloads by attribute, so a renamed field fails the type check
@@ -25,6 +30,7 @@ from typing import Any, TextIO
 from agentrun.contracts import (
     ApprovalRequestedEvent,
     ApprovalResolvedEvent,
+    ControlRejectedEvent,
     ModelCalledEvent,
     ModelDelta,
     RunEvent,
@@ -47,11 +53,18 @@ def print_json(value: Any, out: TextIO) -> None:
     out.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def format_event(event: RunEvent | Mapping[str, Any]) -> str:
-    """One line per event: `#seq  HH:MM:SS  type  summary`.
+LIVE_INDENT = " " * 6
+"""Where a live line (`▸` text, `→` tool call) starts."""
+SUMMARY_COLUMN = len(f"#{'':<4} {'00:00:00'}  {'':<22} ")
+"""Where an event's summary starts; its further lines are indented to it."""
+
+
+def format_event(event: RunEvent | Mapping[str, Any], run_id: str | None = None) -> str:
+    """An event as `#seq  HH:MM:SS  type  summary`, further lines indented under summary.
 
     `event` is a typed event or an event's JSON; JSON this CLI cannot read is
-    shown as its fields, ``key=value``.
+    shown as its fields, ``key=value``. `run_id` completes the command an
+    `approval.requested` event suggests (left out when unknown).
     """
     if isinstance(event, Mapping):
         typed = read_event(event)
@@ -59,19 +72,25 @@ def format_event(event: RunEvent | Mapping[str, Any]) -> str:
             return _format_unreadable(event)
         event = typed
     at = event.at.strftime("%H:%M:%S")
-    return _line(event.seq, at, event.type.value, _summary(event))
+    return _line(event.seq, at, event.type.value, _summary(event, run_id))
 
 
-def _summary(event: RunEvent) -> str:
+def tokens(count: int, estimated: bool) -> str:
+    """A token count; ``~114`` when it is agentrun's estimate, not the server's."""
+    return f"~{count}" if estimated else str(count)
+
+
+def _summary(event: RunEvent, run_id: str | None) -> str:
     if isinstance(event, RunStartedEvent):
         return f"goal: {event.payload.goal}"
     if isinstance(event, ModelCalledEvent):
         called = event.payload
         tools = ", ".join(called.tool_calls) or "-"
-        summary = (
-            f"step {called.step} · {called.input_tokens}→{called.output_tokens} tokens"
-            f" · tools: {tools}"
+        used = (
+            f"{tokens(called.input_tokens, called.usage_estimated)}→"
+            f"{tokens(called.output_tokens, called.usage_estimated)} tokens"
         )
+        summary = f"step {called.step} · {used} · tools: {tools}"
         return summary + (f" · {called.text}" if called.text else "")
     if isinstance(event, ToolCalledEvent):
         return f"{event.payload.tool} {event.payload.arguments}"
@@ -82,15 +101,20 @@ def _summary(event: RunEvent) -> str:
         return f"{result.tool} {mark}: {result.summary}"
     if isinstance(event, ApprovalRequestedEvent):
         asked = event.payload
+        summary = f"{asked.tool} needs approval: {asked.arguments}"
+        if run_id is None:
+            return summary
         return (
-            f"{asked.tool} needs approval: {asked.arguments}\n"
-            f"      approve: agentrun approve <run> {asked.approval_id} "
-            f"--digest {asked.arguments_digest}"
+            f"{summary}\napprove: agentrun approve {run_id} {asked.approval_id} "
+            f"--digest {asked.arguments_digest}   (or deny)"
         )
     if isinstance(event, ApprovalResolvedEvent):
         resolved = event.payload
         verdict = "approved" if resolved.approved else "denied"
         return f"{resolved.approval_id} {verdict} by {resolved.actor}"
+    if isinstance(event, ControlRejectedEvent):
+        rejected = event.payload
+        return f"{rejected.action} by {rejected.actor} changed nothing: {rejected.reason}"
     if isinstance(event, RunFinishedEvent):
         finished = event.payload
         summary = f"{finished.status.value} ({finished.reason.value})"
@@ -114,29 +138,51 @@ def _fields(payload: Mapping[str, Any]) -> str:
 
 
 def _line(seq: object, at: str, kind: str, summary: str) -> str:
-    return printable(f"#{seq!s:<4} {at}  {kind:<22} {summary}".rstrip())
+    first, *rest = summary.split("\n")
+    lines = [f"#{seq!s:<4} {at}  {kind:<22} {first}"]
+    lines += [" " * SUMMARY_COLUMN + line for line in rest]
+    return "\n".join(printable(line.rstrip()) for line in lines)
 
 
 class LiveLine:
-    """Prints a model call's token deltas as they arrive, on one indented line.
+    """Prints a model call's token deltas as they arrive, on indented lines.
 
+    The reply's text goes on a `▸` line and each tool call it makes on a line of
+    its own, `→ name {arguments}`, so text and arguments never run together.
     A retried model call streams again from the start, so a delta of a new
-    attempt opens a new line that says the previous attempt failed.
+    attempt opens a line that says the previous attempt failed.
     """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._attempt: int | None = None
+        self._part: tuple[str, int] | None = None
+        """What the open line shows: (`kind`, tool call `index`); None: a note."""
+
+    @property
+    def open(self) -> bool:
+        """A live line is open (whatever comes next must start a new line)."""
+        return self._attempt is not None
 
     def delta(self, delta: ModelDelta) -> None:
-        if self._attempt is None:
-            self._out.write("      ▸ ")
-        elif delta.attempt != self._attempt:
-            self._out.write(f"\n      ▸ (attempt {delta.attempt}, the previous one failed) ")
+        if self._attempt is not None and delta.attempt != self._attempt:
+            self._out.write(f"\n{LIVE_INDENT}▸ (attempt {delta.attempt}, the previous one failed)")
+            self._part = None
+        part = (delta.kind, delta.index if delta.kind == "tool_call" else 0)
+        if part != self._part:
+            if self._attempt is not None:
+                self._out.write("\n")
+            if delta.kind == "tool_call":
+                self._out.write(f"{LIVE_INDENT}→ {printable(delta.name or 'tool')} ")
+            else:
+                self._out.write(f"{LIVE_INDENT}▸ ")
+            self._part = part
         self._attempt = delta.attempt
-        self._out.write(printable(delta.text))
+        # The reply's own line breaks stay inside the layout, under the live line.
+        self._out.write(printable(delta.text).replace("\n", "\n" + LIVE_INDENT + "  "))
 
     def end(self) -> None:
         if self._attempt is not None:
             self._out.write("\n")
             self._attempt = None
+            self._part = None

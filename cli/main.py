@@ -1,12 +1,14 @@
 """`agentrun`: the command line client of the REST API (plus `api` and `worker`).
 
+    agentrun --version
     agentrun run --goal "Write hello.txt and finish" --follow
-    agentrun run spec.yaml --label team=docs
+    agentrun run examples/approval.json --approve-tools shell,write_file --follow
+    agentrun run spec.yaml --label team=docs --memory-mb 512 --temperature 0
     agentrun ls --status running
     agentrun show <run>
     agentrun logs -f <run>
     agentrun pause|resume|cancel <run> [--reason ...]
-    agentrun approve|deny <run> [<approval-id> --digest <sha256>]
+    agentrun approve|deny <run> [<approval-id> --digest <sha256>] [--yes]
     agentrun message <run> "Also add a README"
     agentrun api        # serve the REST API (uvicorn)
     agentrun worker     # run a Temporal worker
@@ -20,8 +22,9 @@ cancelled (`cli.errors`).
 This module is the parser and the console entry point (`[project.scripts]`);
 the rest of the CLI lives beside it: `commands` (what each command does),
 `spec_builder` (spec file and flags → the run's spec), `api_client` (HTTP and
-the SSE stream), `follow` (a run, live), `event_format` (events for people) and
-`event_json` (event JSON → the typed contracts).
+the SSE stream), `follow` (a run, live), `spinner` (what is in flight, on a
+terminal), `event_format` (events for people), `event_json` (event JSON → the
+typed contracts) and `actor` (who is acting).
 
 This module must not: do a command's work, or import `api` or `worker` at
 start-up (see `commands.cmd_api`).
@@ -33,8 +36,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import TextIO
 
+from cli.actor import default_actor
 from cli.api_client import ApiClient
 from cli.commands import (
     cmd_api,
@@ -48,9 +53,25 @@ from cli.commands import (
     cmd_worker,
 )
 from cli.errors import CliError
-from cli.spec_builder import PROVIDERS, TOOLS
+from cli.spec_builder import (
+    APPROVAL_MODES,
+    FINISH_MODES,
+    PROVIDERS,
+    TOOL_CHOICES,
+    TOOLS,
+    at_least_one,
+    tool_list,
+)
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+def package_version() -> str:
+    """The installed `agentrun` distribution's version (what `--version` prints)."""
+    try:
+        return version("agentrun")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,23 +83,58 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("AGENTRUN_API_URL", DEFAULT_API_URL),
         help="the REST API (env AGENTRUN_API_URL; default %(default)s)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
         "--actor",
-        default=os.environ.get("AGENTRUN_ACTOR") or os.environ.get("USER"),
-        help="who you are, for the audit trail (env AGENTRUN_ACTOR, else $USER)",
+        help="who you are, for the audit trail (env AGENTRUN_ACTOR, else $USER, "
+        "else your login name)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="launch a run (prints its id)")
-    run.add_argument("spec", nargs="?", help="a RunSpec as a JSON or YAML file (`-`: stdin)")
+    run.add_argument(
+        "spec",
+        nargs="?",
+        help="a RunSpec as a JSON or YAML file (`-`: stdin; see examples/); "
+        "every flag below overrides its field",
+    )
     run.add_argument("--goal", help="the goal (overrides the file's)")
     run.add_argument("--agent")
     run.add_argument("--instructions")
     run.add_argument("--tool", action="append", choices=TOOLS, help="repeatable")
-    run.add_argument("--max-steps", type=int)
-    run.add_argument("--provider", choices=PROVIDERS)
-    run.add_argument("--model", help="model name for the provider")
+    run.add_argument("--max-steps", type=at_least_one, metavar="N", help="at least 1")
+    run.add_argument(
+        "--finish", choices=FINISH_MODES, help="what ends the run (`text`: also a plain reply)"
+    )
     run.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    model = run.add_argument_group("model")
+    model.add_argument("--provider", choices=PROVIDERS)
+    model.add_argument("--model", help="model name for the provider")
+    model.add_argument("--temperature", type=float, metavar="T", help="0 to 2")
+    model.add_argument("--tool-choice", choices=TOOL_CHOICES, help="must the model call a tool")
+    approval = run.add_argument_group("approval (which tool calls wait for a human)")
+    approval.add_argument("--approval", choices=APPROVAL_MODES, help="approval.mode")
+    approval.add_argument(
+        "--approve-tools",
+        type=tool_list,
+        action="append",
+        metavar="TOOL,…",
+        help="the tools that need approval, e.g. shell,write_file (implies --approval tools)",
+    )
+    approval.add_argument(
+        "--approval-timeout", type=float, metavar="SECONDS", help="a pending approval expires"
+    )
+    sandbox = run.add_argument_group("sandbox (within the deployment's maxima)")
+    sandbox.add_argument("--memory-mb", type=int, metavar="MB")
+    sandbox.add_argument("--cpus", type=float)
+    sandbox.add_argument("--pids", type=int, metavar="N", help="process limit")
+    sandbox.add_argument("--workspace-mb", type=int, metavar="MB", help="workspace size")
+    sandbox.add_argument(
+        "--network",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="network access (where the deployment allows it)",
+    )
     run.add_argument("--idempotency-key", help="retry-safe launch: same key, same run")
     run.add_argument("-f", "--follow", action="store_true", help="stream events until it ends")
     run.add_argument("--json", action="store_true")
@@ -109,11 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--abort", action="store_true", help="abort the in-flight step")
 
     for name in ("approve", "deny"):
-        p = sub.add_parser(name, help=f"{name} the pending tool call")
+        p = sub.add_parser(name, help=f"{name} the pending tool call (asks first)")
         p.add_argument("run")
         p.add_argument("approval_id", nargs="?", help="default: the pending one")
         p.add_argument("--digest", help="the call's arguments_digest (default: the pending one)")
         p.add_argument("--reason")
+        p.add_argument(
+            "-y", "--yes", action="store_true", help=f"{name} without asking for confirmation"
+        )
 
     msg = sub.add_parser("message", help="send a steering message to a run")
     msg.add_argument("run")
@@ -142,15 +201,19 @@ COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace, TextIO], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, inp: TextIO | None = None
+) -> int:
+    """`inp`: where `approve`/`deny` read the confirmation (default: stdin)."""
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
+    args.stdin = inp or sys.stdin
     try:
         if args.command == "api":
             return cmd_api(args)
         if args.command == "worker":
             return cmd_worker(args)
-        api = ApiClient(args.api_url, args.actor)
+        api = ApiClient(args.api_url, args.actor or default_actor())
         try:
             return COMMANDS[args.command](api, args, out)
         finally:

@@ -8,8 +8,14 @@ Design (why it looks like this):
 * **A pool container is removed only when no run can have it**, because a run may be
   claiming it at this very moment (see `sandbox/_pool.py`: the executor's answer to
   `claim` decides, then the winner renames it). So the janitor asks the executor too:
-  - unclaimed and beyond `pool_size`: the janitor *claims it first* (`JANITOR_OWNER`)
-    and removes it only if it won; a run that won keeps it;
+  - unclaimed and beyond `pool_size`, in this worker's own pool (`pool_id`): the
+    janitor *claims it first* (`JANITOR_OWNER`) and removes it only if it won; a run
+    that won keeps it;
+  - unclaimed, of another pool (workers with another pool size or other sandbox
+    defaults; see `sandbox/_pool.py`): kept at the size its own workers keep it,
+    unless it has stood unclaimed for `RETIRED_POOL_S`. Then its workers are gone (a
+    configuration that changed, a deployment removed), or they refill it within a
+    sweep: it is claimed first and removed like a surplus one;
   - claimed but still under its pool name: the claimer is finishing, or died between
     the two steps. It goes when the claim is abandoned: the claiming run is not live,
     or already has another container (the claimer's rename can no longer succeed), or
@@ -53,6 +59,11 @@ ORPHAN_GRACE_S = 60.0
 JANITOR_OWNER = "janitor"
 """The owner a janitor claims a pool container with before removing it (no run's name)."""
 
+RETIRED_POOL_S = 24 * 3600.0
+"""An unclaimed container of another pool is removed once it is this old: a pool whose
+workers still run refills it (a day's idle pool loses its containers once), while a
+pool no worker fills any more (its configuration changed) does not leak for ever."""
+
 HELLO_TIMEOUT_S = 5.0
 """How long the janitor waits for an executor's answer (it then looks again next sweep)."""
 
@@ -90,12 +101,20 @@ def claimer_of(namespace: str, owner: str) -> RunRef | None:
 class Janitor:
     """One sweep at a time per call of `sweep`; safe to run in several processes at once."""
 
-    def __init__(self, containers: Containers, connections: Connections) -> None:
+    def __init__(
+        self,
+        containers: Containers,
+        connections: Connections,
+        *,
+        retired_pool_s: float = RETIRED_POOL_S,
+    ) -> None:
         self._containers = containers
         self._connections = connections
         self._docker = containers.docker
         self._ns = containers.ns
+        self._pool = containers.config.pool_id
         self._pool_size = containers.config.pool_size
+        self._retired_pool_s = retired_pool_s
 
     def sweep(self, is_live: IsLive) -> JanitorReport:
         """Remove this namespace's containers and volumes whose run is not live."""
@@ -131,11 +150,17 @@ class Janitor:
             elif volume:
                 in_use.add(volume)
         spare.sort(key=lambda c: c.created)  # the oldest stay
-        for index, pool in enumerate(spare):
-            if index >= self._pool_size and self._claim_for_removal(pool):
+        ours = [c for c in spare if c.pool == self._pool]
+        now = time.time()
+        for pool in spare:
+            if pool.pool == self._pool:
+                surplus = ours.index(pool) >= self._pool_size
+            else:  # another pool's: its workers keep it at its size, unless it is retired
+                surplus = now - pool.created > self._retired_pool_s
+            if surplus and self._claim_for_removal(pool):
                 self._remove(pool.id, pool.name, pool.volume, report)
             elif pool.volume:
-                in_use.add(pool.volume)  # within the pool's size, or a run claimed it first
+                in_use.add(pool.volume)  # within its pool's size, or a run claimed it first
         return in_use
 
     def _sweep_volumes(self, is_live: IsLive, in_use: set[str], report: JanitorReport) -> None:

@@ -9,7 +9,8 @@ tenant and run ids are escaped (`_u` for `_`, `_xHH` for any byte outside
 Layout, for namespace `agentrun`:
   agentrun-<tenant>__<run>        the run's container (claimed from the pool or created)
   agentrun-ws-<tenant>__<run>     the workspace volume of a run created without the pool
-  agentrun-pool-<hex>             an unclaimed pool container
+  agentrun-pool-<pool>-<hex>      an unclaimed container of pool <pool> (`SandboxConfig.pool_id`)
+  agentrun-pool-<hex>             an unclaimed pool container of a worker before pool ids
   agentrun-wspool-<hex>           a pool container's volume (the run's once claimed)
 
 This module must not talk to Docker; it is pure string handling.
@@ -67,8 +68,8 @@ def volume_name(namespace: str, run: RunRef) -> str:
     return f"{namespace}-ws-{run_key(run)}"
 
 
-def pool_container_name(namespace: str, slot: str) -> str:
-    return f"{namespace}-pool-{slot}"
+def pool_container_name(namespace: str, pool: str, slot: str) -> str:
+    return f"{namespace}-pool-{pool}-{slot}"
 
 
 def pool_volume_name(namespace: str, slot: str) -> str:
@@ -78,6 +79,12 @@ def pool_volume_name(namespace: str, slot: str) -> str:
 def is_pool_container(namespace: str, name: str) -> bool:
     name = name.lstrip("/")
     return name.startswith(f"{namespace}-pool-") and "__" not in name
+
+
+def pool_of_container(namespace: str, name: str) -> str:
+    """The pool id in an unclaimed pool container's name ("" for one made before ids)."""
+    pool, sep, _slot = name.lstrip("/").removeprefix(f"{namespace}-pool-").rpartition("-")
+    return pool if sep else ""
 
 
 def _parse(rest: str) -> RunRef | None:

@@ -3,7 +3,13 @@
 Design (why it looks like this):
 
 * `pool_size` containers are kept started and unassigned, each with its own fresh
-  workspace volume. Only runs that ask for what a pool container runs (the defaults,
+  workspace volume.
+* **A namespace holds one pool per configuration** (`SandboxConfig.pool_id`, in each
+  pool container's name): workers of one deployment share a pool, and two workers
+  with different pool sizes (or sandbox defaults) on one Docker host fill, claim
+  from and trim their own pools only. One pool shared by both was trimmed to the
+  smaller size by one janitor and refilled by the other worker, over and over.
+* Only runs that ask for what a pool container runs (the defaults,
   `sandbox/_resources.py: is_default`) use the pool; others get a container created
   for them, with a volume named after the run.
 * **A claim is two steps, and only the first decides.** (1) The container's executor
@@ -77,11 +83,13 @@ class PoolContainer:
     created: float
     """Seconds since the epoch."""
     volume: str
+    pool: str
+    """The pool it belongs to (`SandboxConfig.pool_id`; "" when made before pool ids)."""
 
 
-def pool_name_pattern(namespace: str) -> str:
-    """The Docker `name` filter (a regular expression) of unclaimed pool containers."""
-    return f"^/?{re.escape(_names.pool_container_name(namespace, ''))}[0-9a-f]+$"
+def pool_name_pattern(namespace: str, pool: str) -> str:
+    """The Docker `name` filter (a regular expression) of a pool's unclaimed containers."""
+    return f"^/?{re.escape(_names.pool_container_name(namespace, pool, ''))}[0-9a-f]+$"
 
 
 def as_pool_container(namespace: str, summary: dict[str, Any]) -> PoolContainer | None:
@@ -97,11 +105,12 @@ def as_pool_container(namespace: str, summary: dict[str, Any]) -> PoolContainer 
         state=str(summary.get("State", "")),
         created=float(summary.get("Created") or 0),
         volume=labels.get(LABEL_VOLUME, ""),
+        pool=_names.pool_of_container(namespace, name),
     )
 
 
-def list_pool(docker_client: Any, namespace: str) -> list[PoolContainer]:
-    """The namespace's running, unclaimed pool containers, in one call that cannot 404.
+def list_pool(docker_client: Any, namespace: str, pool: str) -> list[PoolContainer]:
+    """A pool's running, unclaimed containers, in one call that cannot 404.
 
     Claimed containers carry the pool label forever (labels are fixed at creation) but
     have the run's name, so the name filter leaves them out; the name check of
@@ -109,12 +118,13 @@ def list_pool(docker_client: Any, namespace: str) -> list[PoolContainer]:
     """
     filters: dict[str, Any] = {
         "label": [f"{LABEL_NAMESPACE}={namespace}", f"{LABEL_MANAGED}=true", f"{LABEL_POOL}=true"],
-        "name": [pool_name_pattern(namespace)],
+        "name": [pool_name_pattern(namespace, pool)],
         "status": ["running"],
     }
     with docker_errors("list pool"):
         found = docker_client.api.containers(filters=filters)
-    return [c for c in (as_pool_container(namespace, s) for s in found) if c is not None]
+    listed = (as_pool_container(namespace, s) for s in found)
+    return [c for c in listed if c is not None and c.pool == pool]
 
 
 def claim_owner(namespace: str, run: RunRef) -> str:
@@ -123,13 +133,14 @@ def claim_owner(namespace: str, run: RunRef) -> str:
 
 
 class WarmPool:
-    """The pool of one namespace, as seen from one worker process. Thread-safe."""
+    """This worker's pool (its namespace and `pool_id`), as seen from one process. Thread-safe."""
 
     def __init__(self, containers: Containers, connections: Connections) -> None:
         self._containers = containers
         self._connections = connections
         self._config = containers.config
         self._ns = containers.ns
+        self._pool = containers.config.pool_id
         self._docker = containers.docker
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -153,7 +164,7 @@ class WarmPool:
     def claim(self, run: RunRef, res: Resources) -> Any | None:
         """A pool container renamed to the run's, or None when none could be claimed."""
         try:
-            candidates = list_pool(self._docker, self._ns)
+            candidates = list_pool(self._docker, self._ns, self._pool)
             random.shuffle(candidates)  # claimers spread out instead of queueing on one
             for candidate in candidates:
                 if not self._win(candidate, run, res):
@@ -225,7 +236,7 @@ class WarmPool:
         )
         with docker_errors("create pool container"):
             container = self._docker.containers.create(
-                name=_names.pool_container_name(self._ns, slot), **kwargs
+                name=_names.pool_container_name(self._ns, self._pool, slot), **kwargs
             )
             container.start()
         # Attach now, so a claim from this process costs no connection set-up.
@@ -235,7 +246,10 @@ class WarmPool:
     def warm(self) -> int:
         """Fill the pool up to `pool_size` now; returns how many were created."""
         created = 0
-        while not self._closed and len(list_pool(self._docker, self._ns)) < self._config.pool_size:
+        while (
+            not self._closed
+            and len(list_pool(self._docker, self._ns, self._pool)) < self._config.pool_size
+        ):
             self._create_one()
             created += 1
         return created

@@ -11,6 +11,7 @@ This module must not: read the environment or any file, or import the Docker SDK
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +49,26 @@ class SandboxConfig:
 
     def allowed_images(self) -> list[str]:
         return [self.image, *self.image_allowlist]
+
+    @property
+    def pool_id(self) -> str:
+        """Which warm pool of the namespace this worker fills, claims from and trims.
+
+        Derived from the pool's size and from everything a pool container is made
+        with, so workers of one deployment (same settings) share one pool, while a
+        worker with another pool size, or other sandbox defaults, keeps a pool of
+        its own: it neither trims the other's to its size nor hands its runs a
+        container made with the other's limits.
+        """
+        made_with = (
+            self.pool_size,
+            self.image,
+            self.runtime,
+            self.memory_mb,
+            self.cpus,
+            self.pids,
+            self.workspace_mb,
+            self.tmp_mb,
+            self.workspace_images is not None,
+        )
+        return hashlib.sha256(repr(made_with).encode()).hexdigest()[:8]

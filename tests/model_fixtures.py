@@ -6,6 +6,9 @@
 * ``embedded_llm``: the real embedded model (SmolLM2-135M under llama.cpp's
   server), started once per session on a free port with one thread, so tests of
   other engineers running at the same time keep their CPU.
+* ``native_llm``: the same model and server with native tool calling
+  (``--chat_format chatml-function-calling``), for
+  ``AGENTRUN_OPENAI_JSON_SCHEMA_TOOLS=false``.
 
 tests/conftest.py registers this module as a plugin, so test modules request the
 fixtures by name without importing them. Tests also import helpers from here, so
@@ -27,7 +30,12 @@ from typing import Any
 
 import pytest
 
-from cli.embedded_llm import EmbeddedModelError, EmbeddedModelServer, model_path
+from cli.embedded_llm import (
+    NATIVE_TOOLS_CHAT_FORMAT,
+    EmbeddedModelError,
+    EmbeddedModelServer,
+    model_path,
+)
 
 
 def free_port() -> int:
@@ -175,6 +183,20 @@ def embedded_llm() -> Iterator[EmbeddedModelServer]:
     except EmbeddedModelError as exc:
         pytest.skip(str(exc))
     server = EmbeddedModelServer(port=free_port(), host="127.0.0.1", threads=1)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def native_llm() -> Iterator[EmbeddedModelServer]:
+    """The embedded model served with native ``tools``/``tool_calls``, once per session."""
+    model_path()  # the embedded model is a test dependency: fail loudly when missing
+    server = EmbeddedModelServer(
+        port=free_port(), host="127.0.0.1", threads=1, chat_format=NATIVE_TOOLS_CHAT_FORMAT
+    )
     server.start()
     try:
         yield server

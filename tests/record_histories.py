@@ -30,6 +30,7 @@ from agentrun.contracts import (
     ControlRequest,
     Limits,
     RunStatus,
+    TerminalReason,
     ToolName,
 )
 from tests.conftest import start_dev_server
@@ -39,6 +40,7 @@ from tests.workflow_harness import (
     call,
     early_continue_as_new_args,
     finish,
+    outcome,
     running_worker,
     scripted_spec,
     shell,
@@ -63,7 +65,7 @@ async def _happy_path(client: Client, queue: str) -> str:
             finish("ok"),
         ),
     )
-    await h.result()
+    await outcome(h)
     return (await h.fetch_history()).to_json()
 
 
@@ -96,7 +98,7 @@ async def _approval(client: Client, queue: str) -> str:
             ),
         )
         await wait_for(h, lambda v: v.pending_approval is None or v.status.terminal)
-    await h.result()
+    await outcome(h)
     return (await h.fetch_history()).to_json()
 
 
@@ -108,7 +110,7 @@ async def _continue_as_new(client: Client, queue: str) -> str:
         scripted_spec(shell("echo 1"), shell("echo 2"), shell("echo 3"), finish()),
         continue_as_new_every=2,
     )
-    await h.result()
+    await outcome(h)
     first = client.get_workflow_handle(h.id, run_id=h.first_execution_run_id)
     return (await first.fetch_history()).to_json()
 
@@ -132,7 +134,7 @@ async def _pause_cancel(client: Client, queue: str) -> str:
     await h.execute_update(AgentRunWorkflow.resume, req)
     await wait_for(h, lambda v: v.steps >= 2)
     await h.execute_update(AgentRunWorkflow.cancel, req)
-    await h.result()
+    await outcome(h)
     return (await h.fetch_history()).to_json()
 
 
@@ -144,9 +146,10 @@ async def _streamed_retry(client: Client, queue: str) -> str:
         scripted_spec(
             shell("echo streamed"),
             turn(content="all done", fail_attempts=1, fail_after_chunks=1),
+            finish="text",
         ),
     )
-    await h.result()
+    await outcome(h)
     return (await h.fetch_history()).to_json()
 
 
@@ -166,7 +169,7 @@ async def _turn_histories(client: Client, queue: str) -> list[str]:
             limits=Limits(max_tool_calls_per_turn=6),
         ),
     )
-    await h.result()
+    await outcome(h)
     histories: list[str] = []
     run_id = h.first_execution_run_id
     while run_id:
@@ -187,6 +190,40 @@ async def _turn_resumed(client: Client, queue: str) -> str:
     return (await _turn_histories(client, queue))[1]
 
 
+async def _failed_run(client: Client, queue: str) -> str:
+    # patches "finish-mode" and "temporal-status-matches-outcome": prose is not an
+    # answer (the model is told so), and the run fails at max_steps as Temporal `Failed`
+    h = await start_run(
+        client,
+        queue,
+        scripted_spec(
+            turn(content="I think I am done."),
+            turn(call("nonexistent")),
+            limits=Limits(max_steps=2),
+        ),
+    )
+    result = await outcome(h)
+    assert result.reason == TerminalReason.MAX_STEPS, result
+    return (await h.fetch_history()).to_json()
+
+
+async def _cancelled_run(client: Client, queue: str) -> str:
+    # patch "temporal-status-matches-outcome": a signal that changes nothing
+    # (`control.rejected`), then the cancel update; the run ends as Temporal `Canceled`
+    h = await start_run(
+        client,
+        queue,
+        scripted_spec(shell("echo x", delay_seconds=1.0), shell("echo never"), finish()),
+    )
+    req = ControlRequest(actor=ALICE)
+    await wait_for(h, lambda v: v.status == RunStatus.RUNNING)
+    await h.signal("resume", req)
+    await h.execute_update(AgentRunWorkflow.cancel, req)
+    result = await outcome(h)
+    assert result.reason == TerminalReason.CANCELLED, result
+    return (await h.fetch_history()).to_json()
+
+
 SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "happy_path": _happy_path,
     "approval": _approval,
@@ -197,6 +234,8 @@ SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "approval_answers_status": _approval,
     "turn_continue_as_new": _turn_continue_as_new,
     "turn_resumed": _turn_resumed,
+    "failed_run": _failed_run,
+    "cancelled_run": _cancelled_run,
 }
 
 SERVER_FLAGS: dict[str, list[str]] = {

@@ -9,6 +9,8 @@
 * ``docker_sandbox``: one `DockerSandbox` for the session; everything in the namespace
   is removed when the session ends.
 * ``run_ref``: a fresh tenant/run per test, destroyed afterwards.
+* ``Trimmer``: a janitor that takes every other pool for retired, so it removes
+  their unclaimed containers at once (racing claims, trimming after a test).
 * ``leftovers``: what a namespace left in Docker; removing it also releases the
   workspace images (loop devices, image files), like the janitor does.
 
@@ -22,7 +24,8 @@ import importlib.util
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,9 +36,11 @@ import pytest
 
 from agentrun.config import Settings
 from agentrun.contracts import SandboxPolicy
-from sandbox._containers import LABEL_NAMESPACE, LABEL_QUOTA_MB
+from sandbox._connections import Connections
+from sandbox._containers import LABEL_NAMESPACE, LABEL_QUOTA_MB, Containers
+from sandbox._janitor import Janitor
 from sandbox._workspace_images import WorkspaceImages, attached_loops, release
-from sandbox.base import ExecOutcome, RunRef
+from sandbox.base import ExecOutcome, JanitorReport, RunRef
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
 from worker import sandbox_config as config_from_settings
@@ -184,3 +189,22 @@ def sh(
         timeout_s=timeout_s,
         max_output_bytes=max_output_bytes,
     )
+
+
+class Trimmer:
+    """The janitor of a worker with `pool_size` (default: none) that takes every other
+    pool for retired (`retired_pool_s=0`): it removes every unclaimed container of the
+    other pools it finds, claiming each first, so it races each claim for them."""
+
+    def __init__(self, config: SandboxConfig, pool_size: int = 0) -> None:
+        client = docker.from_env(timeout=60)
+        self._connections = Connections(client)
+        own = replace(config, pool_size=pool_size)
+        containers = Containers(own, client, self._connections)
+        self._janitor = Janitor(containers, self._connections, retired_pool_s=0)
+
+    def janitor(self, is_live: Callable[[RunRef], bool]) -> JanitorReport:
+        return self._janitor.sweep(is_live)
+
+    def close(self) -> None:
+        self._connections.close()

@@ -38,7 +38,8 @@ async def stack(
 
 
 async def launch(stack: Stack, *turns: dict[str, Any]) -> str:
-    resp = await stack.http.post("/v1/runs", json=scripted(*turns))
+    # The scripted replies answer in text (the deltas under test are text).
+    resp = await stack.http.post("/v1/runs", json=scripted(*turns, finish="text"))
     assert resp.status_code == 201, resp.text
     run_id: str = resp.json()["run_id"]
     return run_id

@@ -112,7 +112,7 @@ async def test_post_run_returns_201_with_links_and_run_completes(stack: Stack) -
     assert view["final_answer"] == "forty-two"
     assert view["reason"] == "completed"
     assert view["steps"] == 1
-    assert view["usage"] == {"input_tokens": 10, "output_tokens": 10}
+    assert view["usage"] == {"input_tokens": 10, "output_tokens": 10, "estimated": False}
     assert view["source"] == "query"
     assert view["created_by"] == "alice"
     assert view["labels"] == {"suite": "api"}

@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import pty
+import pwd
+import select
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +30,19 @@ from cli.event_format import format_event
 from tests.api_fixtures import (
     NOOP_TURN,
     Stack,
+    api_settings,
     api_stack,
     finish_turn,
     scripted,
+    serve_api,
     tool_turn,
     unique,
     wait_until,
 )
 from tests.model_fixtures import free_port
+from worker import build_worker
+
+AGENTRUN = Path(sys.executable).parent / "agentrun"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +58,44 @@ async def agentrun(stack: Stack, *argv: str, actor: str = "cli-user") -> tuple[i
     out = io.StringIO()
     code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "--actor", actor, *argv], out)
     return code, out.getvalue()
+
+
+def on_terminal(url: str, *argv: str, answer: bytes | None = None) -> tuple[int, str]:
+    """`agentrun` as a process on a real terminal (a pty): its exit code and what it
+    showed. `answer` is typed once the process asks `[y/N]`."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [str(AGENTRUN), "--api-url", url, "--actor", "tty-user", *argv],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if answer is not None and b"[y/N]" in shown:
+                os.write(master, answer)
+                answer = None
+        return proc.wait(timeout=30), shown.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
 
 
 def spec_file(tmp_path: Path, spec: dict[str, Any], name: str = "spec.json") -> str:
@@ -87,7 +135,7 @@ async def test_follow_shows_token_deltas_live_and_keeps_escapes_off_the_terminal
     stack: Stack, tmp_path: Path
 ) -> None:
     hostile = "streamed \x1b[2Jwords\x07 arrive"
-    path = spec_file(tmp_path, scripted({"content": hostile, "delay_seconds": 0.5}))
+    path = spec_file(tmp_path, scripted({"content": hostile, "delay_seconds": 0.5}, finish="text"))
     code, out = await agentrun(stack, "run", path, "--follow")
     assert code == 0, out
     lines = out.splitlines()
@@ -198,13 +246,111 @@ async def test_deny_finds_the_pending_approval_by_itself(stack: Stack, tmp_path:
         return "approval:   ap-" in shown
 
     await wait_until(pending, timeout=60)
-    code, out = await agentrun(stack, "deny", run_id, "--reason", "not today", actor="dana")
+    code, out = await agentrun(
+        stack, "deny", run_id, "--reason", "not today", "--yes", actor="dana"
+    )
     assert code == 0, out
     assert out.splitlines()[0].startswith("deny list_files")
     assert "denied" in out.splitlines()[-1]
     code, followed = await agentrun(stack, "logs", "-f", run_id)
     assert code == 0
     assert "denied by dana" in followed and "denied and done" in followed
+    assert f"approve: agentrun approve {run_id} ap-" in followed  # the real run, no <run>
+
+
+@pytest.mark.docker
+async def test_approve_asks_first_on_a_terminal_and_refuses_without_one(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The approval policy comes from the flags alone: the run waits only if they reached it.
+    spec = scripted(tool_turn("list_files", path="."), finish_turn("listed"))
+    code, out = await agentrun(
+        stack, "run", spec_file(tmp_path, spec), "--approve-tools", "list_files"
+    )
+    assert code == 0
+    run_id = out.strip()
+
+    async def pending() -> bool:
+        _, shown = await agentrun(stack, "show", run_id)
+        return "approval:   ap-" in shown
+
+    await wait_until(pending, timeout=60)
+    capsys.readouterr()
+    code, out = await agentrun(stack, "approve", run_id)  # stdin: no terminal, no --yes
+    assert code == 2 and out == ""
+    assert "pass --yes to approve" in capsys.readouterr().err
+
+    code, shown = await asyncio.to_thread(on_terminal, stack.url, "approve", run_id, answer=b"n\n")
+    assert code == 0, shown
+    assert 'approve list_files {"path": "."}' in shown and "Approve this call? [y/N]" in shown
+    assert f"{run_id}: nothing done" in shown
+    assert await pending()  # still waiting
+
+    code, shown = await asyncio.to_thread(on_terminal, stack.url, "approve", run_id, answer=b"y\n")
+    assert code == 0, shown
+    assert f"{run_id}: approved" in shown
+    code, followed = await agentrun(stack, "logs", "-f", run_id)
+    assert code == 0 and "approved by tty-user" in followed and "listed" in followed
+
+
+async def test_a_silent_model_call_shows_a_spinner_on_a_terminal_only(
+    stack: Stack, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, scripted(dict(NOOP_TURN, delay_seconds=1.5), finish_turn()))
+    code, out = await agentrun(stack, "run", path)
+    run_id = out.strip()
+    code, shown = await asyncio.to_thread(on_terminal, stack.url, "logs", "-f", run_id)
+    assert code == 0, shown
+    assert "\r\x1b[K      ⠋ model call, step 1 · " in shown
+    lines = [line.rsplit("\x1b[K", 1)[-1] for line in shown.splitlines()]
+    assert any(line.startswith("#") and "run.finished" in line for line in lines)
+    code, piped = await agentrun(stack, "logs", "-f", run_id)
+    assert code == 0 and "\x1b" not in piped and "⠋" not in piped
+    code, raw = await agentrun(stack, "logs", "-f", run_id, "--json")
+    assert code == 0 and "⠋" not in raw and all(json.loads(line) for line in raw.splitlines())
+
+
+async def test_the_actor_falls_back_to_the_login_name_without_user(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AGENTRUN_ACTOR", "USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    path = spec_file(tmp_path, scripted(finish_turn()))
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "run", path], out)
+    assert code == 0
+    code, shown = await agentrun(stack, "show", out.getvalue().strip())
+    assert f"by {pwd.getpwuid(os.getuid()).pw_name}\n" in shown and "anonymous" not in shown
+
+
+async def test_logs_of_an_ended_run_without_a_worker_prints_its_recorded_outcome(
+    client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task_queue = unique("tq-cli-noworker")
+    settings = api_settings(tmp_path, task_queue)
+    path = spec_file(tmp_path, scripted(NOOP_TURN, finish_turn("recorded answer")))
+    async with serve_api(settings, client) as url:
+        async with build_worker(client, settings, task_queue=task_queue):
+            out = io.StringIO()
+            argv = ["--api-url", url, "run", path, "--follow"]
+            assert await asyncio.to_thread(cli.main, argv, out) == 0
+            run_id = out.getvalue().splitlines()[0]
+        # The worker is gone: nothing can replay the run's event log now.
+        capsys.readouterr()
+        for follow in ([], ["-f"]):
+            out = io.StringIO()
+            argv = ["--api-url", url, "logs", run_id, *follow]
+            assert await asyncio.to_thread(cli.main, argv, out) == 0
+            assert out.getvalue().splitlines()[:3] == [
+                "status:     completed (completed)",
+                "steps:      2",
+                "answer:     recorded answer",
+            ]
+            assert "needs an agentrun worker" in capsys.readouterr().err
+        out = io.StringIO()
+        argv = ["--api-url", url, "logs", run_id, "--json"]
+        assert await asyncio.to_thread(cli.main, argv, out) == 0
+        assert json.loads(out.getvalue())["final_answer"] == "recorded answer"
 
 
 async def test_usage_errors_and_unreachable_api(capsys: pytest.CaptureFixture[str]) -> None:

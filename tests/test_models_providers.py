@@ -12,7 +12,7 @@ from typing import Any
 
 from activities.models.anthropic import AnthropicProvider
 from activities.models.base import ModelReply, ModelRequest
-from activities.models.constrained import tool_call_schema
+from activities.models.constrained import native_tools, tool_call_schema
 from activities.models.openai_compat import OpenAICompatProvider
 from activities.tools import tool_schemas
 from agentrun.contracts import Message, ModelRef, RawToolCall
@@ -119,7 +119,9 @@ async def test_native_mode_sends_tools_and_keeps_provider_ids_and_raw_arguments(
     )
     assert "response_format" not in body
     assert [t["function"]["name"] for t in body["tools"]] == ["shell", "finish"]
-    assert body["tools"][0]["function"]["parameters"] == TOOLS[0].parameters
+    # The schemas a grammar-based server can compile, descriptions kept for the model.
+    assert body["tools"] == native_tools(TOOLS)
+    assert body["tools"][0]["function"]["parameters"]["properties"]["command"]["description"]
     assert reply.tool_calls[0] == RawToolCall(
         id="call_abc", name="shell", arguments='{"command":"ls"'
     )

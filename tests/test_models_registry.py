@@ -6,15 +6,20 @@ headers, so "this key is never sent there" is observed, not inferred.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.models.base import ModelRequest
-from activities.models.registry import build_providers
+from activities.models.errors import SERVER_ERROR_ATTEMPTS
+from activities.models.registry import OPENAI_DEFAULT_MODEL, build_providers, openai_endpoint
+from activities.tools import tool_schemas
 from agentrun.config import Settings
 from agentrun.contracts import Message, ModelRef, ScriptedTurn
+from cli.devstack import DevStack
 from tests.model_fixtures import FakeProvider
 
 OK_CHAT = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
@@ -159,3 +164,119 @@ async def test_anthropic_api_key_is_never_sent_to_a_server_set_by_agentrun_base_
 def test_settings_repr_never_shows_keys() -> None:
     cfg = settings(openai_api_key="sk-secret-0004", anthropic_api_key="sk-ant-secret-0005")
     assert "sk-secret-0004" not in repr(cfg) and "sk-ant-secret-0005" not in repr(cfg)
+
+
+def test_openai_api_key_alone_means_api_openai_com_with_that_key_and_native_tools() -> None:
+    unset_model = Settings(default_provider="openai", openai_api_key=None)
+    assert "default_model" not in unset_model.model_fields_set
+    endpoint = openai_endpoint(unset_model, {"OPENAI_API_KEY": "sk-env-key-0001"})
+    assert endpoint.base_url == "https://api.openai.com/v1"
+    assert endpoint.api_key == "sk-env-key-0001"
+    assert endpoint.json_schema_tools is False  # OpenAI has no llama.cpp json_object schema
+    assert endpoint.default_model == OPENAI_DEFAULT_MODEL
+    assert "sk-env-key-0001" not in repr(endpoint)
+
+
+def test_without_any_openai_variable_the_embedded_model_is_used() -> None:
+    endpoint = openai_endpoint(settings(), {})
+    assert endpoint.base_url == "http://127.0.0.1:8081/v1" and endpoint.api_key is None
+    assert endpoint.json_schema_tools is True
+
+
+async def test_openai_base_url_and_key_send_the_key_to_that_server_as_bearer(
+    fake_provider: FakeProvider,
+) -> None:
+    # The README's documented path: OPENAI_BASE_URL + OPENAI_API_KEY, nothing else.
+    name = fake_provider.scenario(200, OK_CHAT)
+    env = {"OPENAI_BASE_URL": fake_provider.url(name, "/v1"), "OPENAI_API_KEY": "sk-env-key-0009"}
+    assert openai_endpoint(settings(), env).base_url == fake_provider.url(name, "/v1")
+    headers, body = await call(fake_provider, name, settings(), env, ModelRef())
+    assert headers["authorization"] == "Bearer sk-env-key-0009"
+    assert body["model"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(
+    ("ref_choice", "deployment", "sent"),
+    [(None, "auto", "auto"), (None, "required", "required"), ("auto", "required", "auto")],
+)
+async def test_tool_choice_unset_in_the_run_takes_the_deployment_setting(
+    fake_provider: FakeProvider, ref_choice: str | None, deployment: str, sent: str
+) -> None:
+    name = fake_provider.scenario(200, OK_CHAT)
+    cfg = settings(
+        openai_base_url=fake_provider.url(name, "/v1"),
+        openai_json_schema_tools=False,
+        tool_choice=deployment,
+    )
+    providers = build_providers(cfg, environ={})
+    req = request(ModelRef(tool_choice=ref_choice))
+    req.tools = tool_schemas(["shell", "finish"])
+    try:
+        await providers.complete(req)
+    finally:
+        await providers.aclose()
+    (seen,) = fake_provider.requests(name)
+    assert seen.json()["tool_choice"] == sent
+
+
+async def failed_call(fake: FakeProvider, status: int, attempt: int) -> ApplicationError:
+    name = fake.scenario(status, {"error": {"message": "bad message shape", "code": status}})
+    providers = build_providers(settings(openai_base_url=fake.url(name, "/v1")), environ={})
+    req = request(ModelRef())
+    req.attempt = attempt
+    try:
+        with pytest.raises(ApplicationError) as info:
+            await providers.complete(req)
+    finally:
+        await providers.aclose()
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "kind", "retryable"),
+    [
+        (500, 1, "ModelUnavailable", True),
+        (500, 2, "ModelUnavailable", True),
+        (500, SERVER_ERROR_ATTEMPTS, "ModelServerError", False),
+        (503, 8, "ModelUnavailable", True),
+    ],
+)
+async def test_a_500_repeated_on_every_attempt_stops_being_retried(
+    fake_provider: FakeProvider, status: int, attempt: int, kind: str, retryable: bool
+) -> None:
+    error = await failed_call(fake_provider, status, attempt)
+    assert (error.type, error.non_retryable) == (kind, not retryable)
+    assert "bad message shape" in error.message
+
+
+async def test_each_failed_attempt_logs_one_line_and_spares_temporal_the_traceback(
+    fake_provider: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="agentrun.models"):
+        error = await failed_call(fake_provider, 500, 1)
+    (record,) = [r for r in caplog.records if r.name == "agentrun.models"]
+    line = record.getMessage()
+    assert "\n" not in line and record.exc_info is None
+    assert "attempt 1" in line and "ModelUnavailable" in line and "will retry" in line
+    # BENIGN: Temporal logs the failure at debug level instead of a warning with a
+    # traceback on each retry.
+    assert error.category == ApplicationErrorCategory.BENIGN
+
+
+def test_devstack_starts_the_embedded_model_exactly_when_the_worker_calls_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    embedded = settings(state_dir=tmp_path, openai_base_url="http://127.0.0.1:8081/v1")
+    keyed = settings(
+        state_dir=tmp_path,
+        openai_base_url="http://127.0.0.1:8081/v1",
+        openai_api_key="sk-for-llama-0006",
+    )
+    assert DevStack(embedded).embedded_model_needed()
+    # A key for the embedded server does not move the worker elsewhere.
+    assert DevStack(keyed).embedded_model_needed()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key-0001")
+    # The key alone sends the worker to OpenAI; nothing calls the embedded model.
+    assert not DevStack(settings(state_dir=tmp_path)).embedded_model_needed()

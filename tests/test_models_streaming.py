@@ -28,6 +28,7 @@ from activities.models.base import (
     ModelRequest,
 )
 from activities.models.openai_compat import OpenAICompatProvider
+from activities.models.openai_stream import TOKENS_PER_MESSAGE, estimated_prompt_tokens
 from activities.tools import tool_schemas
 from agentrun.contracts import Delta, Message, ModelRef, RawToolCall
 from tests.model_fixtures import FakeProvider
@@ -637,3 +638,50 @@ async def test_connection_dropped_mid_stream_is_retryable_unavailable(
     error = await failure(openai(fake_provider, name))
     assert error.type == "ModelUnavailable" and not error.non_retryable
     assert "cannot reach the model server" in str(error)
+
+
+async def test_openai_done_without_a_finish_reason_is_an_incomplete_retryable_stream(
+    fake_provider: FakeProvider,
+) -> None:
+    # llama-cpp-python abandons a stream for a newer request this way: a role chunk,
+    # then [DONE], no finish_reason and no content.
+    body = openai_stream(chunk({"role": "assistant"}))
+    error = await failure(openai(fake_provider, fake_provider.scenario(200, body, headers=SSE)))
+    assert error.type == "ModelUnavailable" and not error.non_retryable
+    assert "ended incomplete" in str(error) and "finish_reason" in str(error)
+
+
+async def test_openai_connection_closed_without_done_is_an_incomplete_retryable_stream(
+    fake_provider: FakeProvider,
+) -> None:
+    name = fake_provider.scenario(200, headers=SSE, chunks=[openai_stream(done=False)])
+    error = await failure(openai(fake_provider, name))
+    assert error.type == "ModelUnavailable" and not error.non_retryable
+    assert "ended incomplete" in str(error)
+
+
+async def test_openai_usage_is_the_servers_when_sent_and_marked_estimated_otherwise(
+    fake_provider: FakeProvider,
+) -> None:
+    reported = openai_stream(chunk({"content": "a"}), chunk({}, "stop"), chunk(None, usage=USAGE))
+    silent = openai_stream(chunk({"content": "a"}), chunk({}, "stop"))
+    name = fake_provider.scenario(200, reported, headers=SSE)
+    reply, _ = await complete(openai(fake_provider, name), stream=True, tools=False)
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (11, 5)
+    assert not reply.usage.estimated
+    name = fake_provider.scenario(200, silent, headers=SSE)
+    reply, _ = await complete(openai(fake_provider, name), stream=True, tools=False)
+    assert reply.usage.estimated and reply.usage.input_tokens > 0
+    (sent,) = fake_provider.requests(name)
+    assert sent.json()["stream_options"] == {"include_usage": True}
+
+
+def test_prompt_estimate_counts_text_not_json_syntax() -> None:
+    # The old estimate (the messages' JSON over four) came out 2.9 times the real count.
+    body = {
+        "messages": [
+            {"role": "system", "content": "x" * 400},
+            {"role": "user", "content": "y" * 400},
+        ]
+    }
+    assert estimated_prompt_tokens(body) == 200 + 2 * TOKENS_PER_MESSAGE

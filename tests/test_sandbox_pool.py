@@ -7,7 +7,8 @@ raised, containers removed, workspaces seen), never timings.
 What they guard (issue 9, defect 3): under load, runs failed with `list pool: Docker
 refused (404)` because docker-py's `containers.list` inspects each listed container
 and one removed in between failed the whole listing; and a janitor that listed a pool
-container could remove it after a run had claimed it.
+container could remove it after a run had claimed it. (Issue 10:) two workers with
+different pool sizes on one Docker host removed each other's pool containers.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sandbox._pool import claim_owner, list_pool
 from sandbox.base import RunRef, SandboxPolicyError, SandboxUnavailable
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
-from tests.sandbox_fixtures import leftovers, new_run, sh
+from tests.sandbox_fixtures import Trimmer, leftovers, new_run, sh
 
 pytestmark = pytest.mark.docker
 
@@ -173,7 +174,7 @@ def end_runs(worker: DockerSandbox, runs: list[RunRef]) -> None:
         worker.destroy(run, keep_workspace=False)
 
 
-def sweep_all_live(janitor: DockerSandbox) -> None:
+def sweep_all_live(janitor: DockerSandbox | Trimmer) -> None:
     janitor.janitor(lambda _run: True)
 
 
@@ -182,9 +183,9 @@ def test_concurrent_claims_on_a_small_pool_all_succeed_with_own_workspaces_while
 ) -> None:
     # Two worker processes, in effect, claim from one pool of 3 while the runs of the
     # round before end (their containers still carry the pool label) and a third
-    # worker, configured without a pool, sweeps (removing every unclaimed pool container).
+    # worker's janitor sweeps (removing every unclaimed pool container).
     workers = [DockerSandbox(pool_config), DockerSandbox(pool_config)]
-    trimmer = DockerSandbox(replace(pool_config, pool_size=0))
+    trimmer = Trimmer(pool_config)
     ended: list[RunRef] = []
     try:
         for _ in range(ROUNDS):
@@ -201,8 +202,9 @@ def test_concurrent_claims_on_a_small_pool_all_succeed_with_own_workspaces_while
                 assert own_files(workers[0], run) == [f"mine-{run.run_id}"]
             ended = runs
     finally:
-        for worker in [*workers, trimmer]:
+        for worker in workers:
             worker.close()
+        trimmer.close()
         end_runs(workers[0], ended)
 
 
@@ -210,9 +212,7 @@ def test_a_janitor_sweeping_during_claims_never_removes_a_claimed_container(
     pool_config: SandboxConfig,
 ) -> None:
     pooled = DockerSandbox(pool_config)
-    # A worker configured without a pool: its janitor removes every unclaimed pool
-    # container it finds, so it races each claim for the same containers.
-    trimmer = DockerSandbox(replace(pool_config, pool_size=0))
+    trimmer = Trimmer(pool_config)
     events = RenamesAndRemovals(docker.from_env(), pool_config)
     claimed: list[RunRef] = []
     try:
@@ -314,7 +314,7 @@ def test_the_janitor_removes_abandoned_pool_claims_and_keeps_one_being_finished(
     try:
         assert pooled.warm_pool() == 4
         sh(plain, elsewhere, "true")  # `elsewhere` got a container of its own
-        containers = list_pool(client, config.namespace)
+        containers = list_pool(client, config.namespace, config.pool_id)
         owners = [
             claim_owner(config.namespace, live),
             claim_owner(config.namespace, ended),
@@ -328,10 +328,79 @@ def test_the_janitor_removes_abandoned_pool_claims_and_keeps_one_being_finished(
             assert answer["ok"], answer
         report = pooled.janitor(lambda run: run != ended)
         assert sorted(report.removed_containers) == sorted(c.name for c in containers[1:])
-        assert [c.name for c in list_pool(client, config.namespace)] == [containers[0].name]
+        left = list_pool(client, config.namespace, config.pool_id)
+        assert [c.name for c in left] == [containers[0].name]
     finally:
         connections.close()
         pooled.close()
         plain.close()
         for run in (live, ended, elsewhere):
             plain.destroy(run, keep_workspace=False)
+
+
+def pool_names(client: Any, config: SandboxConfig) -> set[str]:
+    return {c.name for c in list_pool(client, config.namespace, config.pool_id)}
+
+
+def test_two_workers_with_different_pool_sizes_in_one_namespace_each_keep_their_pool(
+    pool_config: SandboxConfig,
+) -> None:
+    # One deployment's worker keeps 1 container warm, another's 3, on one Docker host
+    # and in one namespace. Each janitor used to trim the whole namespace to its own
+    # size: the small one removed the big one's spares, which its worker refilled.
+    client = docker.from_env()
+    small, big = replace(pool_config, pool_size=1), replace(pool_config, pool_size=3)
+    workers = [DockerSandbox(small), DockerSandbox(big), DockerSandbox(big)]
+    ran = new_run()
+    try:
+        assert workers[0].warm_pool() == 1
+        assert workers[1].warm_pool() == 3
+        assert workers[2].warm_pool() == 0  # same settings, same pool: already full
+        kept = {small: pool_names(client, small), big: pool_names(client, big)}
+        for _ in range(2):
+            for worker in workers:
+                report = worker.janitor(lambda _run: True)
+                assert report.removed_containers == [], report
+        assert pool_names(client, small) == kept[small]
+        assert pool_names(client, big) == kept[big]
+        # A run on the small worker claims from its own pool, not the big one's.
+        small_ids = {c.id for c in list_pool(client, small.namespace, small.pool_id)}
+        big_ids = {c.id for c in list_pool(client, big.namespace, big.pool_id)}
+        write_own_file(workers[0], ran)
+        got = client.api.inspect_container(_names.container_name(small.namespace, ran))["Id"]
+        assert got in small_ids
+        assert big_ids <= {c.id for c in list_pool(client, big.namespace, big.pool_id)}
+    finally:
+        for worker in workers:
+            worker.close()
+        workers[0].destroy(ran, keep_workspace=False)
+
+
+def test_a_janitor_trims_its_own_pool_to_size_and_only_retired_pools_of_other_settings(
+    pool_config: SandboxConfig,
+) -> None:
+    # Surplus in one's own pool (several processes' refills racing) goes; a pool of
+    # other settings stays while it is young; a pool nobody refills any more (its
+    # settings changed) goes once it is old (for the trimmer: at once).
+    client = docker.from_env()
+    mine, other = replace(pool_config, pool_size=1), replace(pool_config, pool_size=2)
+    racers = [DockerSandbox(mine) for _ in range(4)]
+    theirs = DockerSandbox(other)
+    retired = Trimmer(other, pool_size=other.pool_size)  # a janitor of `other`'s pool
+    try:
+        theirs.warm_pool()
+        errors = race([racer.warm_pool for racer in racers])
+        assert not errors, described(errors)
+        filled = len(pool_names(client, mine))
+        assert filled >= 1
+        report = racers[0].janitor(lambda _run: True)
+        assert len(report.removed_containers) == filled - 1, report
+        assert len(pool_names(client, mine)) == 1
+        assert len(pool_names(client, other)) == 2
+        retired.janitor(lambda _run: True)
+        assert len(pool_names(client, mine)) == 0  # every other pool counts as retired
+        assert len(pool_names(client, other)) == 2  # its own: within its size
+    finally:
+        for sandbox in (*racers, theirs):
+            sandbox.close()
+        retired.close()

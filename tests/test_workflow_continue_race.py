@@ -40,6 +40,7 @@ from tests.workflow_harness import (
     all_events,
     call,
     finish,
+    outcome,
     payloads,
     scripted_spec,
     start_run,
@@ -147,7 +148,7 @@ async def test_a_pause_during_continue_as_new_holds_the_next_run(
         assert (again.status, again.steps) == (RunStatus.PAUSED, 1)
 
         await handle.execute_update(AgentRunWorkflow.resume, ControlRequest(actor=ALICE))
-        result = await handle.result()
+        result = await outcome(handle)
         assert (result.status, result.steps) == (RunStatus.COMPLETED, 3)
         events = await all_events(handle, settings.artifacts_path)
         _assert_gapless(events)
@@ -163,7 +164,7 @@ async def test_a_cancel_during_continue_as_new_ends_the_run_cancelled(
         )
         held.release.set()
 
-        result = await handle.result()
+        result = await outcome(handle)
         assert (result.status, result.reason) == (RunStatus.CANCELLED, TerminalReason.CANCELLED)
         assert result.steps == 1
         events = await all_events(handle, settings.artifacts_path)

@@ -38,6 +38,7 @@ from tests.workflow_harness import (
     all_events,
     call,
     finish,
+    outcome,
     payloads,
     running_worker,
     scripted_spec,
@@ -93,7 +94,7 @@ async def test_pause_stops_new_steps_and_resume_continues_to_completion(
         assert still.steps == steps_when_paused
         resumed = await handle.execute_update(AgentRunWorkflow.resume, REQ)
         assert resumed.status == RunStatus.RUNNING
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     assert result.final_answer == "resumed"
@@ -119,7 +120,7 @@ async def test_a_paused_run_still_ends_at_its_deadline(
         steps_when_paused = (await status(handle)).steps
         # Paused, the run waits only on its deadline timer: a day passes at once.
         async with skipping_time(time_skipping_env):
-            result = await handle.result()
+            result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.FAILED
     assert result.reason == TerminalReason.DEADLINE
@@ -138,7 +139,7 @@ async def test_resume_of_a_run_that_is_not_paused_is_rejected(
         with pytest.raises(WorkflowUpdateFailedError) as err:
             await handle.execute_update(AgentRunWorkflow.resume, REQ)
         assert "not paused" in _update_error(err.value).message
-        await handle.result()
+        await outcome(handle)
         # A closed workflow accepts no update at all: the server refuses it.
         with pytest.raises(RPCError) as closed:
             await handle.execute_update(AgentRunWorkflow.cancel, REQ)
@@ -157,7 +158,7 @@ async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
         await wait_for(handle, lambda v: v.steps >= 1)
         res = await handle.execute_update(AgentRunWorkflow.cancel, REQ)
         assert res.detail == "cancelling: after the in-flight step ends"
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.CANCELLED
     assert result.reason == TerminalReason.CANCELLED
@@ -179,7 +180,7 @@ async def test_cancel_with_abort_abandons_the_in_flight_tool_call(
         await handle.execute_update(
             AgentRunWorkflow.cancel, ControlRequest(actor=ALICE, abort_in_flight=True)
         )
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.reason == TerminalReason.CANCELLED
     assert EventType.TOOL_RESULT not in types(events)
@@ -196,8 +197,11 @@ async def test_temporal_native_cancel_cleans_up_and_marks_the_run_cancelled(
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         view = await status(handle)
+        result = await outcome(handle)
     assert view.status == RunStatus.CANCELLED
     assert view.reason == TerminalReason.CANCELLED
+    # The run's result is recorded in the memo, as for a cancel by update.
+    assert (result.status, result.reason) == (RunStatus.CANCELLED, TerminalReason.CANCELLED)
 
 
 def _approval_spec(**policy: Any) -> RunSpec:
@@ -261,7 +265,7 @@ async def test_approve_runs_exactly_the_pending_call(
                 }
             ),
         )
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     resolved = payloads(events, ApprovalResolvedPayload)
@@ -301,7 +305,7 @@ async def test_deny_skips_the_call_and_tells_the_model_why(
                 actor=ALICE,
             ),
         )
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     results = payloads(events, ToolResultPayload)
@@ -319,7 +323,7 @@ async def test_pending_approval_expires_with_the_default_outcome(
     spec = _approval_spec(timeout_seconds=3600, on_timeout="deny")
     async with running_worker(client, task_queue, state_dir), skipping_time(time_skipping_env):
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     resolved = payloads(events, ApprovalResolvedPayload)
@@ -349,7 +353,7 @@ async def test_a_run_left_waiting_for_approval_ends_at_its_deadline(
     )
     async with running_worker(client, task_queue, state_dir), skipping_time(time_skipping_env):
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.FAILED
     assert result.reason == TerminalReason.DEADLINE
@@ -370,7 +374,7 @@ async def test_steering_message_reaches_the_next_model_call(
         await handle.execute_update(
             AgentRunWorkflow.send_message, UserMessage(text="please also say hi", actor=ALICE)
         )
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
         view = await status(handle)
     assert result.status == RunStatus.COMPLETED

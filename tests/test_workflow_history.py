@@ -23,7 +23,7 @@ from agentrun.contracts import Limits, RunStatus, ScriptedToolCall, ScriptedTurn
 from store.artifacts import LocalArtifactStore
 from store.conversation import ConversationStore
 from tests.record_histories import SCENARIOS
-from tests.workflow_harness import finish, running_worker, scripted_spec, start_run, status
+from tests.workflow_harness import finish, outcome, running_worker, scripted_spec, start_run, status
 from workflows.agent_run import AgentRunWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -46,7 +46,7 @@ async def test_history_bytes_per_step_stay_flat_over_a_100_step_run(
     spec = scripted_spec(*turns, finish("100 steps"), limits=Limits(max_steps=STEPS + 1))
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         history = await handle.fetch_history()
         view = await status(handle)
     assert result.status == RunStatus.COMPLETED

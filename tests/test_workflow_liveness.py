@@ -28,7 +28,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.heartbeat import heartbeating, heartbeating_in_background
 from agentrun.contracts import ToolName
-from tests.workflow_harness import finish, running_worker, scripted_spec, shell, start_run
+from tests.workflow_harness import finish, outcome, running_worker, scripted_spec, shell, start_run
 from workflows.policies import HEARTBEAT, SHORT_TIMEOUT
 
 BLOCK_SECONDS = 3.0
@@ -59,7 +59,7 @@ async def test_every_activity_of_a_run_heartbeats_or_has_a_short_timeout(
     spec = scripted_spec(shell("echo hi"), finish(), tools=[ToolName.SHELL, ToolName.FINISH])
     async with running_worker(client, task_queue, state_dir):
         handle = await start_run(client, task_queue, spec, continue_as_new_every=1)
-        await handle.result()
+        await outcome(handle)
         assert handle.first_execution_run_id is not None
         events = await _chain_histories(client, handle.id, handle.first_execution_run_id)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from agentrun.config import Settings
 from agentrun.contracts import (
     EventsPage,
     EventsQuery,
@@ -23,11 +24,13 @@ from agentrun.contracts import (
     ToolResultPayload,
 )
 from store.artifacts import LocalArtifactStore, get_bytes
+from store.conversation import ConversationStore
 from store.delta_log import DeltaLog
 from tests.workflow_harness import (
     all_events,
     call,
     finish,
+    outcome,
     payloads,
     running_worker,
     scripted_spec,
@@ -39,6 +42,7 @@ from tests.workflow_harness import (
     wait_for,
 )
 from workflows.agent_run import AgentRunWorkflow
+from workflows.prompts import CALL_A_TOOL, EMPTY_REPLY, finish_mode, nudge
 
 # Every test here starts a worker whose tools run in the Docker sandbox.
 pytestmark = pytest.mark.docker
@@ -54,7 +58,7 @@ async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes
     )
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec)
-        result: RunResult = await handle.result()
+        result: RunResult = await outcome(handle)
         events = await all_events(handle)
 
     assert result.status == RunStatus.COMPLETED
@@ -82,11 +86,69 @@ async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes
 async def test_a_text_reply_without_tool_calls_is_the_final_answer(
     client: Client, task_queue: str, state_dir: Path
 ) -> None:
-    spec = scripted_spec(turn(content="The answer is 42."))
+    spec = scripted_spec(turn(content="The answer is 42."), finish="text")
     async with running_worker(client, task_queue, state_dir):
-        result = await (await start_run(client, task_queue, spec)).result()
+        result = await outcome(await start_run(client, task_queue, spec))
     assert result.status == RunStatus.COMPLETED
     assert result.final_answer == "The answer is 42."
+
+
+def _conversation(settings: Settings, head: str | None) -> list[tuple[str, str | None]]:
+    assert head is not None
+    messages = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(head)
+    return [(m.role, m.content) for m in messages]
+
+
+async def test_in_tool_mode_a_reply_without_tool_calls_is_not_an_answer_and_the_model_is_told(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    # The default for a run with tools besides `finish`: only `finish` answers.
+    prose = scripted_spec(turn(content="I wrote the file, all done."), finish("the real answer"))
+    assert prose.finish is None
+    chatty = scripted_spec(
+        *[turn(content=f"thinking {i}") for i in range(3)], limits=Limits(max_steps=3)
+    )
+    async with running_worker(client, task_queue, state_dir) as settings:
+        handle = await start_run(client, task_queue, prose)
+        result = await outcome(handle)
+        view = await status(handle)
+        bounded = await outcome(await start_run(client, task_queue, chatty))
+    assert (result.status, result.final_answer, result.steps) == (
+        RunStatus.COMPLETED,
+        "the real answer",
+        2,
+    )
+    roles = _conversation(settings, view.conversation_head)
+    reply = roles.index(("assistant", "I wrote the file, all done."))
+    assert roles[reply + 1] == ("user", CALL_A_TOOL)
+    # Prose forever never ends the run as completed: max_steps does.
+    assert (bounded.status, bounded.reason, bounded.final_answer) == (
+        RunStatus.FAILED,
+        TerminalReason.MAX_STEPS,
+        None,
+    )
+
+
+async def test_an_empty_reply_is_never_an_answer_even_in_text_mode(
+    client: Client, task_queue: str, state_dir: Path
+) -> None:
+    spec = scripted_spec(turn(content="  \n "), turn(content="42"), finish="text")
+    async with running_worker(client, task_queue, state_dir) as settings:
+        handle = await start_run(client, task_queue, spec)
+        result = await outcome(handle)
+        view = await status(handle)
+    assert (result.status, result.final_answer, result.steps) == (RunStatus.COMPLETED, "42", 2)
+    assert ("user", EMPTY_REPLY) in _conversation(settings, view.conversation_head)
+
+
+def test_the_finish_mode_defaults_to_tool_when_the_run_has_tools_besides_finish() -> None:
+    assert finish_mode(scripted_spec()) == "tool"
+    assert finish_mode(scripted_spec(tools=[ToolName.FINISH])) == "text"
+    assert finish_mode(scripted_spec(tools=[ToolName.SHELL], finish="text")) == "text"
+    assert finish_mode(scripted_spec(tools=[ToolName.FINISH], finish="tool")) == "tool"
+    assert nudge("text", "an answer") is None
+    assert nudge("text", " \t\n") == EMPTY_REPLY
+    assert nudge("tool", "an answer") == CALL_A_TOOL
 
 
 async def test_bad_tool_arguments_go_back_to_the_model_as_a_tool_error(
@@ -101,7 +163,7 @@ async def test_bad_tool_arguments_go_back_to_the_model_as_a_tool_error(
     )
     async with running_worker(client, task_queue, state_dir):
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     assert result.final_answer == "recovered"
@@ -124,7 +186,7 @@ async def test_max_steps_ends_the_run_with_reason_max_steps(
         *[turn(call("nonexistent_tool")) for _ in range(10)], limits=Limits(max_steps=3)
     )
     async with running_worker(client, task_queue, state_dir):
-        result = await (await start_run(client, task_queue, spec)).result()
+        result = await outcome(await start_run(client, task_queue, spec))
     assert result.status == RunStatus.FAILED
     assert result.reason == TerminalReason.MAX_STEPS
     assert result.steps == 3
@@ -138,7 +200,7 @@ async def test_token_budget_ends_the_run_with_reason_budget(
         limits=Limits(max_tokens=1200),
     )
     async with running_worker(client, task_queue, state_dir):
-        result = await (await start_run(client, task_queue, spec)).result()
+        result = await outcome(await start_run(client, task_queue, spec))
     assert result.reason == TerminalReason.BUDGET
     assert result.steps == 3  # 500, 1000, 1500 >= 1200 after the third call
     assert result.usage.total == 1500
@@ -156,7 +218,7 @@ async def test_deadline_ends_a_slow_run_with_reason_deadline(
         limits=Limits(deadline_seconds=2.5),
     )
     async with running_worker(client, task_queue, state_dir):
-        result = await (await start_run(client, task_queue, spec)).result()
+        result = await outcome(await start_run(client, task_queue, spec))
     assert result.status == RunStatus.FAILED
     assert result.reason == TerminalReason.DEADLINE
     assert 1 <= result.steps <= 3
@@ -168,7 +230,7 @@ async def test_non_retryable_model_error_fails_the_run_cleanly(
     spec = scripted_spec(finish(fail_attempts=5, fail_status=401))
     async with running_worker(client, task_queue, state_dir):
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.FAILED
     assert result.reason == TerminalReason.ERROR
@@ -183,7 +245,7 @@ async def test_transient_model_error_is_retried_and_the_event_names_the_attempt(
     spec = scripted_spec(finish("after retries", fail_attempts=2, fail_status=503))
     async with running_worker(client, task_queue, state_dir):
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     assert result.final_answer == "after retries"
@@ -205,7 +267,7 @@ async def test_continue_as_new_preserves_state_and_event_sequence(
     )
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec, continue_as_new_every=2)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle, settings.artifacts_path)
         final_status = await status(handle)
     assert result.status == RunStatus.COMPLETED
@@ -227,6 +289,7 @@ async def test_each_model_call_opens_a_delta_stream_the_events_query_reports(
     spec = scripted_spec(
         turn(call("finish"), delay_seconds=1.0),  # invalid arguments: the loop goes on
         turn(content="streamed answer", delay_seconds=1.0),
+        finish="text",
     )
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec)
@@ -238,7 +301,7 @@ async def test_each_model_call_opens_a_delta_stream_the_events_query_reports(
                 seen[page.model_call.step] = page.model_call.started_seq
             assert not page.terminal, "finished before both model calls were seen in flight"
             await asyncio.sleep(0.1)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
         log = DeltaLog(settings.deltas_path)
         logged = [log.tail("test", result.run_id, step).poll() for step in (1, 2)]

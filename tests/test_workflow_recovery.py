@@ -33,6 +33,7 @@ from tests.workflow_harness import (
     WEBHOOK_SECRET,
     all_events,
     finish,
+    outcome,
     scripted_spec,
     shell,
     start_run,
@@ -94,7 +95,7 @@ async def test_run_survives_worker_sigkill_without_losing_or_repeating_a_tool_ca
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         second = _spawn_worker(temporal_env, task_queue, state_dir, log, namespace)
-        result = await asyncio.wait_for(handle.result(), timeout=120)
+        result = await asyncio.wait_for(outcome(handle), timeout=120)
         events = await all_events(handle)
     finally:
         for proc in (first, second):
@@ -166,7 +167,7 @@ async def test_a_worker_killed_inside_init_run_is_replaced_after_the_heartbeat_t
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
             second = _spawn_worker(temporal_env, task_queue, state_dir, log, namespace)
-            result = await asyncio.wait_for(handle.result(), timeout=120)
+            result = await asyncio.wait_for(outcome(handle), timeout=120)
             history = await handle.fetch_history()
     finally:
         for proc in (first, second):

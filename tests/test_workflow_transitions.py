@@ -220,13 +220,16 @@ def test_a_decision_for_another_call_is_an_approval_mismatch() -> None:
     assert details == ({"status": "awaiting_approval"},)
 
 
-def test_a_decision_for_other_arguments_is_an_approval_mismatch() -> None:
+def test_a_decision_for_other_arguments_is_an_approval_mismatch_that_hides_the_digest() -> None:
     run = ControlView(status=RunStatus.AWAITING_APPROVAL, pending=PENDING)
     with pytest.raises(ApplicationError) as err:
         check_decision(run, _decision(digest=digest_of(b'{"cmd": "rm -rf /"}')))
-    kind, message, _ = _rejection(err)
+    kind, message, details = _rejection(err)
     assert kind == "ApprovalMismatch"
-    assert CALL.arguments_digest in message
+    assert "does not match" in message
+    # A guess must not be answered with the value to send instead.
+    assert CALL.arguments_digest not in message
+    assert CALL.arguments_digest[:12] not in repr(details)
 
 
 def test_the_pending_approval_is_named_after_its_call_and_expires_on_time() -> None:

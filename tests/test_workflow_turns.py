@@ -40,6 +40,7 @@ from tests.workflow_harness import (
     call,
     early_continue_as_new_args,
     finish,
+    outcome,
     payloads,
     running_worker,
     scripted_spec,
@@ -98,7 +99,7 @@ async def test_a_turn_over_the_run_cap_runs_the_first_calls_and_the_model_sees_t
     )
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
         view = await status(handle)
     assert result.status == RunStatus.COMPLETED and result.final_answer == "capped"
@@ -143,7 +144,7 @@ async def test_the_deployment_cap_bounds_a_run_that_allows_more_calls_per_turn(
         client, task_queue, state_dir, max_tool_calls_per_turn=deployment_cap
     ):
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle)
     assert result.status == RunStatus.COMPLETED
     first = payloads(events, ModelCalledPayload)[0]
@@ -179,7 +180,7 @@ async def test_a_long_turn_continues_as_new_between_two_calls_and_runs_each_call
     )
     async with running_worker(client, task_queue, state_dir) as settings:
         handle = await start_run(client, task_queue, spec)
-        result = await handle.result()
+        result = await outcome(handle)
         events = await all_events(handle, settings.artifacts_path)
         view = await status(handle)
     assert result.status == RunStatus.COMPLETED and result.final_answer == "all calls ran"

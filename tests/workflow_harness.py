@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,13 +37,16 @@ from agentrun.contracts import (
     EventType,
     ModelRef,
     RunEvent,
+    RunResult,
     RunSpec,
     RunStatusView,
     ScriptedToolCall,
     ScriptedTurn,
 )
 from api import launcher
+from api.service import recorded_result
 from store.artifacts import LocalArtifactStore, get_bytes
+from tests.conftest import temporal_cli
 from worker import build_worker
 from workflows.agent_run import AgentRunWorkflow
 
@@ -151,7 +159,7 @@ async def start_run(
     started = await launcher.start_run(client, settings, TENANT, spec, ALICE, task_queue=task_queue)
     described = await client.get_workflow_handle(started.workflow_id).describe()
     first_run = described.raw_description.workflow_execution_info.first_run_id or described.run_id
-    handle = client.get_workflow_handle_for(
+    handle: WorkflowHandle[AgentRunWorkflow, RunResult] = client.get_workflow_handle_for(
         AgentRunWorkflow.run, started.workflow_id, first_execution_run_id=first_run
     )
     _STARTED.setdefault(task_queue, []).append(handle)
@@ -173,6 +181,34 @@ async def skipping_time(env: WorkflowEnvironment) -> AsyncIterator[None]:
         yield
     finally:
         await env.client.test_service.lock_time_skipping(LockTimeSkippingRequest())
+
+
+async def outcome(handle: WorkflowHandle[Any, Any]) -> RunResult:
+    """Wait for the run to end and read its `RunResult` as the API does (whatever
+    Temporal status it ended with: `api.service.recorded_result`)."""
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    # The handle names no Temporal run: describe and read the latest (the one that ended).
+    result = await recorded_result(handle, await handle.describe(), 30.0)
+    assert result is not None, f"run {handle.id} recorded no result"
+    return result
+
+
+async def temporal(client: Client, *args: str) -> tuple[int, str]:
+    """Run the real `temporal` CLI against `client`'s server, as an engineer would
+    (`temporal workflow signal …`); its exit code and its output."""
+    proc = await asyncio.create_subprocess_exec(
+        temporal_cli(),
+        *args,
+        "--address",
+        client.service_client.config.target_host,
+        "--namespace",
+        client.namespace,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
 
 
 async def status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:

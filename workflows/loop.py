@@ -55,8 +55,8 @@ with workflow.unsafe.imports_passed_through():
 from workflows import approvals, calls, transitions
 from workflows.errors import Abort
 from workflows.lifecycle import PREVIEW_CHARS, RunLifecycle
-from workflows.policies import PATCH_MODEL_STARTED
-from workflows.prompts import system_prompt
+from workflows.policies import PATCH_FINISH_MODE, PATCH_MODEL_STARTED
+from workflows.prompts import finish_mode, nudge, system_prompt
 
 SANDBOX_TOOLS = frozenset(
     {ToolName.SHELL, ToolName.READ_FILE, ToolName.WRITE_FILE, ToolName.LIST_FILES}
@@ -138,6 +138,7 @@ class AgentLoop(RunLifecycle):
                     step=state.step,
                     input_tokens=reply.usage.input_tokens,
                     output_tokens=reply.usage.output_tokens,
+                    usage_estimated=reply.usage.estimated,
                     tool_calls=[c.name for c in reply.tool_calls],
                     text=reply.text_preview[:PREVIEW_CHARS],
                     refused_tool_calls=reply.refused_tool_calls,
@@ -145,13 +146,25 @@ class AgentLoop(RunLifecycle):
                 attempt=reply.attempt,
             )
             if not reply.tool_calls:
-                # A reply without tool calls is the model's final answer.
-                self._local.final_answer = reply.text_preview
-                return await self._finish(TerminalReason.COMPLETED)
+                nudge = self._no_tool_call(reply)
+                if nudge is None:
+                    self._local.final_answer = reply.text_preview
+                    return await self._finish(TerminalReason.COMPLETED)
+                # Not an answer: the next model call asks for a tool call.
+                state.user_messages.append(nudge)
+                continue
             state.turn_calls = list(reply.tool_calls)
             finished = await self._run_turn()
             if finished is not None:
                 return finished
+
+    def _no_tool_call(self, reply: ModelCallOutput) -> str | None:
+        """None when a reply without tool calls is the final answer; otherwise what
+        the model is told (`prompts.nudge`): only a non-empty reply in `text` mode
+        answers. Runs before the patch took any such reply as the answer."""
+        if not workflow.patched(PATCH_FINISH_MODE):
+            return None
+        return nudge(finish_mode(self._inp.spec), reply.text_preview)
 
     async def _run_turn(self) -> RunResult | None:
         """Run the turn's tool calls (`state.turn_calls`) in order; the result if one ends it.

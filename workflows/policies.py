@@ -74,6 +74,10 @@ WEBHOOK_TIMEOUT = timedelta(seconds=30)
 """One delivery attempt (no heartbeat: at most `SHORT_TIMEOUT`); a receiver slower
 than this is retried later."""
 
+CANCEL_PARENT_TIMEOUT = timedelta(minutes=5)
+"""How long a cancelled run waits for `CancelParentWorkflow` to have Temporal cancel
+it (a child run on the run's own queue: seconds); past it the run ends `Completed`."""
+
 # --- history: when a Temporal run hands over to a fresh one (continue-as-new).
 CONTINUE_AS_NEW_HISTORY_EVENTS = 10_000
 """Continue-as-new past this many history events even if Temporal does not suggest it
@@ -92,3 +96,11 @@ continued-as-new only when Temporal suggested it or after N steps: they replay s
 Newer runs also continue between two calls of a turn, and past
 `CONTINUE_AS_NEW_HISTORY_EVENTS`. Asked only when the history is full, so runs that
 never fill it carry no marker."""
+PATCH_TEMPORAL_OUTCOME = "temporal-status-matches-outcome"
+"""Runs started before it ended as Temporal `Completed` whatever their outcome (the
+cancel update and failures included); newer ones end `Failed` or `Canceled` as their
+outcome says (`workflows.outcome`). Asked once, when the run has finished."""
+PATCH_FINISH_MODE = "finish-mode"
+"""Runs started before it took any reply without tool calls as the final answer; newer
+ones take it only in `finish: text` mode and when it is not empty, and otherwise ask the
+model to call a tool. Asked only when a reply calls no tool."""

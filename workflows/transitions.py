@@ -143,9 +143,11 @@ def check_decision(run: ControlView, decision: ApprovalDecision) -> None:
             ConflictType.APPROVAL_MISMATCH,
         )
     if decision.arguments_digest != pending.call.arguments_digest:
+        # The expected digest is not named: a decision must come from someone who read
+        # the pending call (the `status` query), not from the error of a guess.
         raise conflict(
-            "arguments_digest does not match the pending call's arguments "
-            f"({pending.call.arguments_digest})",
+            "arguments_digest does not match the pending call's arguments; read the "
+            "pending call and its arguments_digest from the run's status",
             run.status,
             ConflictType.APPROVAL_MISMATCH,
         )

@@ -15,7 +15,12 @@ from typing import Any, Protocol
 
 import httpx
 
-from activities.models.errors import BadResponseError, model_error, stream_error
+from activities.models.errors import (
+    BadResponseError,
+    IncompleteStreamError,
+    model_error,
+    stream_error,
+)
 from agentrun.contracts import Delta, DeltaSink
 from agentrun.sse_wire import SseDecoder
 
@@ -110,7 +115,9 @@ class StreamFold(Protocol):
         ...
 
     def result(self) -> dict[str, Any]:
-        """The body a non-streamed call for the same reply would have returned."""
+        """The body a non-streamed call for the same reply would have returned
+        (raise :class:`~activities.models.errors.IncompleteStreamError` if the events
+        seen do not make a whole reply)."""
         ...
 
 
@@ -136,8 +143,9 @@ async def stream_json(
 
     Failures are classified like :func:`post_json`'s: an error status (its body
     read first, for the excerpt), transport errors and timeouts (also mid-stream),
-    and, as retryable bad responses, a stream that ends before its terminator, an
-    event that is not a JSON object or that ``fold`` cannot read. An error event
+    and, as retryable bad responses, a stream that ends incomplete (before its
+    terminator, or with a terminator ``fold.result()`` refuses), an event that is
+    not a JSON object or that ``fold`` cannot read. An error event
     inside the stream is classified by its type
     (:func:`~activities.models.errors.stream_error`).
     """
@@ -149,7 +157,10 @@ async def stream_json(
                 raise model_error(response, provider=provider, secrets=secrets)
             async for event, data in parse_sse(response.aiter_lines()):
                 if is_end(event, data):
-                    return fold.result()
+                    try:
+                        return fold.result()
+                    except IncompleteStreamError as exc:
+                        raise model_error(exc, provider=provider, secrets=secrets) from exc
                 value = _event_object(event, data, provider, secrets)
                 try:
                     deltas = fold.add(event, value)
@@ -160,4 +171,5 @@ async def stream_json(
                     sink(delta)
     except httpx.HTTPError as exc:
         raise model_error(exc, provider=provider, secrets=secrets) from exc
-    raise bad_shape(provider, "the response stream ended before its terminator", secrets)
+    incomplete = IncompleteStreamError("the connection closed before the stream's terminator")
+    raise model_error(incomplete, provider=provider, secrets=secrets)

@@ -7,7 +7,11 @@ Differences from Chat Completions that this module absorbs:
   and results are ``tool_result`` blocks inside the next *user* message;
 * consecutive messages of one role are merged (all results for one assistant turn
   must arrive in the single user message that follows it);
-* ``max_tokens`` is required; auth is ``x-api-key`` plus ``anthropic-version``.
+* ``max_tokens`` is required; auth is ``x-api-key`` plus ``anthropic-version``;
+* ``ModelRef.tool_choice`` becomes ``tool_choice: {"type": "auto" | "any" | "none"}``
+  (``required`` is Anthropic's ``any``), sent only with tools (``None`` is ``auto``);
+* an assistant turn that only calls tools has no text block (Anthropic rejects
+  empty ones), where Chat Completions sends ``"content": ""``.
 
 Errors are classified by the shared helper (529 "overloaded" is retryable). The
 module must not retry (Temporal does) and must not log or quote the API key.
@@ -32,6 +36,8 @@ __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "wire_request"]
 PROVIDER = "anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
 """The API version header; the Messages API shape used here is stable under it."""
+TOOL_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
+"""``ModelRef.tool_choice`` → the Messages API's ``tool_choice.type``."""
 
 
 class AnthropicProvider:
@@ -68,6 +74,8 @@ class AnthropicProvider:
         body = wire_request(request.messages, request.tools)
         body["model"] = model
         body["max_tokens"] = request.model.max_output_tokens
+        if request.tools:
+            body["tool_choice"] = {"type": TOOL_CHOICE[request.model.tool_choice or "auto"]}
         if request.model.temperature is not None:
             # Anthropic accepts 0..1; ModelRef allows up to 2 (OpenAI's range).
             body["temperature"] = min(request.model.temperature, 1.0)

@@ -7,8 +7,9 @@ belong to Temporal, not the LLM client"); they classify failures instead:
 - transient (429, 5xx, timeouts, connection errors): raise `ApplicationError`
   with `non_retryable=False` and a type from `RETRYABLE_TYPES`, and
   `next_retry_delay` when the server sent `Retry-After`;
-- permanent (401/403 auth, 400/404/422 validation, unknown model): raise
-  `ApplicationError(..., non_retryable=True)` with a type from `PERMANENT_TYPES`.
+- permanent (401/403 auth, 400/404/422 validation, unknown model, a 500 repeated
+  on every attempt): raise `ApplicationError(..., non_retryable=True)` with a type
+  from `PERMANENT_TYPES`.
 
 Error messages must never include API keys or request headers.
 """
@@ -21,7 +22,13 @@ from typing import Any, Protocol
 from agentrun.contracts import DeltaSink, Message, ModelRef, RawToolCall, ScriptedTurn, Usage
 
 RETRYABLE_TYPES = ("ModelRateLimited", "ModelUnavailable", "ModelTimeout")
-PERMANENT_TYPES = ("ModelAuthError", "ModelBadRequest", "ModelNotFound", "ModelConfigError")
+PERMANENT_TYPES = (
+    "ModelAuthError",
+    "ModelBadRequest",
+    "ModelNotFound",
+    "ModelConfigError",
+    "ModelServerError",
+)
 
 
 @dataclass

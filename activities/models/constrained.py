@@ -16,7 +16,9 @@ Design (why it looks like this):
   compilers choke on huge length bounds, unsupported ``pattern`` syntax and
   ``$ref``s that no longer resolve once nested in the envelope. The validator
   after the activity enforces the real schema, so the grammar only has to
-  guarantee a parseable shape.
+  guarantee a parseable shape. Native tool calling compiles the parameter
+  schemas too (into a grammar, on llama.cpp), so its ``tools`` array is cleaned
+  the same way (:func:`native_tools`).
 * The arguments are kept as the model produced them: they are hostile input,
   parsed and validated after the activity, never here. One lexical repair is made:
   llama-cpp-python's JSON grammar lets raw control characters (a literal newline,
@@ -46,6 +48,7 @@ __all__ = [
     "envelope_text",
     "escape_control_characters",
     "grammar_schema",
+    "native_tools",
     "parse_tool_envelope",
     "response_format",
     "tool_call_schema",
@@ -128,6 +131,7 @@ def grammar_schema(
     schema: object,
     *,
     safe_patterns: frozenset[str] = frozenset(),
+    descriptions: bool = False,
     root: dict[str, Any] | None = None,
     depth: int = 0,
 ) -> Any:
@@ -140,13 +144,19 @@ def grammar_schema(
     makes llama.cpp fail the request; the validator checks them anyway); inlines
     local ``$ref``s, because each tool's schema ends up nested inside the
     envelope where its ``#/$defs/...`` would no longer resolve.
+
+    With ``descriptions`` the ``description`` texts are kept: native tool calling
+    (:func:`native_tools`) shows the schema to the model, which reads them, while
+    grammar compilers ignore them.
     """
     if not isinstance(schema, dict):
         return schema
     root = schema if root is None else root
 
     def clean(sub: object, depth: int = depth) -> Any:
-        return grammar_schema(sub, safe_patterns=safe_patterns, root=root, depth=depth)
+        return grammar_schema(
+            sub, safe_patterns=safe_patterns, descriptions=descriptions, root=root, depth=depth
+        )
 
     ref = schema.get("$ref")
     if isinstance(ref, str):
@@ -164,6 +174,7 @@ def grammar_schema(
             key in _STRUCTURAL
             or _small_bound(key, value)
             or (key == "pattern" and value in safe_patterns)
+            or (descriptions and key == "description" and isinstance(value, str))
         ):
             out[key] = value
     return out
@@ -210,6 +221,31 @@ def tool_call_schema(tools: list[ToolSchema]) -> dict[str, Any]:
         for tool in tools
     ]
     return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def native_tools(tools: list[ToolSchema]) -> list[dict[str, Any]]:
+    """The ``tools`` array of a native Chat Completions request, with compilable schemas.
+
+    Servers that implement native tool calling with a grammar (llama-cpp-python's
+    ``chatml-function-calling``, llama.cpp's ``llama-server``, vLLM) compile each
+    tool's parameter schema as :func:`response_format`'s schema is compiled; the
+    raw ``maxLength: 4194304`` crashes llama.cpp's. So native mode sends the same
+    :func:`grammar_schema` cleaning, descriptions kept for the model to read.
+    """
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": grammar_schema(
+                    tool.parameters, safe_patterns=tool.grammar_safe_patterns, descriptions=True
+                )
+                or {"type": "object"},
+            },
+        }
+        for tool in tools
+    ]
 
 
 def response_format(tools: list[ToolSchema], schema_format: SchemaFormat) -> dict[str, Any]:

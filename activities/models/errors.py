@@ -9,6 +9,8 @@ failure                                     type                retryable
 HTTP 429                                    ModelRateLimited    yes
 HTTP 408, 409, 5xx, 529 (overloaded)        ModelUnavailable    yes
 connection refused/reset, bad 2xx body      ModelUnavailable    yes
+a stream that ends incomplete               ModelUnavailable    yes
+HTTP 500 again on attempt >= 3              ModelServerError    no
 httpx timeouts (connect, read, write, pool) ModelTimeout        yes
 HTTP 3xx (redirects are never followed)     ModelConfigError    no
 HTTP 401, 403                               ModelAuthError      no
@@ -20,6 +22,13 @@ an error event inside a 2xx stream          as its status       as its status
 
 An error event in a stream (Anthropic's ``overloaded_error``, say) is classified
 as the HTTP status its type stands for (see ``STREAM_ERROR_STATUS``).
+
+A plain HTTP 500 is retryable at first, but servers also answer 500 to a request
+they cannot process (llama-cpp-python does for a message shape or a tool choice it
+does not support), and the same body fails again however often it is sent; so
+:func:`bounded_attempts` turns a 500 on attempt ``SERVER_ERROR_ATTEMPTS`` or later
+into non-retryable ``ModelServerError`` instead of retrying it for minutes. 502,
+503 and 504 (a gateway, a server that is starting or overloaded) stay retryable.
 
 Retryable errors carry ``next_retry_delay`` when the server sent ``Retry-After``
 (or OpenAI's ``retry-after-ms``), so Temporal waits as long as the provider asked.
@@ -44,8 +53,11 @@ from temporalio.exceptions import ApplicationError
 
 __all__ = [
     "EXCERPT_CHARS",
+    "SERVER_ERROR_ATTEMPTS",
     "STREAM_ERROR_STATUS",
     "BadResponseError",
+    "IncompleteStreamError",
+    "bounded_attempts",
     "config_error",
     "error_for_status",
     "model_error",
@@ -69,6 +81,39 @@ class BadResponseError(Exception):
     garbage from a successful status is almost always a proxy or an overloaded
     server, and if it persists Temporal's retry policy gives up.
     """
+
+
+class IncompleteStreamError(BadResponseError):
+    """A 2xx stream that ended before the reply did: the connection closed before the
+    terminator, or the terminator came without a finish reason (llama-cpp-python ends
+    a stream it abandons for a newer request with ``[DONE]``). Retryable: the same
+    request, asked again, gets the whole reply."""
+
+
+SERVER_ERROR_ATTEMPTS = 3
+"""The activity attempt from which an HTTP 500 is taken for a request the server will
+never accept (see :func:`bounded_attempts`)."""
+
+
+def bounded_attempts(error: ApplicationError, attempt: int) -> ApplicationError:
+    """``error``, or non-retryable ``ModelServerError`` for a repeated HTTP 500.
+
+    A 500 on attempt ``SERVER_ERROR_ATTEMPTS`` or later has failed every time the
+    same body was sent: a request-validation failure on the server's side, not an
+    outage (those answer 502/503/504, or fail to connect).
+    """
+    details = error.details[0] if error.details else None
+    status = details.get("status") if isinstance(details, dict) else None
+    if status != 500 or error.non_retryable or attempt < SERVER_ERROR_ATTEMPTS:
+        return error
+    return ApplicationError(
+        f"{error.message} (the server failed this request on {attempt} attempts in a row, "
+        "so it will not accept it: check that the server supports this request, e.g. "
+        "native tool calling or AGENTRUN_TOOL_CHOICE, and its log)",
+        *error.details,
+        type="ModelServerError",
+        non_retryable=True,
+    )
 
 
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -283,6 +328,11 @@ def model_error(
     if isinstance(source, httpx.TransportError):
         return ApplicationError(
             f"{provider}: cannot reach the model server ({detail})", type="ModelUnavailable"
+        )
+    if isinstance(source, IncompleteStreamError):
+        return ApplicationError(
+            f"{provider}: the response stream ended incomplete ({detail}); retrying",
+            type="ModelUnavailable",
         )
     if isinstance(source, BadResponseError):
         return ApplicationError(

@@ -2,9 +2,11 @@
 
 Two ways to get tool calls out of a model:
 
-* **native** (``json_schema_tools=False``): send ``tools`` and read
-  ``message.tool_calls``. Right for OpenAI and for servers whose chat template
-  implements tool calling.
+* **native** (``json_schema_tools=False``): send ``tools`` (their schemas cleaned
+  as constrained mode cleans them: grammar-based servers compile them, see
+  :func:`~activities.models.constrained.native_tools`) and ``tool_choice``, and
+  read ``message.tool_calls``. Right for OpenAI and for servers whose chat template
+  implements tool calling (llama-cpp-python's ``chatml-function-calling``).
 * **schema-constrained** (``json_schema_tools=True``, the default, made for small
   local models such as the embedded SmolLM2-135M): describe the tools in the
   system prompt and send a ``response_format`` whose JSON schema admits exactly
@@ -12,6 +14,13 @@ Two ways to get tool calls out of a model:
   decoding (llama.cpp, vLLM) *cannot* emit anything else and even a tiny model
   always yields a parseable call (see :mod:`activities.models.constrained`). The
   reply becomes one ``RawToolCall`` with the deterministic id ``call_<turn>_0``.
+
+``ModelRef.tool_choice`` (resolved by the registry; ``None`` means ``auto``):
+native mode sends ``"auto"`` explicitly (llama-cpp-python treats a missing
+``tool_choice`` as ``none``), ``"required"`` (as a named choice when only one tool
+is offered: the same meaning, and servers without ``required`` accept it), and for
+``"none"`` offers no tools. Constrained mode's schema already requires a call; for
+``"none"`` it sends neither the schema nor the tool catalogue.
 
 Either way the arguments string is kept as the model produced it: it is hostile
 input, parsed and validated after the activity, never here (constrained mode
@@ -34,12 +43,13 @@ from activities.models.base import ModelReply, ModelRequest, ToolSchema, turn_in
 from activities.models.constrained import (
     SchemaFormat,
     envelope_text,
+    native_tools,
     parse_tool_envelope,
     response_format,
     tools_prompt,
 )
 from activities.models.errors import config_error
-from activities.models.openai_stream import StreamedCompletion, is_done
+from activities.models.openai_stream import ESTIMATED, StreamedCompletion, is_done
 from agentrun.contracts import Message, RawToolCall, Usage
 
 __all__ = ["OpenAICompatProvider", "wire_messages"]
@@ -84,29 +94,22 @@ class OpenAICompatProvider:
             raise config_error(
                 PROVIDER, "no model name: set ModelRef.name or AGENTRUN_DEFAULT_MODEL"
             )
+        choice = request.model.tool_choice or "auto"
+        tools = request.tools if choice != "none" else []
         constrained = self._constrained and bool(request.tools)
         body: dict[str, Any] = {
             "model": model,
-            "messages": wire_messages(request.messages, request.tools, constrained=constrained),
+            "messages": wire_messages(request.messages, tools, constrained=constrained),
             "max_tokens": request.model.max_output_tokens,
             "stream": False,
         }
         if request.model.temperature is not None:
             body["temperature"] = request.model.temperature
-        if constrained:
-            body["response_format"] = response_format(request.tools, self._schema_format)
-        elif request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": t.parameters,
-                    },
-                }
-                for t in request.tools
-            ]
+        if constrained and tools:
+            body["response_format"] = response_format(tools, self._schema_format)
+        elif tools:
+            body["tools"] = native_tools(tools)
+            body["tool_choice"] = _tool_choice(choice, tools)
         if request.on_delta is None:
             data = await post_json(
                 self._client, "chat/completions", body, provider=PROVIDER, secrets=self._secrets
@@ -122,7 +125,9 @@ class OpenAICompatProvider:
                 fold=StreamedCompletion(body),
                 sink=request.on_delta,
             )
-        return self._reply(data, turn_index(request.messages), constrained=constrained)
+        # With tool_choice "none" an envelope-shaped text is text, not a call.
+        enveloped = constrained and bool(tools)
+        return self._reply(data, turn_index(request.messages), constrained=enveloped)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -162,9 +167,11 @@ def wire_messages(
 ) -> list[dict[str, Any]]:
     """Convert conversation messages to Chat Completions messages.
 
-    Native mode uses ``tool_calls`` / ``tool_call_id``. Constrained mode has no
-    native tool protocol, so it replays past calls as the JSON the model wrote and
-    tool results as user messages, and puts the tool catalogue in the system prompt.
+    Native mode uses ``tool_calls`` / ``tool_call_id``, with ``"content": ""`` (not
+    null) beside the calls: llama-cpp-python answers 500 to a null content. Constrained
+    mode has no native tool protocol, so it replays past calls as the JSON the model
+    wrote and tool results as user messages, and puts the catalogue of ``tools`` (if
+    any) in the system prompt.
     """
     out: list[dict[str, Any]] = []
     for m in messages:
@@ -176,7 +183,7 @@ def wire_messages(
                 out.append(
                     {
                         "role": "assistant",
-                        "content": m.content,
+                        "content": m.content or "",
                         "tool_calls": [
                             {
                                 "id": c.id,
@@ -197,13 +204,19 @@ def wire_messages(
                 )
         else:
             out.append({"role": m.role, "content": m.content or ""})
-    if constrained:
+    if constrained and tools:
         catalogue = tools_prompt(tools)
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{catalogue}"}
         else:
             out.insert(0, {"role": "system", "content": catalogue})
     return out
+
+
+def _tool_choice(choice: str, tools: list[ToolSchema]) -> str | dict[str, Any]:
+    if choice == "required" and len(tools) == 1:
+        return {"type": "function", "function": {"name": tools[0].name}}
+    return choice
 
 
 def _native_call(wire: dict[str, Any], turn: int, index: int) -> RawToolCall:
@@ -227,4 +240,5 @@ def _usage(raw: object) -> Usage:
     return Usage(
         input_tokens=prompt if isinstance(prompt, int) else 0,
         output_tokens=completion if isinstance(completion, int) else 0,
+        estimated=raw.get(ESTIMATED) is True,
     )

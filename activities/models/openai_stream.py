@@ -13,6 +13,12 @@ vLLM, Ollama, llama.cpp each stream a little differently: calls without an
 all) is absorbed here, and the reply a run records cannot depend on whether it was
 streamed. Deltas are a live preview only; nothing here parses or validates them.
 
+A ``[DONE]`` without a finish reason is an incomplete reply, not a short one:
+llama-cpp-python ends a stream that way when a newer request interrupts it (a role
+chunk, maybe some content, then ``[DONE]``). :meth:`StreamedCompletion.result`
+raises :class:`~activities.models.errors.IncompleteStreamError` for it, so the
+call is retried instead of recording an empty or truncated reply.
+
 This module must not do I/O (``activities.models._http.stream_json`` reads the
 stream) and must not classify errors: a chunk of the wrong shape raises
 ``KeyError``/``TypeError`` & co., which ``stream_json`` classifies.
@@ -24,9 +30,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from activities.models.errors import IncompleteStreamError
 from agentrun.contracts import Delta
 
-__all__ = ["StreamedCompletion", "is_done"]
+__all__ = ["ESTIMATED", "StreamedCompletion", "is_done"]
+
+ESTIMATED = "agentrun_estimated"
+"""Set (true) in the folded body's ``usage`` when its counts are estimates."""
+CHARS_PER_TOKEN = 4
+"""Characters per token of prompt text, as SmolLM2's tokenizer (and OpenAI's) count
+English and JSON (calibrated in tests/test_models_native_server.py)."""
+TOKENS_PER_MESSAGE = 4
+"""Each message's frame in the chat template (``<|im_start|>role\n … <|im_end|>\n``)."""
 
 
 def is_done(event: str, data: str) -> bool:
@@ -124,7 +139,13 @@ class StreamedCompletion:
         return [Delta(kind="tool_call", text=text, index=position, name=named)]
 
     def result(self) -> dict[str, Any]:
-        """The ``chat.completion`` body."""
+        """The ``chat.completion`` body; an incomplete stream raises (see the module)."""
+        if self.finish_reason is None:
+            raise IncompleteStreamError(
+                "[DONE] arrived before any chunk gave a finish_reason "
+                f"({self.token_chunks} chunks of output); the server may have abandoned "
+                "this stream for a newer request"
+            )
         message: dict[str, Any] = {
             "role": "assistant",
             "content": None if self.content is None else "".join(self.content),
@@ -134,8 +155,9 @@ class StreamedCompletion:
         usage = self.usage
         if usage is None:
             usage = {
-                "prompt_tokens": _estimated_prompt_tokens(self.request),
+                "prompt_tokens": estimated_prompt_tokens(self.request),
                 "completion_tokens": self.token_chunks,
+                ESTIMATED: True,
             }
         return {
             "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
@@ -152,14 +174,34 @@ def _wire_call(call: _StreamedCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": function}
 
 
-def _estimated_prompt_tokens(body: dict[str, Any]) -> int:
-    """About how many tokens the prompt took: one per four characters of its JSON.
+def estimated_prompt_tokens(body: dict[str, Any]) -> int:
+    """About how many tokens the prompt of a Chat Completions ``body`` takes.
 
     Only for servers that report no usage in streams at all (llama-cpp-python's
     server, the embedded model's, drops it): zeros would let a run slip past its
-    token budget. Against SmolLM2's real counts, the JSON of the messages (and of
-    native tool definitions) over four errs high by a few percent for prompts of
-    a hundred tokens or more; tiny prompts come out a few tokens short.
+    token budget. What the model reads is counted, not the request's JSON (whose
+    quotes, keys and escapes made the old estimate 2.9 times the real count):
+    each message's text and its calls' names and arguments, plus a frame per
+    message, and each native tool's name, description and compact parameter
+    schema. Calibrated against SmolLM2's real counts (within a factor of 1.5, in
+    tests/test_models_native_server.py); chat templates that add instructions of
+    their own for tools are counted short by those.
     """
-    prompt = [body.get("messages"), *([body["tools"]] if body.get("tools") else [])]
-    return -(-len(json.dumps(prompt)) // 4)
+    chars = 0
+    messages = body.get("messages") or []
+    for message in messages:
+        chars += len(_text(message.get("content")))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            chars += len(_text(function.get("name"))) + len(_text(function.get("arguments")))
+    for tool in body.get("tools") or []:
+        function = tool.get("function") or {}
+        chars += len(_text(function.get("name"))) + len(_text(function.get("description")))
+        chars += len(json.dumps(function.get("parameters"), separators=(",", ":")))
+    return -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

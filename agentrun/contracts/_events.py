@@ -38,6 +38,7 @@ class EventType(StrEnum):
     WEBHOOK_DELIVERED = "webhook.delivered"
     CONTINUED_AS_NEW = "run.continued_as_new"
     RUN_FINISHED = "run.finished"
+    CONTROL_REJECTED = "control.rejected"
 
 
 class ControlAction(StrEnum):
@@ -88,6 +89,8 @@ class ModelCalledPayload(EventPayload):
     step: int
     input_tokens: int = 0
     output_tokens: int = 0
+    usage_estimated: bool = False
+    """The token counts are agentrun's estimate: the server reported no usage."""
     tool_calls: list[str] = Field(default_factory=list)
     """The names of the tools the reply called, in order (those that will run)."""
     refused_tool_calls: int = 0
@@ -181,6 +184,18 @@ class RunFinishedPayload(EventPayload):
     cancelled_by: str | None = None
 
 
+class ControlRejectedPayload(EventPayload):
+    """A control *signal* that changed nothing (a signal cannot be refused to its
+    sender as an update can, so the refusal is recorded here instead)."""
+
+    event_type = EventType.CONTROL_REJECTED
+    action: str
+    """The signal's name: `approve`, `deny`, `pause`, `resume`, `cancel` or `message`."""
+    actor: str
+    reason: str
+    """Why nothing changed, e.g. `InvalidTransition: the run is not paused`."""
+
+
 # ---------------------------------------------------------------------------
 # Events (a payload with its place in the run)
 # ---------------------------------------------------------------------------
@@ -260,6 +275,11 @@ class RunFinishedEvent(_Event):
     payload: RunFinishedPayload
 
 
+class ControlRejectedEvent(_Event):
+    type: Literal[EventType.CONTROL_REJECTED] = EventType.CONTROL_REJECTED
+    payload: ControlRejectedPayload
+
+
 RunEvent = Annotated[
     RunStartedEvent
     | StatusChangedEvent
@@ -273,7 +293,8 @@ RunEvent = Annotated[
     | ArtifactStoredEvent
     | WebhookDeliveredEvent
     | ContinuedAsNewEvent
-    | RunFinishedEvent,
+    | RunFinishedEvent
+    | ControlRejectedEvent,
     Field(discriminator="type"),
 ]
 """Any run event; `type` selects the model (and so the payload's model)."""
@@ -294,6 +315,7 @@ _EVENT_MODELS: dict[EventType, type[_Event]] = {
         WebhookDeliveredEvent,
         ContinuedAsNewEvent,
         RunFinishedEvent,
+        ControlRejectedEvent,
     )
 }
 

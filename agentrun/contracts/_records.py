@@ -17,6 +17,9 @@ from agentrun.contracts._ids import Digest, ErrorKind
 class Usage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
+    estimated: bool = False
+    """Some of the counts are agentrun's estimate (a server that reported no usage):
+    a token budget may trip somewhat early or late on them."""
 
     @property
     def total(self) -> int:
@@ -26,6 +29,7 @@ class Usage(BaseModel):
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
+            estimated=self.estimated or other.estimated,
         )
 
 

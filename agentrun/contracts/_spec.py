@@ -61,6 +61,10 @@ class ModelRef(JsonTyped):
     name: str | None = Field(default=None, max_length=200)
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_output_tokens: int = Field(default=1024, ge=1, le=65536)
+    tool_choice: Literal["auto", "required", "none"] | None = None
+    """Whether the model must call a tool (`required`), may (`auto`) or may not (`none`);
+    `None` takes the deployment's `AGENTRUN_TOOL_CHOICE`. Small models on `auto` often
+    answer in prose instead of calling a tool."""
     script: list[ScriptedTurn] | None = Field(default=None, max_length=10000)
     """Only for provider `scripted`; stored in the artifact store at run start."""
 
@@ -180,6 +184,10 @@ class RunSpec(JsonTyped):
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     """Free-form labels, searchable as `key=value` in the API and the Temporal Web UI."""
     webhook: WebhookSpec | None = None
+    finish: Literal["tool", "text"] | None = None
+    """What ends the run successfully: a call of the `finish` tool (`tool`), or also a
+    reply of plain text without tool calls (`text`). `None` means `tool` when the run
+    has tools besides `finish`, else `text`. An empty reply is never an answer."""
 
     @field_validator("labels")
     @classmethod
