@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -24,6 +29,7 @@ from agentrun.contracts import (
     Limits,
     MessageReceivedPayload,
     RunFinishedPayload,
+    RunResult,
     RunSpec,
     RunStatus,
     StatusChangedPayload,
@@ -51,6 +57,7 @@ from tests.workflow_harness import (
     wait_for,
 )
 from workflows.agent_run import AgentRunWorkflow
+from workflows.outcome import MEMO_RESULT
 
 REQ = ControlRequest(actor=ALICE, reason="testing")
 
@@ -158,8 +165,13 @@ async def test_cancel_mid_run_lets_the_in_flight_step_finish_then_cleans_up(
         await wait_for(handle, lambda v: v.steps >= 1)
         res = await handle.execute_update(AgentRunWorkflow.cancel, REQ)
         assert res.detail == "cancelling: after the in-flight step ends"
-        result = await outcome(handle)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        desc = await handle.describe()
+        # The memo holds the result (a Temporal cancel carries no details).
+        result = await desc.memo_value(MEMO_RESULT, type_hint=RunResult)
         events = await all_events(handle)
+    assert desc.status == WorkflowExecutionStatus.CANCELED  # what the Web UI shows
     assert result.status == RunStatus.CANCELLED
     assert result.reason == TerminalReason.CANCELLED
     assert result.final_answer is None

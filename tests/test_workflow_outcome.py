@@ -3,6 +3,8 @@
 A failed run ends Temporal `Failed` (its reason as the error type, its `RunResult` in
 the details), a cancelled one `Canceled` (its `RunResult` in the memo); the API's
 run view reads the same outcome from either when no worker answers its query.
+(A cancel by update ending `Canceled` is checked with the cancel itself, in
+tests/test_workflow_control.py.)
 """
 
 from __future__ import annotations
@@ -36,14 +38,12 @@ from tests.workflow_harness import (
     payloads,
     running_worker,
     scripted_spec,
-    shell,
     start_run,
     temporal,
     turn,
     wait_for,
 )
 from workflows.agent_run import AgentRunWorkflow
-from workflows.outcome import MEMO_RESULT
 
 pytestmark = pytest.mark.docker
 
@@ -73,27 +73,6 @@ async def test_a_failed_run_ends_temporal_failed_with_its_reason_and_result(
     # The events and webhooks are those of before: the run finished, then failed.
     assert events[-1].type == EventType.RUN_FINISHED
     assert [p.reason for p in payloads(events, RunFinishedPayload)] == [TerminalReason.MAX_STEPS]
-
-
-async def test_a_run_cancelled_by_update_ends_temporal_canceled_with_its_result_in_the_memo(
-    client: Client, task_queue: str, state_dir: Path
-) -> None:
-    spec = scripted_spec(shell("sleep 2; echo slept > slept.txt"), finish("never reached"))
-    async with running_worker(client, task_queue, state_dir):
-        handle = await start_run(client, task_queue, spec)
-        await wait_for(handle, lambda v: v.steps >= 1)
-        await handle.execute_update(AgentRunWorkflow.cancel, ControlRequest(actor=ALICE))
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
-        desc = await handle.describe()
-        memo = await desc.memo_value(MEMO_RESULT, type_hint=RunResult)
-        events = await all_events(handle)
-    assert desc.status == WorkflowExecutionStatus.CANCELED
-    assert (memo.status, memo.reason) == (RunStatus.CANCELLED, TerminalReason.CANCELLED)
-    assert {a.name for a in memo.artifacts} == {"slept.txt", "transcript.json"}
-    finished = payloads(events, RunFinishedPayload)
-    assert [p.cancelled_by for p in finished] == [ALICE.subject]
-    assert events[-1].type == EventType.RUN_FINISHED
 
 
 async def test_a_completed_run_still_returns_its_result(
