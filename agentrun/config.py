@@ -20,13 +20,23 @@ secret's value (errors show `<hidden>` for keys and secrets).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agentrun.webhook_destinations import allow_list_host
 
@@ -57,6 +67,18 @@ _PAIRS: tuple[tuple[str, str, bool, str, str], ...] = (
     ),
 )
 """Settings that must hold together: (lower, upper, may be equal, relation, fix)."""
+
+
+class _ModelPrice(BaseModel):
+    """One model's price in `AGENTRUN_PRICE_TABLE` (`accounts.usage.ModelPrice`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+_PRICES = TypeAdapter(dict[str, _ModelPrice])
 
 
 class ConfigError(Exception):
@@ -97,6 +119,10 @@ class Settings(BaseSettings):
     delta_dir: Path | None = None
     """Where model token deltas are logged; defaults to `<state_dir>/deltas`. The API
     and the workers must share it, as they share the artifact directory."""
+    database_url: str | None = Field(default=None, repr=False)
+    """The accounts database (tenants, API keys, usage, audit trail), a SQLAlchemy URL:
+    `postgresql://user:password@host/agentrun` in production (psycopg 3); unset, the
+    SQLite file `<state_dir>/agentrun.db`. The API and the workers must share it."""
 
     # Models
     default_provider: Literal["openai", "anthropic", "scripted"] = "openai"
@@ -202,7 +228,34 @@ class Settings(BaseSettings):
     """Networks (CIDRs, a JSON list) whose non-public addresses webhooks may reach,
     e.g. `["10.20.0.0/16"]` for in-house receivers; tests list `127.0.0.1/32`."""
     dev_tenant: str = "default"
-    """Tenant used when the API runs without API keys (local embedded default)."""
+    """Tenant used when the API runs without API keys (local embedded default), and the
+    system tenant the first start creates with the bootstrap admin key; its admins
+    manage every tenant."""
+    auth: Literal["keys", "off"] = "keys"
+    """`keys`: every route but `/healthz` and `/readyz` needs an API key
+    (`Authorization: Bearer ar_…`). `off`: no authentication, every caller acts in
+    `AGENTRUN_DEV_TENANT`; for loopback-only development: the API refuses to start
+    with it on a non-loopback `AGENTRUN_API_HOST`, and warns on every start."""
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1", "[::1]"]
+    )
+    """Host names the API answers to (comma-separated; ports ignored): a request
+    with any other `Host` header is refused (400), against DNS rebinding. Add the
+    names clients and proxies use for the API."""
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Browser origins allowed to call the API cross-site (comma-separated, e.g.
+    `https://ui.example.com`); none by default. A state-changing request whose
+    `Origin` is not listed is refused (403)."""
+    api_rate_limit_per_minute: int = Field(default=600, ge=1)
+    """Requests per minute each API key may make on average (counted per API process)."""
+    api_rate_limit_burst: int = Field(default=120, ge=1)
+    """Requests a key may make at once before the per-minute rate applies."""
+    admin_key_file: Path | None = None
+    """Where the first start writes the bootstrap admin key (mode 0600) and the CLI
+    reads it; defaults to `<state_dir>/admin.key`."""
+    price_table: str | None = None
+    """Model prices for usage cost estimates, JSON in USD per million tokens:
+    `{"gpt-4o": {"input": 2.5, "output": 10}}`; a model not listed costs 0."""
     api_query_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     """How long the API waits for a worker to answer a query before falling back to
     the run's recorded state."""
@@ -247,6 +300,56 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port, e.g. 127.0.0.1:7233")
         return value
 
+    @field_validator("api_allowed_hosts", "api_cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # From the environment: `a,b` (or a JSON list, as the other list settings take).
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    @field_validator("api_allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        hosts = []
+        for host in value:
+            host = host.strip().lower()
+            if host.startswith("[") and "]" in host:  # [::1]:8080 -> [::1]
+                host = host[: host.index("]") + 1]
+            elif host.count(":") == 1:  # example.com:8080 -> example.com
+                host = host.split(":", 1)[0]
+            if not host or "/" in host:
+                raise ValueError(f"{host!r} is not a host name: list names like api.example.com")
+            hosts.append(host)
+        return hosts
+
+    @field_validator("api_cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = [o.strip().rstrip("/") for o in value]
+        bad = [o for o in origins if not re.fullmatch(r"https?://[^/\s*]+", o)]
+        if bad:
+            raise ValueError(
+                f"{bad} are not origins: list each as scheme://host[:port], e.g. "
+                "https://ui.example.com (no path, no wildcard)"
+            )
+        return origins
+
+    @field_validator("price_table")
+    @classmethod
+    def _price_table(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                _PRICES.validate_json(value)
+            except ValidationError:
+                raise ValueError(
+                    'must be JSON like {"gpt-4o": {"input": 2.5, "output": 10}} '
+                    "(USD per million input/output tokens, not negative)"
+                ) from None
+        return value
+
     @field_validator("webhook_allow_hosts")
     @classmethod
     def _webhook_hosts(cls, value: list[str]) -> list[str]:
@@ -275,6 +378,10 @@ class Settings(BaseSettings):
     @property
     def deltas_path(self) -> Path:
         return self.delta_dir or (self.state_dir / "deltas")
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.admin_key_file or (self.state_dir / "admin.key")
 
     def allowed_images(self) -> list[str]:
         return [self.sandbox_image, *self.sandbox_image_allowlist]
@@ -309,7 +416,7 @@ def load_settings(**overrides: object) -> Settings:
                 continue
             var = _var(field)
             shown = os.environ.get(var, "<unset>")
-            if "key" in field or "secret" in field:
+            if "key" in field or "secret" in field or field == "database_url":
                 shown = "<hidden>"
             lines.append(f"{var}={shown}: {message}")
         if len(lines) == 1:

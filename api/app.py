@@ -3,10 +3,17 @@
     app = create_app(load_settings())          # connects to Temporal on startup
     app = create_app(settings, client=client)  # tests: reuse an existing client
 
-The lifespan holds the one Temporal client (pydantic data converter) and the
-artifact store the event segments and artifacts are read from; both are
-injected into routes through `api.deps`. The API never changes run state
+The lifespan holds the one Temporal client (pydantic data converter), the
+artifact store the event segments and artifacts are read from, and the accounts
+database (opened, migrated and bootstrapped at start-up: `api.accounts_conn`);
+all are injected into routes through `api.deps`. The API never changes run state
 itself: it starts workflows, sends updates and runs queries.
+
+Every request passes, outermost first: `api.browser.BrowserGuard` (Host
+allow-list, Origin check, JSON-only bodies), CORS (only for configured origins),
+the body-size limit, `api.audit_trail.CallTrail` (request id, rate-limit headers,
+an audit entry per state change), then `api.deps.authorize` (an app-wide
+dependency: the route's rule in `api.auth.RULES`, the key, its rate, its role).
 
 Serve it with `python -m api.server` (`api.server` holds the uvicorn settings,
 keep-alive included). `uvicorn --factory api.app:app_from_env` works too, but then
@@ -15,20 +22,27 @@ pass `--timeout-keep-alive` yourself: uvicorn's 5 s default races client pools.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
+from accounts.ratelimit import RateLimiter
 from agentrun.config import Settings, load_settings
+from api.accounts_conn import AccountsConnection
 from api.admission import document as document_admission
-from api.deps import ApiState, TemporalConnection, set_api_state
+from api.audit_trail import REQUEST_ID_HEADER, CallTrail
+from api.auth import rule_for_route
+from api.browser import BrowserGuard
+from api.deps import ON_BEHALF_HEADER, ApiState, TemporalConnection, authorize, set_api_state
 from api.docs_page import install_docs_pages
 from api.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -38,7 +52,7 @@ from api.errors import (
     render_problem,
 )
 from api.feed import RunFeeds
-from api.routes import artifacts, control, events, health, runs
+from api.routes import admin, artifacts, audit, control, events, health, runs, usage
 from api.schemas import SseMessage
 from api.service import SegmentReader
 from store.artifacts import LocalArtifactStore
@@ -47,6 +61,7 @@ from store.delta_log import DeltaLog
 log = logging.getLogger("agentrun.api")
 
 API_VERSION = "1.0.0"
+BEARER_SCHEME = "apiKey"
 DESCRIPTION = """\
 Launch, follow and control durable AI agent runs. Each run is a Temporal
 workflow; this API starts it, queries it and sends it updates.
@@ -112,15 +127,26 @@ class BodySizeLimit:
 
 def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     conn = TemporalConnection(settings, client)
+    accounts = AccountsConnection(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auth == "off":
+            log.warning(
+                "AGENTRUN_AUTH=off: THE API HAS NO AUTHENTICATION. Every caller is an admin "
+                "of tenant %r. Use it on a loopback address for development only.",
+                settings.dev_tenant,
+            )
+        await asyncio.to_thread(accounts.open)
         if client is None:
             try:
                 await conn.get()
             except Exception:  # keep serving: /readyz says 503 until Temporal is back
                 log.warning("Temporal unreachable at startup; will retry on demand")
-        yield
+        try:
+            yield
+        finally:
+            accounts.close()
 
     app = FastAPI(
         title="agentrun",
@@ -130,6 +156,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         # Served by `api.docs_page` from the installation: the defaults load from a CDN.
         docs_url=None,
         redoc_url=None,
+        # Every route: its rule, then (unless public) the key, its rate and its role.
+        dependencies=[Depends(authorize)],
     )
     store = LocalArtifactStore(settings.artifacts_path)
     segments = SegmentReader(store)
@@ -140,15 +168,53 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         segments=segments,
         feeds=RunFeeds(segments, settings, shared=settings.api_sse_shared_feed),
         deltas=DeltaLog(settings.deltas_path) if settings.model_stream else None,
+        accounts=accounts,
+        rate_limiter=RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
     )
     set_api_state(app, state)
     install_error_handlers(app)
     app.include_router(health.router)
     # The order of the routers is the order of the operations in /openapi.json.
-    for router in (runs.router, events.router, control.router, artifacts.router):
+    for router in (
+        runs.router,
+        events.router,
+        control.router,
+        artifacts.router,
+        usage.router,
+        admin.router,
+        audit.router,
+    ):
         app.include_router(router)
     install_docs_pages(app)
+    # Added innermost first: the last one added sees a request first.
+    app.add_middleware(CallTrail, accounts=accounts)
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    if settings.api_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api_cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                ON_BEHALF_HEADER,
+            ],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                REQUEST_ID_HEADER,
+            ],
+        )
+    app.add_middleware(
+        BrowserGuard,
+        allowed_hosts=settings.api_allowed_hosts,
+        cors_origins=settings.api_cors_origins,
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -162,8 +228,10 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with every error answer as `application/problem+json` and
-    the 422/500/503 answers every route can give listed on every operation."""
+    """FastAPI's document, with every error answer as `application/problem+json`, the
+    422/500/503 answers every route can give listed on every operation, and the
+    bearer-key scheme (with its 401/403/429 answers) on every operation that needs a
+    key."""
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
@@ -173,12 +241,26 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "500": "Unexpected error (logged; no details are exposed)",
         "503": "Temporal or the workers are unreachable",
     }
+    keyed = {
+        "400": "A header the API refuses (a foreign `Host`, `X-Agentrun-Actor`)",
+        "401": "No API key, or a bad, revoked or expired one",
+        "403": "The key's role may not do this",
+        "429": "Rate limit of the key reached (see `Retry-After`)",
+    }
     for path, item in schema.get("paths", {}).items():
         for method, op in item.items():
             responses = op.setdefault("responses", {})
+            rule = rule_for_route(method.upper(), path)
+            if rule is None or rule.permission is not None:
+                op["security"] = [{BEARER_SCHEME: []}]
+                for code, desc in keyed.items():
+                    responses.setdefault(code, {"description": desc})
+                if method.upper() in ("POST", "PUT", "PATCH", "DELETE"):
+                    responses["403"]["description"] += ", or a state change from a foreign `Origin`"
             if "requestBody" in op:
                 responses.setdefault("400", {"description": "The body is not parseable JSON"})
                 responses.setdefault("413", {"description": "Request body too large"})
+                responses.setdefault("415", {"description": "The body is not JSON"})
             for code, desc in generic.items():
                 if path in ("/healthz",) and code != "500":
                     continue
@@ -188,6 +270,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     resp["content"] = {PROBLEM_CONTENT_TYPE: {"schema": problem_ref}}
             op.setdefault("operationId", f"{method}_{path}")
     schema.setdefault("components", {}).setdefault("schemas", {})
+    schema["components"]["securitySchemes"] = {
+        BEARER_SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key, `ar_<key_id>_<secret>` (docs/api.md, Authentication)",
+        }
+    }
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
     schema["components"]["schemas"]["Problem"] = Problem.model_json_schema(

@@ -7,11 +7,15 @@ what they use by type (`SettingsDep`, `ClientDep`, `StoreDep`, `SegmentsDep`,
 `FeedsDep`, `DeltasDep`), so a route's signature lists everything it touches and
 a test can build the state without a server.
 
-Tenancy is resolved here and nowhere else. Today the API runs without API keys
-(the local default): every request belongs to `settings.dev_tenant`, and the
-actor is whoever the optional `X-Agentrun-Actor` header names. When API keys
-arrive, `get_tenant` and `get_actor` resolve them from the key instead and no
-route changes: routes only ever see `TenantDep` and `ActorDep`.
+Tenancy is resolved here and nowhere else. Every route first runs :func:`authorize`
+(an app-wide dependency): the route's rule in `api.auth.RULES`, then, unless the
+route is public, the caller's API key (`Authorization: Bearer …`, checked by the
+key store in a thread), its rate limit and its role. `get_tenant` and `get_actor`
+derive from that principal: the tenant is the key's, the actor the key's subject
+(plus the end user a key with the `act_as` scope names in
+`X-Agentrun-On-Behalf-Of`). Routes only ever see `PrincipalDep`, `TenantDep` and
+`ActorDep`. With `AGENTRUN_AUTH=off` (loopback-only development) every caller is
+an admin of `settings.dev_tenant`, named by `X-Agentrun-Actor` as before keys.
 """
 
 from __future__ import annotations
@@ -24,12 +28,26 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 from temporalio.client import Client
 
+from accounts.principal import Principal
+from accounts.ratelimit import RateLimiter
 from agentrun.config import Settings
 from agentrun.contracts import Actor
 from agentrun.temporal import connect
-from api.errors import BadRequest, Unavailable
+from api.accounts_conn import AccountsConnection
+from api.auth import (
+    ACTOR_HEADER,
+    ACTOR_PATTERN,
+    bearer_key,
+    call_record,
+    check_permission,
+    check_rate,
+    dev_principal,
+    rule_for_route,
+)
+from api.errors import ApiError, BadRequest, Forbidden, Unauthenticated, Unavailable
 from api.feed import RunFeeds
 from api.service import SegmentReader
 from store.artifacts import ArtifactStore
@@ -37,11 +55,7 @@ from store.delta_log import DeltaLog
 
 log = logging.getLogger("agentrun.api")
 
-ACTOR_HEADER = "X-Agentrun-Actor"
-ANONYMOUS = "anonymous"
-ACTOR_PATTERN = "^[A-Za-z0-9_.@+:-]{1,200}$"
-"""An actor header: ASCII only, so it reads alike in Python and in the OpenAPI
-document (Python's `\\w` would also take any Unicode letter); `re.fullmatch`."""
+ON_BEHALF_HEADER = "X-Agentrun-On-Behalf-Of"
 
 
 class TemporalConnection:
@@ -89,6 +103,10 @@ class ApiState:
     """One events poller per followed run, shared by its SSE connections."""
     deltas: DeltaLog | None
     """The model token delta log; None when the deployment does not stream models."""
+    accounts: AccountsConnection
+    """Tenants, keys, the audit log and the usage ledger (opened in the lifespan)."""
+    rate_limiter: RateLimiter
+    """Requests per minute per key, in this process (`AGENTRUN_API_RATE_LIMIT_*`)."""
 
 
 def set_api_state(app: Starlette, state: ApiState) -> None:
@@ -132,32 +150,84 @@ def get_deltas(state: StateDep) -> DeltaLog | None:
     return state.deltas
 
 
-def get_tenant(settings: Annotated[Settings, Depends(get_settings)]) -> str:
-    """The caller's tenant. Without API keys, the deployment's dev tenant."""
-    return settings.dev_tenant
+def get_accounts(state: StateDep) -> AccountsConnection:
+    return state.accounts
+
+
+async def authorize(request: Request, state: StateDep) -> None:
+    """The app-wide dependency: the route's rule, then the key, its rate and its role."""
+    record = call_record(request)
+    route: BaseRoute | None = request.scope.get("route")
+    path = getattr(route, "path", None)
+    rule = rule_for_route(request.method, path) if isinstance(path, str) else None
+    if rule is None:
+        # Fail closed: a route nobody gave a rule is served to nobody.
+        log.error("%s %s has no access rule in api.auth.RULES", request.method, path)
+        raise ApiError(f"{request.method} {path} has no access rule")
+    record.rule = rule
+    if rule.permission is None:
+        return
+    if state.settings.auth == "off":
+        record.principal = dev_principal(state.settings, request.headers.get(ACTOR_HEADER))
+        return
+    plaintext = bearer_key(request.headers)
+    principal = await asyncio.to_thread(state.accounts.keys.authenticate, plaintext)
+    if principal is None:
+        raise Unauthenticated("the API key is unknown, revoked or expired")
+    record.principal = principal
+    record.rate = state.rate_limiter.check(principal.key_id)
+    check_rate(record.rate)
+    check_permission(principal, rule)
+
+
+def get_principal(request: Request, _: Annotated[None, Depends(authorize)]) -> Principal:
+    """The authenticated caller (routes with a permission only)."""
+    principal = call_record(request).principal
+    if principal is None:
+        raise ApiError("a public route asked for the caller")
+    return principal
+
+
+def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> str:
+    """The caller's tenant: its key's (`settings.dev_tenant` with auth off)."""
+    return principal.tenant_id
 
 
 def get_actor(
-    tenant: Annotated[str, Depends(get_tenant)],
-    x_agentrun_actor: Annotated[
+    request: Request,
+    principal: Annotated[Principal, Depends(get_principal)],
+    on_behalf_of: Annotated[
         str,
         Header(
-            alias=ACTOR_HEADER,
-            description="Who is acting (audit trail); `anonymous` when absent or empty.",
+            alias=ON_BEHALF_HEADER,
+            description="The end user a service key acts for (keys with the `act_as` "
+            "scope only; 403 otherwise). Recorded with the key's subject.",
             examples=["alice@example.com"],
-            # Checked below, with a message that says what an actor may hold.
+            # Checked below, with a message that says what a user name may hold.
             json_schema_extra={"pattern": f"^$|{ACTOR_PATTERN}"},
         ),
     ] = "",
 ) -> Actor:
-    # No `strip()`: HTTP already drops the spaces around a header value, and Python's
-    # would also drop Unicode spaces the document's pattern refuses.
-    subject = x_agentrun_actor or ANONYMOUS
-    if not re.fullmatch(ACTOR_PATTERN, subject):
+    """Who acts: the key's subject, and the end user it acts for when it names one."""
+    if not on_behalf_of:
+        return Actor(subject=principal.subject, kind="user", tenant_id=principal.tenant_id)
+    if not re.fullmatch(ACTOR_PATTERN, on_behalf_of):
         raise BadRequest(
-            f"{ACTOR_HEADER} must be 1-200 characters of ASCII letters, digits and ._@+-:"
+            f"{ON_BEHALF_HEADER} must be 1-200 characters of ASCII letters, digits and ._@+-:"
         )
-    return Actor(subject=subject, kind="user", tenant_id=tenant)
+    if not principal.may_act_for_users:
+        raise Forbidden(
+            f"this key may not act on behalf of users ({ON_BEHALF_HEADER}); an admin "
+            "creates keys with the act_as scope for services that do",
+            kind="act-as-not-allowed",
+        )
+    call_record(request).on_behalf_of = on_behalf_of
+    return Actor(
+        subject=principal.subject,
+        kind="service",
+        tenant_id=principal.tenant_id,
+        on_behalf_of=on_behalf_of,
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -166,5 +236,7 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SegmentsDep = Annotated[SegmentReader, Depends(get_segments)]
 FeedsDep = Annotated[RunFeeds, Depends(get_feeds)]
 DeltasDep = Annotated[DeltaLog | None, Depends(get_deltas)]
+AccountsDep = Annotated[AccountsConnection, Depends(get_accounts)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ActorDep = Annotated[Actor, Depends(get_actor)]

@@ -3,11 +3,17 @@
 Exception hierarchy::
 
     ApiError                      (status, title, detail; rendered as a problem)
+    ├── InvalidHeader             400  a header the API refuses (`host-not-allowed`,
+    │                                  `actor-header-not-accepted`)
+    ├── Unauthenticated           401  no key, a bad, revoked or expired key
+    ├── Forbidden                 403  the key's role may not do this; a foreign Origin
     ├── NotFound                  404  unknown run, artifact or route
     ├── Conflict                  409  invalid transition, approval mismatch, key reuse
     ├── PayloadTooLarge           413  body over `api_max_body_bytes` (the body-size
     │                                  middleware renders it with `render_problem`)
+    ├── UnsupportedMediaType      415  a request body that is not JSON
     ├── BadRequest                422  a filter, cursor or header the API refuses
+    ├── TooManyRequests           429  rate limit, concurrent-run quota, spent budget
     ├── Unavailable               503  Temporal (or a worker) cannot be reached
     └── UpstreamTimeout           504  a worker did not answer an update in time
 
@@ -74,10 +80,79 @@ class ApiError(Exception):
     title = "Internal server error"
     kind = "internal"
 
-    def __init__(self, detail: str = "", **extra: Any) -> None:
+    def __init__(
+        self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
+        """Response headers the problem needs (`WWW-Authenticate`, `Retry-After` …)."""
         self.extra = extra
+
+
+class _Kinded(ApiError):
+    """An error whose problem kind is chosen where it is raised."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, headers=headers, **extra)
+        if kind is not None:
+            self.kind = kind
+            self.title = kind.replace("-", " ").capitalize()
+
+
+class InvalidHeader(_Kinded):
+    status = 400
+    title = "Bad request"
+    kind = "bad-request"
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    title = "Unauthenticated"
+    kind = "unauthenticated"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="agentrun"'})
+
+
+class Forbidden(_Kinded):
+    status = 403
+    title = "Forbidden"
+    kind = "forbidden"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    title = "Unsupported media type"
+    kind = "unsupported-media-type"
+
+
+class TooManyRequests(_Kinded):
+    """429 with `Retry-After` (seconds)."""
+
+    status = 429
+    title = "Too many requests"
+    kind = "rate-limited"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(
+            detail, kind=kind, headers={**(headers or {}), "Retry-After": str(retry_after)}, **extra
+        )
 
 
 class NotFound(ApiError):
@@ -151,7 +226,7 @@ def render_problem(
         error.title,
         error.detail,
         kind=error.kind,
-        headers=headers,
+        headers={**(error.headers or {}), **(headers or {})} or None,
         **error.extra,
     )
 
@@ -175,7 +250,7 @@ def translate_rpc_error(err: RPCError, what: str = "the run") -> ApiError:
 
 _STATUS_KINDS = {
     400: "bad-request",
-    401: "unauthorized",
+    401: "unauthenticated",
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
@@ -277,10 +352,15 @@ def install_error_handlers(app: FastAPI) -> None:
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_CONTENT_TYPE: {}}, "description": desc}
     for code, desc in {
+        400: "A header the API refuses (a foreign `Host`, `X-Agentrun-Actor`)",
+        401: "No API key, or a bad, revoked or expired one (`WWW-Authenticate: Bearer`)",
+        403: "The key's role may not do this, or a state change from a foreign `Origin`",
         404: "Unknown run (or a run of another tenant)",
         409: "Invalid transition for the run's current status",
         413: "Request body too large",
+        415: "The request body is not `application/json`",
         422: "Invalid request (the field errors are listed)",
+        429: "Rate limit, concurrent-run quota or budget reached (see `Retry-After`)",
         503: "Temporal or the workers are unreachable",
         504: "No worker completed the update in time (it may still apply later)",
     }.items()

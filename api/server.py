@@ -12,6 +12,9 @@ Design (why it looks like this):
   request into a closing socket and reads nothing back (`httpx.ReadError`, or a
   502 from a proxy). The server must be the last to close, so its keep-alive is
   `AGENTRUN_API_KEEP_ALIVE_SECONDS` (75 s), longer than any of them.
+* **No authentication only on loopback.** `AGENTRUN_AUTH=off` makes every caller
+  an admin; :func:`uvicorn_config` refuses it (:class:`ConfigError`) on any
+  address but a loopback one, whoever serves the API.
 * **One config for every way the API is served** (the CLI, the dev stack, the
   container, the tests): a server started any other way would silently get
   uvicorn's defaults back.
@@ -23,6 +26,7 @@ but :func:`main`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +36,18 @@ from fastapi import FastAPI
 from agentrun.config import ConfigError, Settings, load_settings
 from api.app import create_app
 
-__all__ = ["main", "uvicorn_config"]
+__all__ = ["is_loopback", "main", "uvicorn_config"]
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, `127.0.0.0/8` or `::1` (brackets allowed); a name or `0.0.0.0` is not."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def uvicorn_config(
@@ -43,10 +58,19 @@ def uvicorn_config(
     port: int | None = None,
     **extra: Any,
 ) -> uvicorn.Config:
-    """The uvicorn config the API is served with (`extra`: e.g. `log_level`)."""
+    """The uvicorn config the API is served with (`extra`: e.g. `log_level`).
+
+    Raises :class:`ConfigError` for `AGENTRUN_AUTH=off` on a non-loopback address."""
+    bind = host or settings.api_host
+    if settings.auth == "off" and not is_loopback(bind):
+        raise ConfigError(
+            f"AGENTRUN_AUTH=off serves the API without authentication, which is allowed on a "
+            f"loopback address only, not {bind!r}: bind 127.0.0.1 (AGENTRUN_API_HOST) or turn "
+            "authentication back on (AGENTRUN_AUTH=keys)"
+        )
     return uvicorn.Config(
         app,
-        host=host or settings.api_host,
+        host=bind,
         port=settings.api_port if port is None else port,
         timeout_keep_alive=settings.api_keep_alive_seconds,
         **extra,
@@ -66,9 +90,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings()
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
-    config = uvicorn_config(
-        create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level
-    )
+    try:
+        config = uvicorn_config(
+            create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level
+        )
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     uvicorn.Server(config).run()
 
 

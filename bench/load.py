@@ -421,7 +421,7 @@ async def measure(stack: LocalStack, opts: Options, deadline: float) -> list[Wav
             base_url=stack.api_url,
             timeout=60,
             limits=limits,
-            headers={"X-Agentrun-Actor": "load-bench"},
+            headers=stack.auth_headers(),
         ) as http:
             warm = await wave(http, stack, sampler, "warm-up", 1, opts.steps, deadline)
             if warm.stopped_by or not warm.all_completed():

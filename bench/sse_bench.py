@@ -37,6 +37,7 @@ from tests.api_fixtures import (
     NOOP_TURN,
     SseMessage,
     SseReader,
+    admin_headers,
     api_settings,
     scripted,
     serve_api,
@@ -73,7 +74,10 @@ async def measure(
     settings = api_settings(state, queue, api_sse_shared_feed=shared)
     app = create_app(settings, client=client)
     feeds = api_state(app).feeds
-    async with serve_api(settings, client, app) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serve_api(settings, client, app) as url,
+        httpx.AsyncClient(base_url=url, headers=admin_headers(settings)) as http,
+    ):
         resp = await http.post("/v1/runs", json=scripted(*TURNS))
         run_id = resp.json()["run_id"]
         started = time.perf_counter()

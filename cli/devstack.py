@@ -17,6 +17,11 @@
 
 It is a developer convenience, not the production deployment (see
 docker-compose.yml for that); it only ever listens on 127.0.0.1.
+
+Authentication is on here too: the API creates an admin key on its first start
+(`<state>/admin.key`, mode 0600, `AGENTRUN_ADMIN_KEY_FILE` to move it), which
+`up` announces once and the demo, like the CLI run from this directory, uses
+for its requests. This module must not: print the key itself.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from activities.models.registry import openai_endpoint
 from agentrun import search_attributes
 from agentrun.config import ConfigError, Settings, load_settings
 from cli.api_client import ApiClient
+from cli.credentials import Credentials, read_key_file
 from cli.errors import CliError
 from cli.follow import follow
 
@@ -76,6 +82,8 @@ class DevStack:
         self.temporal_host = host
         self.temporal_port = int(port)
         self.ui_port = self.temporal_port + UI_PORT_OFFSET
+        self.admin_key_file = settings.admin_key_path.resolve()
+        """Where the API bootstraps its admin key (the CLI looks there too)."""
 
     # ----------------------------------------------------------- services
 
@@ -172,7 +180,13 @@ class DevStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
         log = (self.logs / f"{svc.name}.log").open("ab")
-        env = {**os.environ, "AGENTRUN_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "AGENTRUN_STATE_DIR": str(self.state),
+            # Absolute, as the state dir: the services run in the repository's root.
+            "AGENTRUN_ADMIN_KEY_FILE": str(self.admin_key_file),
+            "PYTHONUNBUFFERED": "1",
+        }
         proc = subprocess.Popen(
             svc.command,
             cwd=ROOT,
@@ -218,9 +232,24 @@ class DevStack:
 
     def up(self) -> None:
         print(f"Starting the agentrun dev stack (state in {self.state})")
+        first_start = not self.admin_key_file.exists()
         for svc in self.services():
             self.start(svc)
         self.print_where()
+        if first_start and self.admin_key_file.exists():
+            print(
+                f"  Admin API key:   {self.admin_key_file} (created on this first start, mode "
+                "0600; `agentrun` run from this directory uses it, elsewhere set "
+                f"AGENTRUN_API_KEY_FILE={self.admin_key_file})"
+            )
+
+    def client(self, api_url: str, actor: str) -> ApiClient:
+        """A client of the stack's API with its admin key (`actor` only without one,
+        i.e. with `AGENTRUN_AUTH=off`)."""
+        if self.admin_key_file.exists():
+            key = read_key_file(self.admin_key_file)
+            return ApiClient(api_url, Credentials(key, f"the file {self.admin_key_file}"))
+        return ApiClient(api_url, actor=actor)
 
     def down(self) -> None:
         for svc in reversed(self.services()):
@@ -254,40 +283,48 @@ class DevStack:
 
     def demo(self) -> int:
         self.up()
-        api = f"http://{self.settings.api_host}:{self.settings.api_port}"
+        api_url = f"http://{self.settings.api_host}:{self.settings.api_port}"
         spec = dict(DEMO_SPEC)
-        resp = httpx.post(
-            f"{api}/v1/runs", json=spec, timeout=30, headers={"X-Agentrun-Actor": "demo"}
-        )
-        if resp.status_code >= 300:
-            print(f"launch failed: HTTP {resp.status_code}: {resp.text}", file=sys.stderr)
+        try:
+            api = self.client(api_url, actor="demo")
+        except CliError as err:
+            print(f"cannot use the admin key: {err}", file=sys.stderr)
             return 1
-        run = resp.json()
-        run_id = run["run_id"]
+        try:
+            return self._demo_run(api, api_url, spec)
+        finally:
+            api.close()
+
+    def _demo_run(self, api: ApiClient, api_url: str, spec: dict[str, Any]) -> int:
+        try:
+            created = api.request("POST", "/v1/runs", json=spec)
+        except CliError as err:
+            print(f"launch failed: {err}", file=sys.stderr)
+            return 1
+        run_id = created["run_id"]
+        # The workflow id as the API made it (it holds the tenant the key belongs to).
+        workflow_id = created.get("workflow_id") or f"agentrun/{self.settings.dev_tenant}/{run_id}"
         print(f"\nLaunched run {run_id}: {spec['goal']}\nFollowing its events (SSE):\n")
         # The CLI's follower: events as they happen, the model's output token by token.
-        client = ApiClient(api, actor="demo")
         try:
-            follow(client, run_id, 0, sys.stdout, as_json=False)
+            follow(api, run_id, 0, sys.stdout, as_json=False)
         except CliError as err:
             print(f"following the run failed: {err}", file=sys.stderr)
-        finally:
-            client.close()
-        view = httpx.get(f"{api}/v1/runs/{run_id}", timeout=30).json()
-        arts = httpx.get(f"{api}/v1/runs/{run_id}/artifacts", timeout=30).json()
+        view = api.request("GET", f"/v1/runs/{run_id}")
+        arts = api.request("GET", f"/v1/runs/{run_id}/artifacts")
         print(f"\nRun {run_id} ended: status={view['status']} reason={view.get('reason')}")
         if view.get("final_answer"):
             print(f"  final answer: {view['final_answer']}")
         for art in arts.get("artifacts", []):
             print(
                 f"  artifact: {art['name']} ({art['size']} bytes) -> "
-                f"{api}/v1/runs/{run_id}/artifacts/{art['digest']}"
+                f"{api_url}/v1/runs/{run_id}/artifacts/{art['digest']}"
             )
         s = self.settings
         print(
             f"\nSee it in the Temporal Web UI: http://{self.temporal_host}:{self.ui_port}"
             f"/namespaces/{s.temporal_namespace}/workflows/"
-            f"{_quote('agentrun/' + s.dev_tenant + '/' + run_id)}"
+            f"{_quote(workflow_id)}"
             f"\nFollow it from the CLI:       .venv/bin/agentrun logs -f {run_id}"
             f"\nThe stack keeps running; stop it with: .venv/bin/python -m cli.devstack down"
         )

@@ -111,7 +111,8 @@ def _summary(event: RunEvent, run_id: str | None) -> str:
     if isinstance(event, ApprovalResolvedEvent):
         resolved = event.payload
         verdict = "approved" if resolved.approved else "denied"
-        return f"{resolved.approval_id} {verdict} by {resolved.actor}"
+        on_behalf = f" for {resolved.on_behalf_of}" if resolved.on_behalf_of else ""
+        return f"{resolved.approval_id} {verdict} by {resolved.actor}{on_behalf}"
     if isinstance(event, ControlRejectedEvent):
         rejected = event.payload
         return f"{rejected.action} by {rejected.actor} changed nothing: {rejected.reason}"

@@ -10,21 +10,26 @@
     agentrun pause|resume|cancel <run> [--reason ...]
     agentrun approve|deny <run> [<approval-id> --digest <sha256>] [--yes]
     agentrun message <run> "Also add a README"
+    agentrun tenants create|ls|quota …, keys create|ls|revoke …   # admin
+    agentrun audit [verify], agentrun usage
     agentrun api        # serve the REST API (uvicorn)
     agentrun worker     # run a Temporal worker
 
 Every client command talks HTTP to `AGENTRUN_API_URL` (default
-http://127.0.0.1:8080); it never talks to Temporal directly. Exit codes: 0 on
+http://127.0.0.1:8080) with an API key (`--api-key`, `AGENTRUN_API_KEY`,
+`AGENTRUN_API_KEY_FILE`, else the dev stack's `.state/admin.key`; see
+`cli.credentials`); it never talks to Temporal directly. Exit codes: 0 on
 success (for `--follow`: the run completed), 1 when the API refused the request
 or is unreachable, 2 for usage errors, 3 when a followed run failed or was
 cancelled (`cli.errors`).
 
 This module is the parser and the console entry point (`[project.scripts]`);
 the rest of the CLI lives beside it: `commands` (what each command does),
+`admin_commands` (tenants, keys, audit, usage), `credentials` (which key),
 `spec_builder` (spec file and flags → the run's spec), `api_client` (HTTP and
 the SSE stream), `follow` (a run, live), `spinner` (what is in flight, on a
 terminal), `event_format` (events for people), `event_json` (event JSON → the
-typed contracts) and `actor` (who is acting).
+typed contracts) and `actor` (who is acting when no key is sent).
 
 This module must not: do a command's work, or import `api` or `worker` at
 start-up (see `commands.cmd_api`).
@@ -40,6 +45,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TextIO
 
 from cli.actor import default_actor
+from cli.admin_commands import add_admin_parsers, cmd_audit, cmd_keys, cmd_tenants, cmd_usage
 from cli.api_client import ApiClient
 from cli.commands import (
     cmd_api,
@@ -52,6 +58,7 @@ from cli.commands import (
     cmd_show,
     cmd_worker,
 )
+from cli.credentials import resolve_credentials
 from cli.errors import CliError
 from cli.spec_builder import (
     APPROVAL_MODES,
@@ -85,10 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
-        "--actor",
-        help="who you are, for the audit trail (env AGENTRUN_ACTOR, else $USER, "
-        "else your login name)",
+        "--api-key",
+        help="the API key (default: $AGENTRUN_API_KEY, else the file $AGENTRUN_API_KEY_FILE, "
+        "else the dev stack's .state/admin.key for an API on 127.0.0.1)",
     )
+    parser.add_argument(
+        "--on-behalf-of",
+        metavar="USER",
+        help="the end user a service key acts for (keys with --act-as only; your identity "
+        "otherwise comes from the key)",
+    )
+    # The old `--actor`: the same as --on-behalf-of, hidden (identity comes from the key).
+    parser.add_argument("--actor", dest="on_behalf_of", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="launch a run (prints its id)")
@@ -184,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--log-level", default="info")
 
     sub.add_parser("worker", help="run a Temporal worker (AGENTRUN_* settings)")
+    add_admin_parsers(sub)
     return parser
 
 
@@ -198,6 +214,10 @@ COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace, TextIO], int]] = {
     "approve": cmd_decide,
     "deny": cmd_decide,
     "message": cmd_message,
+    "tenants": cmd_tenants,
+    "keys": cmd_keys,
+    "audit": cmd_audit,
+    "usage": cmd_usage,
 }
 
 
@@ -213,7 +233,10 @@ def main(
             return cmd_api(args)
         if args.command == "worker":
             return cmd_worker(args)
-        api = ApiClient(args.api_url, args.actor or default_actor())
+        credentials = resolve_credentials(args.api_key, args.api_url)
+        # Without a key (an API with AGENTRUN_AUTH=off) the actor header still names you.
+        actor = None if credentials.api_key else default_actor()
+        api = ApiClient(args.api_url, credentials, on_behalf_of=args.on_behalf_of, actor=actor)
         try:
             return COMMANDS[args.command](api, args, out)
         finally:

@@ -24,6 +24,14 @@ if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v debugfs >/dev/null 2>&
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq e2fsprogs mount >/dev/null
 fi
+# PostgreSQL's binaries for the accounts store tests, which start a throw-away cluster
+# (initdb + pg_ctl on a loopback port, tests/db_fixtures.py); the package's own
+# cluster is not needed.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  log "installing PostgreSQL (Debian postgresql) for the accounts store tests"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   ($SUDO dockerd >/tmp/agentrun-dockerd.log 2>&1 &)

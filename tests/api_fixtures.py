@@ -3,6 +3,11 @@
 The server runs in the test session's event loop (the Temporal client and the
 worker live there too), listening on a free loopback port, so tests talk real
 HTTP, SSE included. The scripted model is the only test double.
+
+Authentication is on, as in production: the API bootstraps its system tenant
+(`apitest`) and admin key into the state directory's SQLite database at start-up;
+`api_stack` then creates one key per role through the admin API, and its `http`
+client sends the operator's key (`Stack.keys`, `Stack.auth(role)` for the others).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 from temporalio.client import Client
 
+from accounts.roles import Role
 from agentrun.config import Settings, load_settings
 from agentrun.contracts import DELTA_EVENT, RunEvent
 from api.app import create_app
@@ -93,6 +99,19 @@ async def serve_api(
         await asyncio.wait_for(task, timeout=10)
 
 
+DEFAULT_ROLE = Role.OPERATOR
+"""The role of the key `Stack.http` sends: launch, control, approve and read."""
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """The bootstrap admin key of a served API's state directory, as headers."""
+    return bearer(settings.admin_key_path.read_text().strip())
+
+
 @dataclass
 class Stack:
     """A worker and an API server sharing one task queue and one state directory."""
@@ -100,8 +119,60 @@ class Stack:
     settings: Settings
     url: str
     http: httpx.AsyncClient
+    """Sends the `DEFAULT_ROLE` key of the stack's tenant."""
     client: Client
     state_dir: Path
+    keys: dict[Role, str] = field(default_factory=dict)
+    """One key per role of the stack's tenant (`settings.dev_tenant`, the system
+    tenant); the admin's is the bootstrap key. Each key's subject is its role's name."""
+
+    @property
+    def tenant(self) -> str:
+        return self.settings.dev_tenant
+
+    def auth(self, role: Role) -> dict[str, str]:
+        """Headers that authenticate as the stack tenant's `role` key."""
+        return bearer(self.keys[role])
+
+    async def new_key(
+        self, subject: str, role: Role = DEFAULT_ROLE, *, tenant: str | None = None, **extra: Any
+    ) -> str:
+        """A new key (of the stack's tenant unless named), created by the admin."""
+        resp = await self.http.post(
+            f"/v1/admin/tenants/{tenant or self.tenant}/keys",
+            json={"role": role.value, "subject": subject, **extra},
+            headers=self.auth(Role.ADMIN),
+        )
+        assert resp.status_code == 201, resp.text
+        key: str = resp.json()["api_key"]
+        return key
+
+    async def new_tenant(self, tenant: str, **quota: Any) -> str:
+        """A new tenant (with `quota`) and the plaintext of an admin key of it."""
+        resp = await self.http.post(
+            "/v1/admin/tenants",
+            json={"tenant_id": tenant, "quota": quota or None},
+            headers=self.auth(Role.ADMIN),
+        )
+        assert resp.status_code == 201, resp.text
+        return await self.new_key(f"{tenant}-admin", Role.ADMIN, tenant=tenant)
+
+
+async def role_keys(url: str, settings: Settings) -> dict[Role, str]:
+    """The bootstrap admin key (from its file) and a new key for every other role."""
+    admin = settings.admin_key_path.read_text().strip()
+    keys = {Role.ADMIN: admin}
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(admin)) as http:
+        for role in Role:
+            if role == Role.ADMIN:
+                continue
+            resp = await http.post(
+                f"/v1/admin/tenants/{settings.dev_tenant}/keys",
+                json={"role": role.value, "subject": role.value},
+            )
+            assert resp.status_code == 201, resp.text
+            keys[role] = resp.json()["api_key"]
+    return keys
 
 
 @contextlib.asynccontextmanager
@@ -111,9 +182,11 @@ async def api_stack(client: Client, state_dir: Path, **overrides: Any) -> AsyncI
     async with (
         build_worker(client, settings, task_queue=task_queue),
         serve_api(settings, client) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
-        yield Stack(settings, url, http, client, state_dir)
+        keys = await role_keys(url, settings) if settings.auth == "keys" else {}
+        headers = bearer(keys[DEFAULT_ROLE]) if keys else {}
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as http:
+            yield Stack(settings, url, http, client, state_dir, keys)
 
 
 def scripted(*turns: dict[str, Any], goal: str = "api test goal", **extra: Any) -> dict[str, Any]:

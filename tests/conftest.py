@@ -33,8 +33,9 @@ from agentrun import search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Fixture modules shared by several test modules (Docker sandbox, model servers).
-pytest_plugins = ["tests.sandbox_fixtures", "tests.model_fixtures"]
+# Fixture modules shared by several test modules (Docker sandbox, model servers,
+# the accounts database on SQLite and PostgreSQL).
+pytest_plugins = ["tests.sandbox_fixtures", "tests.model_fixtures", "tests.db_fixtures"]
 
 
 def _binary(name: str, package: str) -> str:

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from agentrun.config import Settings
 from agentrun.contracts import RunSpec
 from api.admission import MAX_TOKEN_BUDGET, MAX_TURN_TOKENS, refusals
-from tests.api_fixtures import api_settings, finish_turn, scripted, serve_api
+from tests.api_fixtures import admin_headers, api_settings, finish_turn, scripted, serve_api
 
 EXTRA_IMAGE = "python:3.12-slim"
 MAXIMA: dict[str, Any] = {
@@ -53,7 +53,10 @@ async def api(
     client: Client, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
     settings = _settings(tmp_path_factory.mktemp("admission"))
-    async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serve_api(settings, client) as url,
+        httpx.AsyncClient(base_url=url, headers=admin_headers(settings)) as http,
+    ):
         yield http, settings
     async for wf in client.list_workflows(
         f"TaskQueue = '{settings.task_queue}' AND ExecutionStatus = 'Running'"

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from tests.api_fixtures import api_settings, finish_turn, scripted, serve_api
+from tests.api_fixtures import admin_headers, api_settings, finish_turn, scripted, serve_api
 from tests.conftest import start_dev_server
 
 UPDATE_BOUND_SECONDS = 3.0
@@ -55,7 +55,7 @@ async def idle_api(short_poll_client: Client, tmp_path: Path) -> AsyncIterator[h
     async with (
         serve_api(settings, short_poll_client) as url,
         # Far longer than the bound: a call that does not end on its own fails here.
-        httpx.AsyncClient(base_url=url, timeout=60) as http,
+        httpx.AsyncClient(base_url=url, timeout=60, headers=admin_headers(settings)) as http,
     ):
         yield http
 

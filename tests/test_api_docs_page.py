@@ -14,7 +14,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from tests.api_fixtures import api_settings, serve_api
+from tests.api_fixtures import admin_headers, api_settings, serve_api
 
 REFERENCE = re.compile(r"""(?:src|href|spec-url)="([^"]+)"|\burl: '([^']+)'""")
 """The URLs a docs page loads: script and style sources, links, the OpenAPI document."""
@@ -32,7 +32,10 @@ async def http(
     client: Client, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = api_settings(tmp_path_factory.mktemp("docs-state"), "tq-docs-page")
-    async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serve_api(settings, client) as url,
+        httpx.AsyncClient(base_url=url, headers=admin_headers(settings)) as http,
+    ):
         yield http
 
 

@@ -19,6 +19,7 @@ from tests.api_fixtures import (
     NOOP_TURN,
     SseMessage,
     SseReader,
+    admin_headers,
     api_settings,
     finish_turn,
     scripted,
@@ -38,7 +39,7 @@ async def api(
     async with (
         build_worker(client, settings, task_queue=queue),
         serve_api(settings, client, app) as url,
-        httpx.AsyncClient(base_url=url, timeout=60) as http,
+        httpx.AsyncClient(base_url=url, timeout=60, headers=admin_headers(settings)) as http,
     ):
         yield http, api_state(app).feeds
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -58,6 +59,8 @@ def fuzz_settings(state_dir: Path, task_queue: str, **overrides: Any) -> Setting
         api_query_timeout_seconds=0.5,
         api_update_timeout_seconds=1.0,
         api_max_body_bytes=BODY_LIMIT,
+        # One key makes every request: its rate limit must not be what is fuzzed.
+        api_rate_limit_burst=1_000_000,
         **overrides,
     )
 
@@ -86,10 +89,25 @@ async def _terminate_fuzz_runs(target: str) -> int:
     return count
 
 
+def _fuzz_key(url: str, settings: Settings) -> str:
+    """An admin key of the fuzz tenant that may act for users (every route, every header)."""
+    admin = settings.admin_key_path.read_text().strip()
+    resp = httpx.post(
+        f"{url}/v1/admin/tenants/{FUZZ_TENANT}/keys",
+        json={"role": "admin", "subject": "fuzzer", "act_as": True},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=15,
+    )
+    assert resp.status_code == 201, resp.text
+    key: str = resp.json()["api_key"]
+    return key
+
+
 @pytest.fixture(scope="module")
 def fuzz_url(
     temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
+    """The served API's URL (and the fuzzer's key in `FUZZ_KEY`)."""
     target = temporal_env.client.service_client.config.target_host
     app_settings = fuzz_settings(
         Path(tmp_path_factory.mktemp("fuzz-state")),
@@ -109,8 +127,10 @@ def fuzz_url(
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "API did not start"
         time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    FUZZ_KEY["key"] = _fuzz_key(url, app_settings)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(10)
@@ -138,10 +158,45 @@ schema = schemathesis.openapi.from_dict(
                         BODY_TOO_LARGE,
                     ]
                 },
-            }
+            },
+            "operations": [
+                {
+                    # `expires_at` must be in the future, which JSON Schema cannot state.
+                    "include-path": "/v1/admin/tenants/{tenant}/keys",
+                    "include-method": "POST",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": [
+                                *DEFAULTS.positive_data_acceptance.expected_statuses,
+                                BODY_TOO_LARGE,
+                                "422",
+                            ]
+                        }
+                    },
+                }
+            ],
         }
     ),
 )
+
+
+FUZZ_KEY: dict[str, str] = {}
+"""The fuzzer's API key, created when the server starts."""
+KEY_PLACEHOLDER = "fuzzer-key"
+
+
+@schema.auth()
+class FuzzerKey:
+    """Schemathesis' auth provider: it knows the key is the auth, so it does not also
+    generate (and then see overridden) `Authorization` headers of its own."""
+
+    def get(self, case: schemathesis.Case[Any], context: Any) -> str:
+        # Cases are built at collection, before the server (and its key) exists: a
+        # placeholder, swapped for the key when the case is sent.
+        return KEY_PLACEHOLDER
+
+    def set(self, case: schemathesis.Case[Any], data: str, context: Any) -> None:
+        case.headers["Authorization"] = f"Bearer {data}"
 
 
 @schema.parametrize()
@@ -154,6 +209,9 @@ schema = schemathesis.openapi.from_dict(
 def test_api_never_answers_5xx_and_matches_its_openapi(
     case: schemathesis.Case[Any], fuzz_url: str
 ) -> None:
-    # No `checks=`: every check Schemathesis registers runs.
+    if case.headers.get("Authorization") == f"Bearer {KEY_PLACEHOLDER}":
+        case.headers["Authorization"] = f"Bearer {FUZZ_KEY['key']}"
+    # No `checks=`: every check Schemathesis registers runs (`ignored_auth` sends each
+    # request again without the key and expects a 401).
     response = case.call_and_validate(base_url=fuzz_url, timeout=15)
     assert response.status_code < 500, response.text

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from accounts.roles import Role
 from activities.run_activities import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from agentrun.contracts import (
     Actor,
@@ -44,8 +45,10 @@ from tests.api_fixtures import (
     SseMessage,
     SseReader,
     Stack,
+    admin_headers,
     api_settings,
     api_stack,
+    bearer,
     events_in,
     finish_turn,
     read_body,
@@ -99,7 +102,8 @@ def assert_problem(resp: httpx.Response, status: int) -> dict[str, Any]:
 
 async def test_post_run_returns_201_with_links_and_run_completes(stack: Stack) -> None:
     spec = scripted(finish_turn("forty-two"), labels={"suite": "api"}, agent="helper")
-    resp = await stack.http.post("/v1/runs", json=spec, headers={"X-Agentrun-Actor": "alice"})
+    alice = await stack.new_key("alice")
+    resp = await stack.http.post("/v1/runs", json=spec, headers=bearer(alice))
     assert resp.status_code == 201, resp.text
     body = resp.json()
     run_id = body["run_id"]
@@ -338,7 +342,10 @@ async def test_sse_resumes_from_last_event_id_across_continue_as_new(
     # A second API whose launcher continues-as-new every 2 steps (same worker and store).
     settings = stack.settings.model_copy(update={"continue_as_new_after_steps": 2})
     turns = [dict(NOOP_TURN, delay_seconds=0.2) for _ in range(7)] + [finish_turn("after CAN")]
-    async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serve_api(settings, client) as url,
+        httpx.AsyncClient(base_url=url, headers=stack.http.headers) as http,
+    ):
         run_id = (await http.post("/v1/runs", json=scripted(*turns))).json()["run_id"]
         received: list[SseMessage] = []
         # First connection: read a few messages, then drop the connection mid-run.
@@ -416,7 +423,7 @@ async def test_pause_resume_cancel_and_invalid_transitions_are_409(stack: Stack)
     resp = await stack.http.post(
         f"/v1/runs/{run_id}/pause",
         json={"reason": "look"},
-        headers={"X-Agentrun-Actor": "bob"},
+        headers=bearer(await stack.new_key("bob")),
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["status"] == "paused"
@@ -451,11 +458,11 @@ async def test_pause_resume_cancel_and_invalid_transitions_are_409(stack: Stack)
     changes = [e.payload for e in typed if isinstance(e, StatusChangedEvent)]
     assert [(c.action, c.actor) for c in changes] == [
         ("pause", "bob"),
-        ("resume", "anonymous"),
-        ("cancel", "anonymous"),
+        ("resume", "operator"),
+        ("cancel", "operator"),
     ]
     received = [e.payload for e in typed if isinstance(e, MessageReceivedEvent)]
-    assert received == [MessageReceivedPayload(actor="anonymous", text="hurry up")]
+    assert received == [MessageReceivedPayload(actor="operator", text="hurry up")]
 
 
 async def test_control_bodies_are_validated(stack: Stack) -> None:
@@ -503,7 +510,7 @@ async def test_approval_flow_mismatch_409_then_approve(stack: Stack) -> None:
     ok = await stack.http.post(
         f"/v1/runs/{run_id}/approvals/{approval_id}",
         json={"decision": "approve", "arguments_digest": digest, "reason": "fine"},
-        headers={"X-Agentrun-Actor": "carol"},
+        headers=bearer(await stack.new_key("carol", Role.APPROVER)),
     )
     assert ok.status_code == 200, ok.text
     # The answer is the status the decision moved the run to, not the one it left.
@@ -629,6 +636,7 @@ async def test_webhook_without_a_deployment_secret_is_refused(
 ) -> None:
     settings = api_settings(tmp_path, "tq-unused", webhook_secret=None)
     async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as http:
+        http.headers.update(admin_headers(settings))
         spec = scripted(finish_turn(), webhook={"url": "http://127.0.0.1:9/hook"})
         body = assert_problem(await http.post("/v1/runs", json=spec), 422)
     assert "AGENTRUN_WEBHOOK_SECRET" in body["detail"]
@@ -644,7 +652,10 @@ async def test_get_run_falls_back_to_recorded_state_without_a_worker(
     settings = api_settings(
         stack.state_dir, queue, api_query_timeout_seconds=1.0, api_update_timeout_seconds=1.0
     )
-    async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serve_api(settings, client) as url,
+        httpx.AsyncClient(base_url=url, headers=stack.http.headers) as http,
+    ):
         # Queued: nobody polls this task queue, so only visibility data is available.
         queued = (await http.post("/v1/runs", json=scripted(finish_turn()))).json()["run_id"]
         # Answered from visibility once the status query gives up (no worker to ask).
@@ -695,10 +706,10 @@ async def test_error_shapes_unknown_route_validation_and_body_limit(stack: Stack
         await stack.http.post("/v1/runs", json={"goal": "x"}, headers={"Idempotency-Key": "a b"}),
         422,
     )
-    for actor in (b"a b", b"alice\xa0"):  # a Latin-1 space is no more an actor than " "
+    for user in (b"a b", b"alice\xa0"):  # a Latin-1 space is no more a user than " "
         assert_problem(
             await stack.http.post(
-                "/v1/runs", json={"goal": "x"}, headers={b"X-Agentrun-Actor": actor}
+                "/v1/runs", json={"goal": "x"}, headers={b"X-Agentrun-On-Behalf-Of": user}
             ),
             422,
         )
@@ -755,6 +766,7 @@ async def test_temporal_unreachable_gives_503_but_healthz_stays_up(tmp_path: Pat
         serve_api(settings, None) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
+        http.headers.update(admin_headers(settings))
         assert (await http.get("/healthz")).status_code == 200
         assert_problem(await http.get("/readyz"), 503)
         body = assert_problem(await http.get("/v1/runs"), 503)

@@ -2,6 +2,9 @@
 
 The CLI is synchronous (httpx), so each invocation runs in a thread while the
 server, worker and Temporal client keep running in the test's event loop.
+Authentication is on: the API bootstraps its admin key into the stack's state
+directory on start, and each test's caller is a key of the stack's tenant whose
+subject names it (`key_for`, made by the stack's admin through the admin API).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import io
 import json
 import os
 import pty
-import pwd
+import re
 import select
 import subprocess
 import sys
@@ -22,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from temporalio.client import Client
 
+from accounts.db import Database, default_database_url
+from accounts.roles import Role
 from agentrun.contracts import ToolResultPayload, new_event
 from cli import main as cli
 from cli.event_format import format_event
@@ -53,23 +59,48 @@ async def stack(
         yield running
 
 
-async def agentrun(stack: Stack, *argv: str, actor: str = "cli-user") -> tuple[int, str]:
-    """Run the CLI in a thread; returns (exit code, stdout)."""
+_KEYS: dict[tuple[str, str, Role, bool], str] = {}
+
+
+async def key_for(
+    stack: Stack, subject: str, role: Role = Role.OPERATOR, act_as: bool = False
+) -> str:
+    """A key of the stack's tenant held by `subject` (made once per stack)."""
+    ident = (stack.url, subject, role, act_as)
+    if ident not in _KEYS:
+        _KEYS[ident] = await stack.new_key(subject, role, act_as=act_as)
+    return _KEYS[ident]
+
+
+def admin_key(stack: Stack) -> str:
+    """The admin key the API bootstrapped on its first start."""
+    return stack.keys[Role.ADMIN]
+
+
+async def agentrun(
+    stack: Stack, *argv: str, actor: str = "cli-user", key: str | None = None
+) -> tuple[int, str]:
+    """Run the CLI in a thread with `key` (default: an operator key of `actor`);
+    returns (exit code, stdout)."""
     out = io.StringIO()
-    code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "--actor", actor, *argv], out)
+    key = key or await key_for(stack, actor)
+    argv = ("--api-url", stack.url, "--api-key", key, *argv)
+    code = await asyncio.to_thread(cli.main, list(argv), out)
     return code, out.getvalue()
 
 
-def on_terminal(url: str, *argv: str, answer: bytes | None = None) -> tuple[int, str]:
-    """`agentrun` as a process on a real terminal (a pty): its exit code and what it
-    showed. `answer` is typed once the process asks `[y/N]`."""
+def on_terminal(url: str, *argv: str, key: str, answer: bytes | None = None) -> tuple[int, str]:
+    """`agentrun` as a process on a real terminal (a pty), its key in
+    `$AGENTRUN_API_KEY`: its exit code and what it showed. `answer` is typed once
+    the process asks `[y/N]`."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [str(AGENTRUN), "--api-url", url, "--actor", "tty-user", *argv],
+        [str(AGENTRUN), "--api-url", url, *argv],
         stdin=slave,
         stdout=slave,
         stderr=slave,
         close_fds=True,
+        env={**os.environ, "AGENTRUN_API_KEY": key},
     )
     os.close(slave)
     shown = b""
@@ -280,13 +311,18 @@ async def test_approve_asks_first_on_a_terminal_and_refuses_without_one(
     assert code == 2 and out == ""
     assert "pass --yes to approve" in capsys.readouterr().err
 
-    code, shown = await asyncio.to_thread(on_terminal, stack.url, "approve", run_id, answer=b"n\n")
+    tty = await key_for(stack, "tty-user")
+    code, shown = await asyncio.to_thread(
+        on_terminal, stack.url, "approve", run_id, key=tty, answer=b"n\n"
+    )
     assert code == 0, shown
     assert 'approve list_files {"path": "."}' in shown and "Approve this call? [y/N]" in shown
     assert f"{run_id}: nothing done" in shown
     assert await pending()  # still waiting
 
-    code, shown = await asyncio.to_thread(on_terminal, stack.url, "approve", run_id, answer=b"y\n")
+    code, shown = await asyncio.to_thread(
+        on_terminal, stack.url, "approve", run_id, key=tty, answer=b"y\n"
+    )
     assert code == 0, shown
     assert f"{run_id}: approved" in shown
     code, followed = await agentrun(stack, "logs", "-f", run_id)
@@ -299,7 +335,8 @@ async def test_a_silent_model_call_shows_a_spinner_on_a_terminal_only(
     path = spec_file(tmp_path, scripted(dict(NOOP_TURN, delay_seconds=1.5), finish_turn()))
     code, out = await agentrun(stack, "run", path)
     run_id = out.strip()
-    code, shown = await asyncio.to_thread(on_terminal, stack.url, "logs", "-f", run_id)
+    key = await key_for(stack, "cli-user")
+    code, shown = await asyncio.to_thread(on_terminal, stack.url, "logs", "-f", run_id, key=key)
     assert code == 0, shown
     assert "\r\x1b[K      ⠋ model call, step 1 · " in shown
     lines = [line.rsplit("\x1b[K", 1)[-1] for line in shown.splitlines()]
@@ -310,22 +347,209 @@ async def test_a_silent_model_call_shows_a_spinner_on_a_terminal_only(
     assert code == 0 and "⠋" not in raw and all(json.loads(line) for line in raw.splitlines())
 
 
-async def test_the_actor_falls_back_to_the_login_name_without_user(
+async def test_the_caller_is_the_keys_subject_whatever_the_environment_says(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("AGENTRUN_ACTOR", "USER", "LOGNAME", "LNAME", "USERNAME"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AGENTRUN_ACTOR", "mallory")
+    monkeypatch.setenv("USER", "mallory")
     path = spec_file(tmp_path, scripted(finish_turn()))
-    out = io.StringIO()
-    code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "run", path], out)
+    code, out = await agentrun(stack, "run", path, actor="key-holder")
     assert code == 0
-    code, shown = await agentrun(stack, "show", out.getvalue().strip())
-    assert f"by {pwd.getpwuid(os.getuid()).pw_name}\n" in shown and "anonymous" not in shown
+    code, shown = await agentrun(stack, "show", out.strip())
+    assert "by key-holder\n" in shown and "mallory" not in shown
+
+
+async def test_on_behalf_of_needs_a_key_with_act_as(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = spec_file(tmp_path, scripted(finish_turn()))
+    service = await key_for(stack, "portal", act_as=True)
+    code, out = await agentrun(stack, "--on-behalf-of", "alice", "run", path, key=service)
+    assert code == 0, capsys.readouterr().err
+    run_id = out.strip()
+    code, shown = await agentrun(stack, "show", run_id)
+    assert "by portal\n" in shown
+    code, raw = await agentrun(
+        stack, "audit", "--action", "run.create", "--json", key=admin_key(stack)
+    )
+    entry = next(e for e in map(json.loads, raw.splitlines()) if e["target"] == run_id)
+    assert (entry["actor"], entry["on_behalf_of"]) == ("portal", "alice")
+    code, table = await agentrun(stack, "audit", "--action", "run.create", key=admin_key(stack))
+    assert any(run_id in line and "portal for alice" in line for line in table.splitlines())
+    capsys.readouterr()
+    plain = await key_for(stack, "plain-bot")
+    code, out = await agentrun(stack, "--actor", "alice", "run", path, key=plain)  # old flag
+    assert code == 1 and out == ""
+    assert "HTTP 403" in capsys.readouterr().err
+
+
+async def test_the_bootstrap_admin_key_is_found_in_the_state_dir_without_flags(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AGENTRUN_API_KEY", "AGENTRUN_API_KEY_FILE", "AGENTRUN_ADMIN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AGENTRUN_STATE_DIR", str(stack.state_dir))
+    assert (stack.state_dir / "admin.key").stat().st_mode & 0o777 == 0o600
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "tenants", "ls"], out)
+    assert code == 0
+    assert out.getvalue().splitlines()[1].startswith(stack.settings.dev_tenant)
+
+
+async def test_without_a_key_the_refusal_says_where_the_cli_looked(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    for name in ("AGENTRUN_API_KEY", "AGENTRUN_API_KEY_FILE", "AGENTRUN_ADMIN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AGENTRUN_STATE_DIR", str(tmp_path))  # no admin.key there
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.main, ["--api-url", stack.url, "ls"], out)
+    assert code == 1 and out.getvalue() == ""
+    err = capsys.readouterr().err
+    assert "hint: no API key found (looked at --api-key, $AGENTRUN_API_KEY" in err
+    assert str(tmp_path / "admin.key") in err and "agentrun keys create" in err
+
+
+async def test_keys_create_prints_the_key_once_and_the_key_works_with_its_role(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = admin_key(stack)
+    tenant = stack.settings.dev_tenant
+    subject = unique("viewer")
+    capsys.readouterr()
+    code, out = await agentrun(
+        stack, "keys", "create", "--tenant", tenant, "--role", "viewer", "--subject", subject,
+        "--expires-in", "30d", key=admin,
+    )  # fmt: skip
+    assert code == 0
+    new_key = out.strip()
+    assert new_key.startswith("ar_") and len(out.splitlines()) == 1
+    err = capsys.readouterr().err
+    assert "only time it is shown" in err and new_key not in err
+    key_id = new_key.split("_")[1]
+
+    code, listed = await agentrun(stack, "ls", key=new_key)
+    assert code == 0 and listed.startswith("RUN")
+    code, out = await agentrun(stack, "run", "--goal", "g", key=new_key)
+    assert code == 1 and out == ""
+    err = capsys.readouterr().err
+    assert "HTTP 403" in err and "permission" in err
+
+    code, keys = await agentrun(stack, "keys", "ls", "--tenant", tenant, key=admin)
+    assert code == 0 and new_key.split("_")[2] not in keys
+    row = next(line for line in keys.splitlines() if line.startswith(key_id))
+    assert row.split()[1:4] == ["viewer", subject, "no"] and row.endswith("active")
+
+
+async def test_a_revoked_key_is_refused_with_a_hint_naming_where_it_came_from(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = admin_key(stack)
+    code, out = await agentrun(
+        stack, "keys", "create", "--tenant", stack.settings.dev_tenant, "--role", "operator",
+        "--subject", unique("leaver"), key=admin,
+    )  # fmt: skip
+    doomed = out.strip()
+    assert code == 0 and (await agentrun(stack, "ls", key=doomed))[0] == 0
+    code, out = await agentrun(stack, "keys", "revoke", doomed, key=admin)  # the whole key
+    assert code == 0 and out.strip() == f"key {doomed.split('_')[1]} revoked"
+    capsys.readouterr()
+    code, out = await agentrun(stack, "ls", key=doomed)
+    assert code == 1 and out == ""
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err
+    assert "hint: the API refused the key from --api-key (unknown, revoked or expired)" in err
+    assert doomed not in err
+
+
+async def test_tenants_create_and_quota_change_only_the_limits_given(stack: Stack) -> None:
+    admin = admin_key(stack)
+    tenant = unique("team")
+    code, out = await agentrun(stack, "tenants", "create", tenant, "--name", "Team", key=admin)
+    assert code == 0 and out.strip() == f"tenant {tenant} created"
+    argv = ("tenants", "quota", tenant)
+    code, out = await agentrun(stack, *argv, "--max-concurrent-runs", "2", key=admin)
+    assert code == 0 and out.strip() == f"tenant {tenant}: max_concurrent_runs=2"
+    code, out = await agentrun(
+        stack, *argv, "--token-budget", "5000", "--budget-period", "day", key=admin
+    )
+    assert out.strip() == f"tenant {tenant}: max_concurrent_runs=2, token_budget=5000/day"
+    code, listed = await agentrun(stack, "tenants", "ls", key=admin)
+    row = next(line for line in listed.splitlines() if line.startswith(tenant))
+    assert row.split()[1] == "Team" and "max_concurrent_runs=2" in row
+    code, raw = await agentrun(stack, "tenants", "ls", "--json", key=admin)
+    quota = next(t for t in json.loads(raw) if t["tenant_id"] == tenant)["quota"]
+    assert (quota["max_concurrent_runs"], quota["token_budget"]) == (2, 5000)
+    code, out = await agentrun(stack, *argv, "--clear", key=admin)
+    assert code == 0 and out.strip() == f"tenant {tenant}: no limits"
+
+
+async def test_audit_lists_the_calls_and_verify_checks_the_chain_naming_a_broken_entry(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = admin_key(stack)
+    tenant = unique("audited")
+    assert (await agentrun(stack, "tenants", "create", tenant, key=admin))[0] == 0
+    code, raw = await agentrun(stack, "audit", "--action", "tenant.create", "--json", key=admin)
+    assert code == 0
+    entry = next(e for e in map(json.loads, raw.splitlines()) if e["target"] == tenant)
+    assert entry["key_id"] == admin.split("_")[1] and entry["outcome"] == "ok"
+    code, table = await agentrun(stack, "audit", "--since", "1h", key=admin)
+    assert code == 0 and any(tenant in line for line in table.splitlines()[1:])
+
+    code, out = await agentrun(stack, "audit", "verify", key=admin)
+    assert code == 0 and re.fullmatch(r"chain verified: \d+ entries\n", out), out
+    assert int(out.split()[2]) >= entry["seq"]
+
+    # One entry altered in the database: the chain names it, then holds again once restored.
+    db = Database(stack.settings.database_url or default_database_url(stack.state_dir))
+    altered = text("UPDATE audit_log SET target = :target WHERE seq = :seq")
+    try:
+        with db.session() as session:
+            session.execute(altered, {"target": "someone-else", "seq": entry["seq"]})
+        capsys.readouterr()
+        code, out = await agentrun(stack, "audit", "verify", key=admin)
+        assert code == 1 and out == ""
+        assert f"audit chain broken at entry {entry['seq']}" in capsys.readouterr().err
+    finally:
+        with db.session() as session:
+            session.execute(altered, {"target": tenant, "seq": entry["seq"]})
+        db.close()
+    assert (await agentrun(stack, "audit", "verify", key=admin))[0] == 0
+
+
+async def test_usage_prints_the_totals_of_the_tenants_ended_runs(
+    stack: Stack, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, scripted(NOOP_TURN, finish_turn("counted")))
+    code, out = await agentrun(stack, "run", path, "--follow")
+    assert code == 0
+    run_id = out.splitlines()[0]
+    code, raw = await agentrun(stack, "usage", "--json")
+    assert code == 0
+    totals = json.loads(raw)
+    runs = {run["run_id"]: run for run in totals["by_run"]}
+    assert run_id in runs and runs[run_id]["input_tokens"] > 0
+    assert totals["runs"] == len(runs)
+    assert totals["input_tokens"] == sum(run["input_tokens"] for run in runs.values())
+    code, shown = await agentrun(stack, "usage", "--since", "1d")
+    assert code == 0
+    assert f"runs:       {totals['runs']}" in shown
+    assert f"tokens:     {totals['input_tokens']} in, {totals['output_tokens']} out" in shown
+    assert any(line.startswith(run_id) for line in shown.splitlines())
 
 
 async def test_logs_of_an_ended_run_without_a_worker_prints_its_recorded_outcome(
-    client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    client: Client,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # No key flag: the CLI finds the key the API bootstrapped in its state directory.
+    monkeypatch.setenv("AGENTRUN_STATE_DIR", str(tmp_path))
+    for name in ("AGENTRUN_API_KEY", "AGENTRUN_API_KEY_FILE", "AGENTRUN_ADMIN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
     task_queue = unique("tq-cli-noworker")
     settings = api_settings(tmp_path, task_queue)
     path = spec_file(tmp_path, scripted(NOOP_TURN, finish_turn("recorded answer")))
@@ -353,7 +577,10 @@ async def test_logs_of_an_ended_run_without_a_worker_prints_its_recorded_outcome
         assert json.loads(out.getvalue())["final_answer"] == "recorded answer"
 
 
-async def test_usage_errors_and_unreachable_api(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_usage_errors_and_unreachable_api(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRUN_STATE_DIR", str(tmp_path))
     url = f"http://127.0.0.1:{free_port()}"
     out = io.StringIO()
     code = await asyncio.to_thread(cli.main, ["--api-url", url, "ls"], out)
@@ -383,6 +610,10 @@ def test_console_script_is_installed_and_lists_every_command() -> None:
         "message",
         "api",
         "worker",
+        "tenants",
+        "keys",
+        "audit",
+        "usage",
     ):
         assert command in result.stdout
 

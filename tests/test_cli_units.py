@@ -20,6 +20,7 @@ import pytest
 
 from agentrun.contracts import (
     ApprovalRequestedPayload,
+    ApprovalResolvedPayload,
     ControlRejectedPayload,
     ModelCalledPayload,
     ModelDelta,
@@ -104,6 +105,17 @@ def test_a_rejected_control_signal_names_action_actor_and_reason() -> None:
     )
     assert format_event(event) == line
     assert format_event(json.loads(event.model_dump_json())) == line
+
+
+def test_a_decision_made_for_an_end_user_names_both() -> None:
+    by_service = ApprovalResolvedPayload(
+        approval_id="ap-s1-c0", approved=True, actor="portal", on_behalf_of="dana"
+    )
+    assert format_event(new_event(4, AT, by_service)).endswith(
+        "ap-s1-c0 approved by portal for dana"
+    )
+    by_person = by_service.model_copy(update={"on_behalf_of": None})
+    assert format_event(new_event(4, AT, by_person)).endswith("ap-s1-c0 approved by portal")
 
 
 def test_streamed_text_and_tool_call_arguments_go_on_lines_of_their_own() -> None:

@@ -16,13 +16,16 @@ from tests.conftest import ROOT
 FLOORS: dict[str, frozenset[str]] = {
     # floor -> the project floors it may import
     "agentrun": frozenset(),
+    "accounts": frozenset({"agentrun"}),
     "store": frozenset({"agentrun"}),
     "sandbox": frozenset({"agentrun"}),
     "activities": frozenset({"agentrun", "store", "sandbox"}),
     "workflows": frozenset({"agentrun", "activities"}),
-    "api": frozenset({"agentrun", "store", "workflows"}),
-    "worker": frozenset({"agentrun", "store", "sandbox", "activities", "workflows"}),
-    "cli": frozenset({"agentrun", "store", "sandbox", "activities", "workflows", "api", "worker"}),
+    "api": frozenset({"agentrun", "accounts", "store", "workflows"}),
+    "worker": frozenset({"agentrun", "accounts", "store", "sandbox", "activities", "workflows"}),
+    "cli": frozenset(
+        {"agentrun", "accounts", "store", "sandbox", "activities", "workflows", "api", "worker"}
+    ),
 }
 """`worker` is `worker.py`; `tests` and `bench` stand outside the house and import anything."""
 

@@ -57,6 +57,7 @@ from agentrun.webhook_destinations import (
 )
 from tests.api_fixtures import (
     _Server,
+    admin_headers,
     api_settings,
     finish_turn,
     read_body,
@@ -575,7 +576,10 @@ async def test_the_api_refuses_a_webhook_url_that_breaks_a_rule_with_422(
     client: Client, tmp_path: Path, url: str, rule: str
 ) -> None:
     settings = api_settings(tmp_path, "tq-unused")
-    async with serve_api(settings, client) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        serve_api(settings, client) as base,
+        httpx.AsyncClient(base_url=base, headers=admin_headers(settings)) as http,
+    ):
         resp = await http.post("/v1/runs", json=scripted(finish_turn(), webhook={"url": url}))
     assert resp.status_code == 422, resp.text
     assert rule in resp.text

@@ -338,7 +338,13 @@ class AgentRunWorkflow(AgentLoop):
 
     def _apply_message(self, msg: UserMessage) -> ControlResult:
         self._state.user_messages.append(msg.text)
-        self._emit(MessageReceivedPayload(actor=msg.actor.subject, text=msg.text[:PREVIEW_CHARS]))
+        self._emit(
+            MessageReceivedPayload(
+                actor=msg.actor.subject,
+                on_behalf_of=msg.actor.on_behalf_of,
+                text=msg.text[:PREVIEW_CHARS],
+            )
+        )
         return ControlResult(status=self._status(), detail="delivered with the next model call")
 
     # ------------------------------------------------------------ queries
@@ -391,5 +397,9 @@ class AgentRunWorkflow(AgentLoop):
     def _status_payload(self, req: ControlRequest, action: ControlAction) -> StatusChangedPayload:
         self._sync_status()
         return StatusChangedPayload(
-            action=action, status=self._status(), actor=req.actor.subject, reason=req.reason
+            action=action,
+            status=self._status(),
+            actor=req.actor.subject,
+            on_behalf_of=req.actor.on_behalf_of,
+            reason=req.reason,
         )

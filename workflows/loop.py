@@ -85,7 +85,9 @@ class AgentLoop(RunLifecycle):
         self._set_phase(RunStatus.RUNNING)
         self._emit(
             RunStartedPayload(
-                goal=spec.goal[:PREVIEW_CHARS], created_by=self._inp.created_by.subject
+                goal=spec.goal[:PREVIEW_CHARS],
+                created_by=self._inp.created_by.subject,
+                on_behalf_of=self._inp.created_by.on_behalf_of,
             )
         )
         init = await calls.init_run(
@@ -291,6 +293,7 @@ class AgentLoop(RunLifecycle):
                 approval_id=pending.approval_id,
                 approved=approved,
                 actor=decision.actor.subject,
+                on_behalf_of=decision.actor.on_behalf_of,
                 reason=decision.reason,
             )
         )

@@ -66,6 +66,8 @@ class RunStartedPayload(EventPayload):
     goal: str = ""
     """The goal's first 300 characters."""
     created_by: str = ""
+    on_behalf_of: str | None = None
+    """The end user a service key launched it for; `created_by` is the key's owner."""
 
 
 class StatusChangedPayload(EventPayload):
@@ -74,6 +76,8 @@ class StatusChangedPayload(EventPayload):
     status: RunStatus
     """The run's status right after the action."""
     actor: str
+    on_behalf_of: str | None = None
+    """The end user a service key acted for (`Actor.on_behalf_of`); `actor` is the key's owner."""
     reason: str | None = None
 
 
@@ -136,12 +140,16 @@ class ApprovalResolvedPayload(EventPayload):
     approval_id: str
     approved: bool
     actor: str
+    on_behalf_of: str | None = None
+    """The end user a service key acted for (`Actor.on_behalf_of`); `actor` is the key's owner."""
     reason: str | None = None
 
 
 class MessageReceivedPayload(EventPayload):
     event_type = EventType.MESSAGE_RECEIVED
     actor: str
+    on_behalf_of: str | None = None
+    """The end user a service key acted for (`Actor.on_behalf_of`); `actor` is the key's owner."""
     text: str
     """The message's first 300 characters."""
 

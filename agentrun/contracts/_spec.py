@@ -217,6 +217,9 @@ class Actor(JsonTyped):
     subject: str = Field(min_length=1, max_length=200, examples=["alice@example.com"])
     kind: Literal["user", "service", "engineer", "system"] = "user"
     tenant_id: str | None = None
+    on_behalf_of: str | None = Field(default=None, max_length=200)
+    """The end user a service key acted for (`X-Agentrun-On-Behalf-Of`); `subject` is
+    the key's owner. Optional, so histories recorded before it decode unchanged."""
 
 
 SYSTEM_ACTOR = Actor(subject="agentrun", kind="system")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Body, Path
+from fastapi import Body, Path, Request
 from temporalio.client import Client
 
 from agentrun.config import Settings
@@ -25,6 +25,7 @@ from agentrun.contracts import (
     ControlResult,
     UserMessage,
 )
+from api.auth import call_record
 from api.deps import ActorDep, ClientDep, SettingsDep, TenantDep
 from api.errors import problems
 from api.launcher import run_handle
@@ -98,6 +99,7 @@ async def decide_approval(
     run_id: RunId,
     approval_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.\-]{1,200}$")],
     body: ApprovalBody,
+    request: Request,
     client: ClientDep,
     settings: SettingsDep,
     tenant: TenantDep,
@@ -111,6 +113,7 @@ async def decide_approval(
         actor=actor,
         reason=body.reason,
     )
+    call_record(request).action = f"approval.{body.decision}"
     update = AgentRunWorkflow.approve if body.decision == "approve" else AgentRunWorkflow.deny
     return await _control(
         client, settings, tenant, run_id, update, decision, "decide on an approval of"

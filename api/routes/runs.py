@@ -15,14 +15,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Body, Header, Query, Response
+from fastapi import Body, Header, Query, Request, Response
 from temporalio.service import RPCError, RPCStatusCode
 
 from agentrun.contracts import RunSpec, RunStatus
 from api.admission import refusals
-from api.deps import ActorDep, ClientDep, SettingsDep, TenantDep
+from api.auth import call_record
+from api.deps import AccountsDep, ActorDep, ClientDep, SettingsDep, TenantDep
 from api.errors import PROBLEM_RESPONSES, BadRequest, Conflict, NotFound, problems
 from api.launcher import IdempotencyConflict, start_run
+from api.metering import record_view
 from api.queries import (
     CURSOR_PATTERN,
     LABEL_FILTER,
@@ -33,6 +35,7 @@ from api.queries import (
     decode_cursor,
     encode_cursor,
 )
+from api.quotas import check_launch
 from api.routes.params import RunId, runs_router
 from api.schemas import RunCreated, RunLinks, RunList, RunSummary, RunView
 from api.service import memo_goal, run_view, summary_from_execution
@@ -57,17 +60,25 @@ LIST_RPC_TIMEOUT = timedelta(seconds=10)
             **PROBLEM_RESPONSES[422],
             "description": "Invalid request, or a spec this deployment does not run: a "
             "sandbox value over its maximum, an image outside its allow-list, network where "
-            "it is off, a `webhook` without AGENTRUN_WEBHOOK_SECRET (`errors` lists each)",
+            "it is off, a `webhook` without AGENTRUN_WEBHOOK_SECRET, steps or tokens over the "
+            "tenant's quota (`errors` lists each)",
+        },
+        429: {
+            **PROBLEM_RESPONSES[429],
+            "description": "The tenant runs its maximum of concurrent runs "
+            "(`quota-exceeded`), or spent its budget (`budget-exhausted`); see `Retry-After`",
         },
     },
 )
 async def create_run(
     spec: Annotated[RunSpec, Body()],
+    request: Request,
     response: Response,
     client: ClientDep,
     settings: SettingsDep,
     tenant: TenantDep,
     actor: ActorDep,
+    accounts: AccountsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -82,14 +93,17 @@ async def create_run(
     concurrent ones) return the same run: 201 for the first, 200 afterwards; the
     same key with a different body is a 409. A spec over this deployment's limits
     (`api.admission`, also stated in this document's schemas) is a 422 before
-    anything starts."""
+    anything starts, and so is one over the tenant's quota (`api.quotas`: steps and
+    tokens 422, concurrent runs and budgets 429)."""
     refused = refusals(settings, spec)
     if refused:
         raise BadRequest("; ".join(r.msg for r in refused), errors=[r.as_error() for r in refused])
+    await check_launch(client, settings, accounts, tenant, spec)
     try:
         started = await start_run(client, settings, tenant, spec, actor, idempotency_key)
     except IdempotencyConflict as exc:
         raise Conflict(str(exc), kind="idempotency-key-reused") from None
+    call_record(request).target = started.run_id
     links = RunLinks.for_run(started.run_id)
     response.headers["Location"] = links.self
     if not started.created:
@@ -191,7 +205,13 @@ async def list_runs(
     responses=problems(404, 422, 503),
 )
 async def get_run(
-    run_id: RunId, client: ClientDep, settings: SettingsDep, tenant: TenantDep
+    run_id: RunId,
+    client: ClientDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    accounts: AccountsDep,
 ) -> RunView:
     """Status, steps, usage, pending approval, final answer or error, timestamps."""
-    return await run_view(client, settings, tenant, run_id)
+    view = await run_view(client, settings, tenant, run_id)
+    await record_view(accounts, view)  # an ended run's usage, into the ledger
+    return view
