@@ -127,6 +127,7 @@ async def test_a_second_turn_after_a_tool_only_reply_is_accepted(
         )
     )
     real_calls(reply, ["finish"])
+    assert {c.name for c in reply.tool_calls} == {"finish"}  # the server took the turn
 
 
 async def until_complete(
@@ -162,6 +163,7 @@ async def test_concurrent_calls_all_get_real_tool_calls(
     replies = await asyncio.gather(*(until_complete(provider, request(), n) for n in range(3)))
     for reply in replies:
         real_calls(reply, ["finish"])
+    assert [{c.name for c in r.tool_calls} for r in replies] == [{"finish"}] * 3
 
 
 async def test_streamed_usage_estimate_is_within_a_factor_of_the_servers_count(
