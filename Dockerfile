@@ -4,6 +4,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY agentrun ./agentrun
+COPY accounts ./accounts
+COPY secretstore ./secretstore
+COPY telemetry ./telemetry
 COPY store ./store
 COPY workflows ./workflows
 COPY activities ./activities

@@ -25,32 +25,47 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
+from wsgiref.simple_server import WSGIServer
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.egress_broker import EgressBroker, SecretResolver
 from activities.model_activities import ModelActivities
 from activities.models.base import ModelProvider
-from activities.models.registry import build_providers
+from activities.models.registry import build_providers, with_stored_keys
 from activities.run_activities import RunActivities
+from activities.secret_values import SecretValues
+from activities.slot_activities import SlotActivities
+from activities.store_errors import StoreErrorInterceptor
 from activities.tool_activities import ToolActivities
 from activities.webhooks import WebhookSender
 from agentrun.config import ConfigError, Settings, load_settings
 from agentrun.contracts import workflow_id_for
+from agentrun.payload_codec import KeyFileError
+from agentrun.redaction import install_log_redaction
 from agentrun.temporal import connect
 from agentrun.webhook_destinations import WebhookAllowList
 from sandbox.base import RunRef, Sandbox
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
-from store.artifacts import ArtifactStore, LocalArtifactStore
-from store.delta_log import DeltaLog
+from secretstore import SecretStore, SecretStoreError, open_secret_store
+from store.artifacts import ArtifactStore
+from store.backends import open_artifact_store
+from store.delta_log import DeltaStore, open_delta_store
+from telemetry import setup_telemetry
+from telemetry.logs import configure_logging
+from telemetry.metrics import serve_prometheus
+from telemetry.tracing import instrument_httpx
 from workflows.agent_run import AgentRunWorkflow
 from workflows.cancel_parent import CancelParentWorkflow
+from workflows.tenant_slots import TenantSlotsWorkflow
 
 log = logging.getLogger("agentrun.worker")
 
@@ -87,6 +102,25 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     )
 
 
+def secret_resolver(settings: Settings) -> SecretResolver:
+    """Granted secrets' values from the deployment's store, opened on first use.
+
+    Lazily: a worker whose runs use no secret never opens the store (nor creates its
+    key file). The value stays in this process: the broker injects it upstream or
+    into one command's environment, never into an activity's input or output.
+    """
+    lock = threading.Lock()
+    opened: list[SecretStore] = []
+
+    def resolve(tenant: str, name: str) -> str:
+        with lock:
+            if not opened:
+                opened.append(open_secret_store(settings))
+        return opened[0].get(tenant, name).reveal()
+
+    return resolve
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -96,24 +130,51 @@ def build_worker(
     store: ArtifactStore | None = None,
     task_queue: str | None = None,
     stand_ins: Mapping[str, Callable[..., Any]] | None = None,
+    deltas: DeltaStore | None = None,
+    secrets: SecretResolver | SecretValues | None = None,
 ) -> Worker:
     """Wire the workflow and all activities; tests pass their own queue and parts.
 
     `stand_ins` replaces activities by name (a test's `store_events` that waits for
     its cue, as temporalio's samples stand activities in), keeping the others real.
+    `deltas` (default: `open_delta_store(settings)`) is closed by whoever opened it.
     """
-    store = store or LocalArtifactStore(settings.artifacts_path)
+    store = store or open_artifact_store(settings)
     if sandbox is None:
         sandbox = DockerSandbox(sandbox_config(settings))
     if router is None:
         router = build_providers(settings)
-    deltas = DeltaLog(settings.deltas_path) if settings.model_stream else None
+    # One door to granted values for the whole worker: the broker and env injection
+    # take them from it, and redaction covers every value it handed out.
+    values = (
+        secrets
+        if isinstance(secrets, SecretValues)
+        else SecretValues(secrets or secret_resolver(settings))
+    )
+    if deltas is None:  # the deployment's (`AGENTRUN_DELTA_STORE`); None: models do not stream
+        deltas = open_delta_store(settings)
     models = ModelActivities(
-        router, store, deltas, max_tool_calls_per_turn=settings.max_tool_calls_per_turn
+        router,
+        store,
+        deltas,
+        max_tool_calls_per_turn=settings.max_tool_calls_per_turn,
+        secrets=values,
     )
     webhooks = WebhookSender(settings.webhook_secret, WebhookAllowList.from_settings(settings))
     runs = RunActivities(store, webhooks=webhooks)
-    tools = ToolActivities(sandbox, store, keep_workspace_default=settings.sandbox_keep_workspace)
+    egress = EgressBroker(
+        values.value,
+        WebhookAllowList.of(settings.egress_allow_hosts, settings.egress_allow_networks),
+        timeout_s=settings.egress_timeout_seconds,
+        max_response_bytes=settings.egress_max_response_bytes,
+    )
+    tools = ToolActivities(
+        sandbox,
+        store,
+        keep_workspace_default=settings.sandbox_keep_workspace,
+        egress=egress,
+        secrets=values,
+    )
     activities: dict[str, Callable[..., Any]] = {
         "call_model": models.call_model,
         "init_run": runs.init_run,
@@ -122,13 +183,17 @@ def build_worker(
         "dispatch_tool": tools.dispatch_tool,
         "sandbox_control": tools.sandbox_control,
         "store_artifact": tools.store_artifact,
+        "probe_runs": SlotActivities(client).probe_runs,
     }
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         # CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through it.
-        workflows=[AgentRunWorkflow, CancelParentWorkflow],
+        # TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue.
+        workflows=[AgentRunWorkflow, CancelParentWorkflow, TenantSlotsWorkflow],
         activities=list({**activities, **(stand_ins or {})}.values()),
+        # Artifact store errors (S3) become non-retryable when retrying cannot help.
+        interceptors=[StoreErrorInterceptor()],
         # Sync activities (Docker SDK) run here; one thread per concurrent activity slot.
         activity_executor=ThreadPoolExecutor(settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
@@ -186,19 +251,66 @@ async def janitor_loop(client: Client, settings: Settings, sandbox: DockerSandbo
             log.exception("janitor sweep failed; trying again next period")
 
 
-async def run_worker(settings: Settings) -> None:
+def serve_worker_metrics(settings: Settings) -> WSGIServer | None:
+    """The worker's Prometheus endpoint (`AGENTRUN_WORKER_METRICS_PORT`; 0: none).
+
+    A port in use (a second worker on the host) is logged, not fatal: a worker
+    that cannot be scraped still runs its runs."""
+    if settings.worker_metrics_port == 0:
+        return None
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:
-        client = await connect(settings)
+        server = serve_prometheus(host, port)
+    except OSError as exc:
+        log.warning(
+            "worker metrics not served on %s:%d (AGENTRUN_WORKER_METRICS_PORT): %s",
+            host,
+            port,
+            exc,
+        )
+        return None
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    return server
+
+
+async def run_worker(settings: Settings) -> None:
+    # Traces (and metrics) per the standard OTEL_* variables; with tracing on, the
+    # client carries the SDK's OpenTelemetry plugin and the worker inherits it.
+    telemetry = setup_telemetry("agentrun-worker", settings)
+    if telemetry.tracing.enabled:
+        instrument_httpx()  # model providers', webhooks' and the egress broker's calls
+    try:
+        client = await connect(
+            settings, runtime=telemetry.temporal_runtime(), plugins=telemetry.client_plugins()
+        )
+    except KeyFileError as exc:  # the payload key file: the message says how to fix it
+        raise CannotStart(str(exc)) from None
     except RuntimeError as exc:  # the SDK's connection errors (refused, TLS, DNS …)
         raise CannotStart(
             f"cannot connect to Temporal at {settings.temporal_address} "
             f"(AGENTRUN_TEMPORAL_ADDRESS, namespace {settings.temporal_namespace!r}): {exc}"
         ) from None
+    serve_worker_metrics(settings)
     sandbox = DockerSandbox(sandbox_config(settings))
     sandbox.refill_pool_async()  # the first run's first tool call skips the cold start
+    # The values the worker hands out are redacted from every log line it writes.
+    values = SecretValues(secret_resolver(settings))
+    install_log_redaction(values.active_redactor)
+    # httpx logs every request's URL (the broker's, query included) at INFO: the
+    # filter redacts values, but a URL is the tool's to choose; keep it out of logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:  # provider keys kept in the secret store (AGENTRUN_*_API_KEY_SECRET)
+        settings = await asyncio.to_thread(with_stored_keys, settings, values.value)
+    except SecretStoreError as exc:  # a missing or unreadable key: say which, never its value
+        raise CannotStart(
+            f"cannot read a model provider key from the secret store: {exc}"
+        ) from None
     # Built here, not in build_worker, so that shutdown closes the providers' HTTP clients.
     router = build_providers(settings)
-    worker = build_worker(client, settings, sandbox=sandbox, router=router)
+    deltas = open_delta_store(settings)  # local files, or Redis shared with the API servers
+    worker = build_worker(
+        client, settings, sandbox=sandbox, router=router, secrets=values, deltas=deltas
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -224,7 +336,11 @@ async def run_worker(settings: Settings) -> None:
         if janitor is not None:
             janitor.cancel()
         await router.aclose()
+        if deltas is not None:
+            await deltas.aclose()
         sandbox.close()
+        # Batched spans would die with the process (`main` ends it with os._exit).
+        await asyncio.to_thread(telemetry.tracing.force_flush)
     log.info("worker stopped")
 
 
@@ -236,6 +352,7 @@ def serve() -> int:
     except ConfigError as exc:
         print(f"agentrun worker: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_format)  # JSON with trace, span, run, tenant when asked
     try:
         asyncio.run(run_worker(settings))
     except CannotStart as exc:

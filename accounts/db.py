@@ -30,6 +30,7 @@ a password).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _MIGRATION_LOCK = 0x61676E74
 """PostgreSQL advisory lock key serialising `upgrade` across processes ("agnt")."""
+
+_UPGRADE_IN_PROCESS = threading.Lock()
+"""Alembic's `context` is one module-level proxy per process: two threads migrating
+at once (the API's lifespan and a worker opening the secret store) would swap it
+under each other, whatever database each migrates."""
 
 _IMMEDIATE = "agentrun_sqlite_immediate"
 """Connection execution option: begin the transaction with `BEGIN IMMEDIATE`."""
@@ -118,7 +124,7 @@ class Database:
         """Run the Alembic migrations up to `revision` (all of them by default)."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.connect() as conn:
+        with _UPGRADE_IN_PROCESS, self.engine.connect() as conn:
             if self.dialect == "sqlite":
                 conn = conn.execution_options(**{_IMMEDIATE: True})
             with conn.begin():

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from accounts.db import Database
 from accounts.errors import InvalidInput, NotFound
@@ -178,14 +178,35 @@ class ApiKeys:
                 return None
             if row.expires_at is not None and row.expires_at <= now:
                 return None
-            if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
-                row.last_used_at = now
-            return Principal(
+            principal = Principal(
                 tenant_id=row.tenant_id,
                 key_id=row.key_id,
                 role=Role(row.role),
                 subject=row.subject,
                 may_act_for_users=row.act_as,
+            )
+            due = row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY
+        if due:
+            self._touch(row.key_id, now)
+        return principal
+
+    def _touch(self, key_id: str, now: datetime) -> None:
+        """Record the key's use, in a transaction of its own that starts as a writer.
+
+        Not in the read's transaction: on SQLite, a reader turning writer after
+        another connection wrote fails at once (`database is locked`, the busy
+        timeout does not apply), which under a burst of requests answered 500s."""
+        with self._db.session(write_lock=True) as session:
+            session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.key_id == key_id)
+                .where(
+                    or_(
+                        ApiKeyRow.last_used_at.is_(None),
+                        ApiKeyRow.last_used_at <= now - LAST_USED_EVERY,
+                    )
+                )
+                .values(last_used_at=now)
             )
 
     def revoke(self, key_id: str, tenant_id: str | None = None) -> bool:

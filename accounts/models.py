@@ -15,7 +15,8 @@ Design (why it looks like this):
   tenant's removal would delete.
 
 This module must not: hold behaviour (the stores in `tenants.py`, `keys.py`,
-`audit.py`, `usage.py` do), or store a key's secret (only its sha256).
+`audit.py`, `usage.py`, `secretstore` do), or store a key's secret (only its
+sha256) or a secret's value (only its ciphertext: `secret_versions`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -152,3 +154,25 @@ class UsageRow(Base):
     sandbox_seconds: Mapped[float] = mapped_column(Double)
     finished_at: Mapped[datetime]
     recorded_at: Mapped[datetime]
+
+
+class SecretVersionRow(Base):
+    """One version of a tenant's secret, encrypted (`secretstore._embedded`).
+
+    The value is AES-256-GCM ciphertext; the additional data binds it to its tenant,
+    name and version, so a row copied elsewhere does not decrypt. `key_id` names the
+    key that encrypted it (a fingerprint, never the key).
+    """
+
+    __tablename__ = "secret_versions"
+
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_id: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    secret_created_at: Mapped[datetime]
+    """When the secret's first version was written (kept when old versions are pruned)."""
+    created_at: Mapped[datetime]
+    """When this version was written."""

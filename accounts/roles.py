@@ -2,7 +2,7 @@
 
 Design (why it looks like this):
 
-* **Four roles, five permissions.** A route names the permission it needs
+* **Four roles, six permissions.** A route names the permission it needs
   (`Permission.CONTROL`), never a role, so adding a role is one row here and no
   route changes.
 * **Admin is a superset**, approver is read + decide, viewer read only: the issue's
@@ -21,7 +21,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     """Tenants, keys and the audit trail, and everything an operator may do."""
     OPERATOR = "operator"
-    """Launch, control (pause/resume/cancel/message) and approve runs."""
+    """Launch, control (pause/resume/cancel/message) and approve runs; store secrets."""
     APPROVER = "approver"
     """Read runs and approve or deny their tool calls; nothing else."""
     VIEWER = "viewer"
@@ -37,6 +37,9 @@ class Permission(StrEnum):
     """Pause, resume, cancel, message a run."""
     DECIDE = "decide"
     """Approve or deny a tool call."""
+    SECRETS = "secrets"
+    """Store and delete the tenant's secrets (their names and metadata are READ; no
+    role ever reads a value back through the API)."""
     ADMIN = "admin"
     """Tenants, keys, audit."""
 
@@ -44,7 +47,13 @@ class Permission(StrEnum):
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.OPERATOR: frozenset(
-        {Permission.READ, Permission.LAUNCH, Permission.CONTROL, Permission.DECIDE}
+        {
+            Permission.READ,
+            Permission.LAUNCH,
+            Permission.CONTROL,
+            Permission.DECIDE,
+            Permission.SECRETS,
+        }
     ),
     Role.APPROVER: frozenset({Permission.READ, Permission.DECIDE}),
     Role.VIEWER: frozenset({Permission.READ}),

@@ -10,23 +10,32 @@ fragments are logged for SSE followers as they arrive (see `store.delta_log`).
 A reply may make at most the per-turn cap of tool calls (`activities.turn_cap`):
 the calls beyond it never reach the workflow, and the conversation answers each
 of them with a refusal the model reads on its next call.
+
+The values of the run's granted secrets (`ModelCallInput.secrets`, names resolved by
+`activities.secret_values`) are redacted from the reply, its tool calls, the
+streamed deltas and any error before they leave (`agentrun.redaction`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from typing import Literal
 
 from pydantic import TypeAdapter
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
-from activities.models.base import ModelProvider, ModelRequest
+from activities.models.base import ModelProvider, ModelReply, ModelRequest
+from activities.secret_values import SecretValues, redacted_errors
 from activities.tools import tool_schemas
 from activities.turn_cap import refusal, tool_call_cap
 from agentrun.config import DEFAULT_MAX_TOOL_CALLS_PER_TURN
 from agentrun.contracts import (
+    Delta,
+    DeltaSink,
     Message,
     ModelCallInput,
     ModelCallOutput,
@@ -34,9 +43,11 @@ from agentrun.contracts import (
     ScriptedTurn,
     ToolCall,
 )
+from agentrun.redaction import Redactor, StreamRedactor
 from store.artifacts import ArtifactStore, get_bytes
 from store.conversation import ConversationStore
-from store.delta_log import DeltaLog
+from store.delta_log import DeltaStore
+from telemetry.tracing import capturing_content, model_call_span, record_model_reply
 
 PREVIEW_CHARS = 300
 TEXT_CHARS = 16_000
@@ -49,11 +60,14 @@ class ModelActivities:
         self,
         router: ModelProvider,
         store: ArtifactStore,
-        deltas: DeltaLog | None = None,
+        deltas: DeltaStore | None = None,
         *,
         max_tool_calls_per_turn: int = DEFAULT_MAX_TOOL_CALLS_PER_TURN,
+        secrets: SecretValues | None = None,
     ) -> None:
         self._router = router
+        # Granted values, redacted from replies; without a store a run granted secrets fails.
+        self._secrets = secrets or SecretValues(None)
         self._store = store
         self._deltas = deltas
         self._max_tool_calls = max_tool_calls_per_turn
@@ -65,9 +79,14 @@ class ModelActivities:
         # Heartbeats for the whole call: the conversation's blobs and a reply with many
         # tool calls take time to read and store, as the provider takes time to answer.
         async with heartbeating():
-            return await self._call_model(inp)
+            # A model never holds a granted value legitimately; one it writes anyway (a
+            # prompt injection's echo, a guess) is redacted from the reply, its tool
+            # calls' arguments, the streamed deltas and errors, before any leaves.
+            redactor = await asyncio.to_thread(self._secrets.redactor, inp.tenant_id, inp.secrets)
+            with redacted_errors(redactor):
+                return await self._call_model(inp, redactor)
 
-    async def _call_model(self, inp: ModelCallInput) -> ModelCallOutput:
+    async def _call_model(self, inp: ModelCallInput, redactor: Redactor) -> ModelCallOutput:
         attempt = activity.info().attempt
         conv = self._conversations
         new_digests = list(inp.append)
@@ -84,19 +103,15 @@ class ModelActivities:
             script=await self._script(inp.script_digest),
             attempt=attempt,
         )
-        if self._deltas is None:
-            reply = await self._router.complete(request)
-        else:
-            async with self._deltas.writer(inp.tenant_id, inp.run_id, inp.step, attempt) as sink:
-                request.on_delta = sink
-                reply = await self._router.complete(request)
+        reply = await self._complete(inp, request, redactor)
+        reply_text = redactor.redact(reply.text) if reply.text else reply.text
 
         # Our deterministic ids replace the provider's, so tool messages match them.
         stored_calls = [
             RawToolCall(
                 id=f"s{inp.step}-c{index}",
-                name=_TOOL_NAME.sub("_", raw.name)[:64] or "unnamed",
-                arguments=raw.arguments,
+                name=_TOOL_NAME.sub("_", redactor.redact(raw.name))[:64] or "unnamed",
+                arguments=redactor.redact(raw.arguments),
             )
             for index, raw in enumerate(reply.tool_calls)
         ]
@@ -111,7 +126,7 @@ class ModelActivities:
             )
             for raw in kept
         ]
-        assistant = Message(role="assistant", content=reply.text, tool_calls=stored_calls)
+        assistant = Message(role="assistant", content=reply_text, tool_calls=stored_calls)
         assistant_digest = await asyncio.to_thread(conv.put_message, assistant)
         # The refused calls are answered here, right after the assistant message; the
         # kept calls' results follow with the next model call (in `append`).
@@ -123,13 +138,54 @@ class ModelActivities:
         )
         return ModelCallOutput(
             conversation_head=head,
-            text_preview=(reply.text or "")[:TEXT_CHARS],
+            text_preview=(reply_text or "")[:TEXT_CHARS],
             tool_calls=calls,
             usage=reply.usage,
             stop_reason=reply.stop_reason,
             attempt=attempt,
             refused_tool_calls=len(refused),
         )
+
+    async def _complete(
+        self, inp: ModelCallInput, request: ModelRequest, redactor: Redactor
+    ) -> ModelReply:
+        """The provider's call, in its GenAI span (`telemetry.tracing`): model, usage,
+        finish reason, cost; prompt and reply only with `AGENTRUN_TRACE_CONTENT`."""
+        with model_call_span(
+            provider=inp.model.provider,
+            model=inp.model.name,
+            run=inp,
+            step=inp.step,
+            attempt=request.attempt,
+            max_tokens=inp.model.max_output_tokens,
+            temperature=inp.model.temperature,
+        ) as span:
+            if self._deltas is None:
+                reply = await self._router.complete(request)
+            else:
+                async with self._deltas.writer(
+                    inp.tenant_id, inp.run_id, inp.step, request.attempt
+                ) as sink:
+                    redacting = _RedactingSink(sink, redactor)
+                    request.on_delta = redacting
+                    try:
+                        reply = await self._router.complete(request)
+                    finally:
+                        redacting.flush()
+            record_model_reply(
+                span,
+                model=inp.model.name,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                finish_reason=reply.stop_reason,
+                estimated_usage=reply.usage.estimated,
+                prompt=[{"role": m.role, "content": m.content} for m in request.messages]
+                if capturing_content()
+                else None,
+                completion=reply.text,
+                redactor=redactor,
+            )
+        return reply
 
     async def _script(self, digest: str | None) -> list[ScriptedTurn] | None:
         if digest is None:
@@ -146,3 +202,33 @@ class ModelActivities:
                 ) from None
             self._scripts[digest] = turns
         return self._scripts[digest]
+
+
+class _RedactingSink:
+    """Passes a reply's deltas on with granted values redacted, one stream per part
+    (the text, each tool call's arguments), holding back what could begin a value."""
+
+    def __init__(self, sink: DeltaSink, redactor: Redactor) -> None:
+        self._sink = sink
+        self._redactor = redactor
+        self._streams: dict[tuple[Literal["text", "tool_call"], int], StreamRedactor] = {}
+
+    def __call__(self, delta: Delta) -> None:
+        if not self._redactor:
+            self._sink(delta)
+            return
+        key = (delta.kind, delta.index)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = self._redactor.stream()
+        text = stream.feed(delta.text)
+        if text or delta.name is not None:
+            self._sink(dataclasses.replace(delta, text=text))
+
+    def flush(self) -> None:
+        """Pass on what each stream still holds (the reply ended, or failed)."""
+        for (kind, index), stream in self._streams.items():
+            rest = stream.flush()
+            if rest:
+                self._sink(Delta(kind=kind, text=rest, index=index))
+        self._streams.clear()

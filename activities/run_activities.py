@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
 from activities.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, sign, verify
@@ -26,6 +27,7 @@ from agentrun.contracts import (
 from agentrun.webhook_destinations import WebhookAllowList
 from store.artifacts import ArtifactStore
 from store.conversation import ConversationStore
+from telemetry.metrics import bounded, instruments
 
 __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "RunActivities", "sign", "verify"]
 """The signing helpers stay importable from here, where they used to live."""
@@ -69,5 +71,13 @@ class RunActivities:
     @activity.defn(name="deliver_webhook")
     async def deliver_webhook(self, inp: WebhookInput) -> WebhookOutput:
         """POST one event to the run's webhook (`activities.webhooks` says where it may go)."""
-        status = await self._webhooks.deliver(inp)
+        deliveries = instruments().webhook_deliveries
+        try:
+            status = await self._webhooks.deliver(inp)
+        except ApplicationError as exc:
+            # Per attempt: `failed` is retried, `refused` is not (bad url, config, 4xx).
+            outcome = "refused" if exc.non_retryable else "failed"
+            deliveries.add(1, {"outcome": outcome, "error": bounded("error", exc.type or "")})
+            raise
+        deliveries.add(1, {"outcome": "delivered", "error": ""})
         return WebhookOutput(status_code=status, attempts=activity.info().attempt)

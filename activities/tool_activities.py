@@ -9,20 +9,36 @@ heartbeat timeout. `dispatch_tool` is exactly-once per call id because the sandb
 What the model sees of a result is a bounded text view; output larger than the
 run's `max_tool_output_bytes` is stored whole as an artifact and the view says
 so. Tool output is hostile input: it is only ever data in a tool message.
+
+Nothing leaves with a granted secret's value in it (`agentrun.redaction`): the view,
+the result's fields, output stored as an artifact, collected files and errors are
+redacted with the values of the run's `secrets`, resolved in the worker
+(`activities.secret_values`) before the tool runs, so that a store that cannot
+answer fails the call before anything is produced.
+
+Each result carries the tool's wall time (`ToolResult.tool_seconds`, measured here
+on the worker's monotonic clock, never in the workflow): the workflow adds it to the
+run's usage as it stands in history, so a replay adds the same number.
 """
 
 from __future__ import annotations
 
 import json
 import mimetypes
+import time
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
+from opentelemetry.trace import Span
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.egress_broker import EgressBroker, EgressSecretError
 from activities.heartbeat import heartbeating_in_background
+from activities.secret_values import SecretValues, redacted_errors
 from activities.tools import (
     FinishArgs,
+    HttpRequestArgs,
     ListFilesArgs,
     ReadFileArgs,
     ShellArgs,
@@ -35,12 +51,14 @@ from agentrun.contracts import (
     ArtifactRef,
     DispatchToolInput,
     ErrorKind,
+    LimitKind,
     Message,
     SandboxControlInput,
     StoreArtifactInput,
     StoreArtifactOutput,
     ToolResult,
 )
+from agentrun.redaction import Redactor
 from sandbox.base import (
     CollectedFile,
     ExecOutcome,
@@ -52,6 +70,8 @@ from sandbox.base import (
 )
 from store.artifacts import ArtifactStore, get_bytes
 from store.conversation import ConversationStore
+from telemetry.metrics import record_tool_call
+from telemetry.tracing import record_tool_result, tool_span
 
 SUMMARY_CHARS = 500
 FINAL_ANSWER_CHARS = 16_000
@@ -64,6 +84,59 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _tool_seconds(elapsed: float, command_ms: int | None) -> float:
+    """The call's wall time in this attempt (container start-up included), but never
+    less than the command's own run time: a shell call re-attached after a worker
+    crash ran mostly before this attempt began. Milliseconds are enough."""
+    if command_ms is not None:
+        elapsed = max(elapsed, command_ms / 1000)
+    return round(max(elapsed, 0.0), 3)
+
+
+def _traced(inp: DispatchToolInput) -> AbstractContextManager[Span]:
+    """The call's `execute_tool <name>` span (`telemetry.tracing`), under the SDK's
+    `RunActivity:dispatch_tool` span; queue wait = scheduled → started (a worker slot)."""
+    info = activity.info()
+    wait = (info.started_time - info.current_attempt_scheduled_time).total_seconds()
+    return tool_span(
+        tool=inp.call.name,
+        call_id=inp.call.id,
+        run=inp,
+        step=inp.step,
+        attempt=info.attempt,
+        queue_wait_s=wait,
+    )
+
+
+def _record_span(span: Span, result: ToolResult, redactor: Redactor) -> None:
+    limits = {kind.value for kind in LimitKind}
+    error = str(result.error_type) if result.error_type is not None else None
+    exec_s = result.duration_ms / 1000 if result.duration_ms is not None else None
+    record_tool_result(
+        span,
+        ok=result.ok,
+        exit_code=result.exit_code,
+        limit_hit=error if error in limits else None,
+        error_type=error,
+        # Up to the command's start: claiming (or creating) the container, attaching.
+        sandbox_claim_s=max(result.tool_seconds - exec_s, 0.0) if exec_s is not None else None,
+        exec_s=exec_s,
+        result=result.summary,  # already redacted; kept only with AGENTRUN_TRACE_CONTENT
+        redactor=redactor,
+    )
+
+
+def _redacted(result: ToolResult, redactor: Redactor) -> ToolResult:
+    """`result` with every granted value redacted from every field (the egress audit
+    records, for one): a last pass over what leaves, after the view's own."""
+    if not redactor:
+        return result
+    dumped = result.model_dump_json()
+    if not redactor.found(dumped):
+        return result
+    return ToolResult.model_validate_json(redactor.redact(dumped))
+
+
 def _translate(exc: SandboxError) -> ApplicationError:
     """Sandbox failures → Temporal retry posture (transient or permanent)."""
     return ApplicationError(
@@ -73,10 +146,22 @@ def _translate(exc: SandboxError) -> ApplicationError:
 
 class ToolActivities:
     def __init__(
-        self, sandbox: Sandbox, store: ArtifactStore, keep_workspace_default: bool = False
+        self,
+        sandbox: Sandbox,
+        store: ArtifactStore,
+        keep_workspace_default: bool = False,
+        egress: EgressBroker | None = None,
+        secrets: SecretValues | None = None,
     ) -> None:
         self._sandbox = sandbox
         self._store = store
+        # Granted values, for redaction (the worker passes the one its broker uses too);
+        # else the broker's, so what it injects is redacted; with neither, a run granted
+        # secrets fails rather than run unredacted.
+        self._secrets = secrets or SecretValues(egress.secret if egress is not None else None)
+        # Without a broker of the worker's (no secret store, no operator allow-list),
+        # rules still deny by default and refuse non-public destinations.
+        self._egress = egress or EgressBroker()
         self._conversations = ConversationStore(store)
         self._keep_default = keep_workspace_default
 
@@ -85,9 +170,17 @@ class ToolActivities:
         # Heartbeats for the whole call, not only while the command runs: creating the
         # container (and pulling its image) can take long, and sends none by itself.
         with heartbeating_in_background():
-            return self._dispatch(inp)
+            # Resolved before the tool runs: output that cannot be redacted is never made.
+            redactor = self._redactor(inp.tenant_id, inp.secrets)
+            with redacted_errors(redactor), _traced(inp) as span:
+                result = self._dispatch(inp, redactor)
+                _record_span(span, result, redactor)
+                return result
 
-    def _dispatch(self, inp: DispatchToolInput) -> ToolResult:
+    def _redactor(self, tenant: str, names: list[str]) -> Redactor:
+        return self._secrets.redactor(tenant, names)
+
+    def _dispatch(self, inp: DispatchToolInput, redactor: Redactor) -> ToolResult:
         attempt = activity.info().attempt
         call = inp.call
         run = RunRef(inp.tenant_id, inp.run_id)
@@ -98,8 +191,11 @@ class ToolActivities:
             view = f"Tool call not executed: {inp.denied_reason}"
         else:
             raw = _text(get_bytes(self._store, call.arguments_digest))
+            started: float | None = None
             try:
                 args = parse_arguments(call.name, raw)
+                if not isinstance(args, FinishArgs):  # `finish` executes nothing
+                    started = time.monotonic()
                 view = self._execute(run, inp, args, result)
             except UnknownTool as exc:
                 result.error_type = ErrorKind.UNKNOWN_TOOL
@@ -117,10 +213,18 @@ class ToolActivities:
                 view = f"Error: {exc}"
             except SandboxError as exc:
                 raise _translate(exc) from None
+            if started is not None:
+                result.tool_seconds = _tool_seconds(time.monotonic() - started, result.duration_ms)
+                outcome = "ok" if result.ok else str(result.error_type or "failed")
+                record_tool_call(call.name, result.tool_seconds, outcome)
+        # Redacted whole, then cut: a value cut in two would no longer be recognised.
+        view = redactor.redact(view)
+        if result.final_answer is not None:
+            result.final_answer = redactor.redact(result.final_answer)[:FINAL_ANSWER_CHARS]
         result.summary = view[:SUMMARY_CHARS]
         message = Message(role="tool", tool_call_id=call.id, name=call.name, content=view)
         result.message_digest = self._conversations.put_message(message)
-        return result
+        return _redacted(result, redactor)
 
     def _execute(
         self, run: RunRef, inp: DispatchToolInput, args: object, result: ToolResult
@@ -128,25 +232,44 @@ class ToolActivities:
         limit = inp.max_output_bytes
         if isinstance(args, FinishArgs):
             result.ok = True
-            result.final_answer = args.answer[:FINAL_ANSWER_CHARS]
+            result.final_answer = args.answer  # redacted, then cut, by `_dispatch`
             return "Finished."
         if isinstance(args, ShellArgs):
             timeout = min(args.timeout_seconds or inp.timeout_seconds, inp.timeout_seconds)
-            outcome = self._sandbox.exec(
-                run,
-                inp.call.id,
-                args.command,
-                policy=inp.sandbox,
-                timeout_s=timeout,
-                max_output_bytes=limit,
-                heartbeat=activity.heartbeat,
-            )
+            # Egress and granted env values stay in this worker: the values go to the
+            # executor over the attach stream, for this one command's process only.
+            env = self._exec_env(inp, args)
+            session = self._egress.session(inp) if inp.egress else None
+            try:
+                outcome = self._sandbox.exec(
+                    run,
+                    inp.call.id,
+                    args.command,
+                    policy=inp.sandbox,
+                    timeout_s=timeout,
+                    max_output_bytes=limit,
+                    env=env or None,
+                    heartbeat=activity.heartbeat,
+                    egress=session.handle if session is not None else None,
+                )
+            finally:
+                if session is not None:
+                    result.egress = session.audits
             return self._shell_view(run, inp, outcome, result)
+        if isinstance(args, HttpRequestArgs):
+            return self._http_request(inp, args, result)
         if isinstance(args, ReadFileArgs):
-            data = self._sandbox.read_file(run, args.path, policy=inp.sandbox, max_bytes=limit + 1)
+            # Read past the cut by the longest value form, so that a value the cut
+            # would split is replaced whole (`Redactor.redact_head`).
+            redactor = self._redactor(inp.tenant_id, inp.secrets)
+            extra = redactor.max_match_chars
+            data = self._sandbox.read_file(
+                run, args.path, policy=inp.sandbox, max_bytes=limit + 1 + extra
+            )
             result.ok = True
             if len(data) > limit:
-                return _text(data[:limit]) + f"\n[truncated: file is larger than {limit} bytes]"
+                head = redactor.redact_head(data, limit)
+                return _text(head) + f"\n[truncated: file is larger than {limit} bytes]"
             return _text(data)
         if isinstance(args, WriteFileArgs):
             data = args.content.encode()
@@ -159,6 +282,44 @@ class ToolActivities:
             lines = [f"{e.path}{'/' if e.is_dir else ''}\t{e.size}" for e in entries]
             return "\n".join(lines) or "(empty)"
         raise ToolArgumentError(f"tool {inp.call.name!r} is not executable")
+
+    def _exec_env(self, inp: DispatchToolInput, args: ShellArgs) -> dict[str, str]:
+        """The granted secrets a shell call asked for, by variable name, resolved here."""
+        env: dict[str, str] = {}
+        for var in args.env_secrets:
+            name = inp.exec_env.get(var)
+            if name is None:
+                granted = ", ".join(sorted(inp.exec_env)) or "none"
+                raise ToolArgumentError(
+                    f"env_secrets: {var!r} is not granted to this run (granted: {granted})"
+                )
+            try:
+                env[var] = self._egress.secret(inp.tenant_id, name)
+            except EgressSecretError as exc:
+                raise ApplicationError(str(exc), type="SecretUnavailable") from None
+        return env
+
+    def _http_request(
+        self, inp: DispatchToolInput, args: HttpRequestArgs, result: ToolResult
+    ) -> str:
+        """`http_request`: performed by the broker in the worker, same rules as the proxy."""
+        session = self._egress.session(inp)
+        body = args.body.encode() if args.body is not None else b""
+        response = session.send(args.method, args.url, list(args.headers.items()), body)
+        result.egress = session.audits
+        allowed = bool(session.audits) and session.audits[-1].allowed
+        result.ok = allowed and 200 <= response.status < 400
+        if not allowed:
+            result.error_type = ErrorKind.EGRESS_REFUSED
+        limit = inp.max_output_bytes
+        shown = {"content-type", "location", "content-length", "retry-after"}
+        lines = [f"status: {response.status}"]
+        lines += [f"{k}: {v}" for k, v in response.headers if k.lower() in shown]
+        redactor = self._redactor(inp.tenant_id, inp.secrets)
+        text = _text(redactor.redact_head(response.body, limit))
+        if len(response.body) > limit:
+            text += f"\n[truncated: the body is {len(response.body)} bytes, shown {limit}]"
+        return "\n".join(lines) + "\n\n" + text
 
     def _shell_view(
         self, run: RunRef, inp: DispatchToolInput, outcome: ExecOutcome, result: ToolResult
@@ -176,10 +337,16 @@ class ToolActivities:
         truncated = outcome.stdout_total > len(outcome.stdout) or outcome.stderr_total > len(
             outcome.stderr
         )
+        stdout, stderr = outcome.stdout, outcome.stderr
         if truncated:
             full = self._sandbox.read_call_output(run, inp.call.id, "stdout", SPILL_MAX_BYTES)
             err = self._sandbox.read_call_output(run, inp.call.id, "stderr", SPILL_MAX_BYTES)
-            body = full + (b"\n--- stderr ---\n" + err if err else b"")
+            redactor = self._redactor(inp.tenant_id, inp.secrets)
+            # The heads the model sees are cut from the whole streams: a value the
+            # executor's cut split in two would no longer be recognised in the head.
+            stdout = redactor.redact_head(full, len(stdout)) if full else stdout
+            stderr = redactor.redact_head(err, len(stderr)) if err else stderr
+            body = redactor.redact_bytes(full + (b"\n--- stderr ---\n" + err if err else b""))
             digest = self._store.put(body)
             result.output_artifact = ArtifactRef(
                 digest=digest,
@@ -192,9 +359,9 @@ class ToolActivities:
                 f"[output truncated: stdout {outcome.stdout_total} bytes, stderr "
                 f"{outcome.stderr_total} bytes; the full output is stored as artifact {digest}]"
             )
-        parts.append("stdout:\n" + _text(outcome.stdout))
-        if outcome.stderr:
-            parts.append("stderr:\n" + _text(outcome.stderr))
+        parts.append("stdout:\n" + _text(stdout))
+        if stderr:
+            parts.append("stderr:\n" + _text(stderr))
         return "\n".join(parts)
 
     @activity.defn(name="sandbox_control")
@@ -220,6 +387,12 @@ class ToolActivities:
             return self._store_artifact(inp)
 
     def _store_artifact(self, inp: StoreArtifactInput) -> StoreArtifactOutput:
+        # Every file leaves redacted: a tool may have written a granted value anywhere.
+        redactor = self._redactor(inp.tenant_id, inp.secrets)
+        with redacted_errors(redactor):
+            return self._collect(inp, redactor)
+
+    def _collect(self, inp: StoreArtifactInput, redactor: Redactor) -> StoreArtifactOutput:
         run = RunRef(inp.tenant_id, inp.run_id)
         files: list[CollectedFile] = []
         if inp.collect_workspace:
@@ -238,11 +411,12 @@ class ToolActivities:
         out = StoreArtifactOutput()
         now = datetime.now(UTC)
         for f in files:
-            digest = self._store.put(f.data)
-            ctype = mimetypes.guess_type(f.path)[0] or "application/octet-stream"
+            data, path = redactor.redact_bytes(f.data), redactor.redact(f.path)
+            digest = self._store.put(data)
+            ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
             out.artifacts.append(
                 ArtifactRef(
-                    digest=digest, name=f.path, size=len(f.data), content_type=ctype, created_at=now
+                    digest=digest, name=path, size=len(data), content_type=ctype, created_at=now
                 )
             )
         return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,14 @@ class ShellArgs(_Args):
     timeout_seconds: float | None = Field(
         default=None, gt=0, le=3600, description="Optional; capped by the run's tool timeout"
     )
+    env_secrets: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Optional; environment variables granted to the run (its exec_env) to set for "
+            "this one command only, by name"
+        ),
+    )
 
 
 class ReadFileArgs(_Args):
@@ -62,6 +70,17 @@ class WriteFileArgs(_Args):
 
 class ListFilesArgs(_Args):
     path: str = _path_field(".")
+
+
+class HttpRequestArgs(_Args):
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str = Field(
+        min_length=1,
+        max_length=8000,
+        description="An absolute http(s) URL on a host the run may reach",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, max_length=32)
+    body: str | None = Field(default=None, max_length=1024 * 1024)
 
 
 class FinishArgs(_Args):
@@ -94,6 +113,11 @@ TOOLS: dict[str, ToolDef] = {
         ToolDef(ToolName.READ_FILE, "Read a text file from the workspace.", ReadFileArgs),
         ToolDef(ToolName.WRITE_FILE, "Create or overwrite a file in the workspace.", WriteFileArgs),
         ToolDef(ToolName.LIST_FILES, "List files in a workspace directory.", ListFilesArgs),
+        ToolDef(
+            ToolName.HTTP_REQUEST,
+            "Send an HTTP request to an API the run may reach (credentials are added for you).",
+            HttpRequestArgs,
+        ),
         ToolDef(ToolName.FINISH, "Finish the run with a final answer.", FinishArgs),
     )
 }

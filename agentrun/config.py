@@ -119,10 +119,101 @@ class Settings(BaseSettings):
     delta_dir: Path | None = None
     """Where model token deltas are logged; defaults to `<state_dir>/deltas`. The API
     and the workers must share it, as they share the artifact directory."""
+    delta_store: Literal["local", "redis"] = "local"
+    """Where live model token deltas go between a worker and the API servers: `local`
+    (files in `AGENTRUN_DELTA_DIR`, shared by every process: one machine) or `redis`
+    (Redis Streams at `AGENTRUN_REDIS_URL`, for workers and API servers on different
+    hosts; Redis 7.0 or later)."""
+    redis_url: str | None = Field(default=None, repr=False)
+    """The Redis server of `AGENTRUN_DELTA_STORE=redis`: `redis://[user:password@]host:6379/0`,
+    `rediss://…` for TLS, or `unix:///path/redis.sock`. The API and every worker use the same."""
+    delta_retention_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    """Redis delta store: a step's stream expires this long after its last delta, so a
+    finished run's deltas are gone this long after its last model call (the durable
+    events and the conversation stay). Longer than the longest pause of a run whose
+    deltas a client may still replay."""
+
+    # Artifact storage backend (`store/backends.py`)
+    artifact_store: Literal["local", "s3"] = "local"
+    """Where blobs live (conversation, event segments, tool output, artifacts): `local`
+    (`AGENTRUN_ARTIFACT_DIR`, shared by the API and the workers on one machine) or
+    `s3` (an S3-compatible bucket: AWS S3, SeaweedFS, MinIO; then nothing reads the
+    local artifact directory, and workers and API servers may run on any host)."""
+    s3_endpoint: str | None = None
+    """S3 store: the endpoint URL (`http://seaweedfs:8333`); unset: AWS S3 in
+    `AGENTRUN_S3_REGION`. With an endpoint, buckets are addressed as paths."""
+    s3_bucket: str | None = None
+    """S3 store: the bucket (created by the operator; agentrun never creates it).
+    Needs GetObject, PutObject and the multipart upload permissions."""
+    s3_region: str = "us-east-1"
+    """S3 store: the region to sign requests for."""
+    s3_prefix: str = "agentrun/"
+    """S3 store: key prefix, so deployments can share a bucket; blobs go under
+    `<prefix>blobs/<d[:2]>/<d[2:4]>/<sha256>`."""
+    s3_access_key_id: str | None = Field(default=None, repr=False)
+    """S3 store: access key id. Unset (with the secret): boto3's own chain (`AWS_*`
+    variables, shared config, an instance or pod role)."""
+    s3_secret_access_key: str | None = Field(default=None, repr=False)
+    """S3 store: secret access key (never logged)."""
+    s3_multipart_threshold_mb: int = Field(default=8, ge=5)
+    """S3 store: blobs at least this large (MiB) are uploaded in parts of this size
+    (S3's smallest part is 5 MiB)."""
     database_url: str | None = Field(default=None, repr=False)
     """The accounts database (tenants, API keys, usage, audit trail), a SQLAlchemy URL:
     `postgresql://user:password@host/agentrun` in production (psycopg 3); unset, the
     SQLite file `<state_dir>/agentrun.db`. The API and the workers must share it."""
+
+    # Payload encryption
+    payload_encryption: bool = True
+    """Encrypt every Temporal payload (inputs, results, memos, failure messages) with
+    AES-256-GCM before it reaches the Temporal server (`on`/`off`). Every worker and
+    API of a deployment must agree; payloads written unencrypted stay readable."""
+    payload_keys_file: Path | None = None
+    """The payload key file (JSON, mode 0600: `{"current": id, "keys": {id: base64}}`,
+    docs/api.md, "Payload encryption"), shared by every worker and API. Unset:
+    `<state_dir>/payload-keys.json`, created with one new key on first start; a file
+    named here is never created."""
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"]
+    )
+    """Browser origins (comma-separated) allowed to call the codec server routes
+    (`/codec/encode`, `/codec/decode`) cross-site: the Temporal Web UI's. The default
+    is the dev server's UI; these origins reach nothing else."""
+
+    # Secret store (`secretstore`)
+    secret_backend: Literal["embedded", "vault"] = "embedded"  # noqa: S105 (a backend's name)
+    """Where tenants' secrets live: `embedded` (AES-256-GCM ciphertext in the accounts
+    database, key from `AGENTRUN_SECRETS_KEY` or its key file) or `vault` (a
+    HashiCorp Vault or OpenBao server's KV v2 engine, `AGENTRUN_VAULT_*`)."""
+    secrets_key: str | None = Field(default=None, repr=False)
+    """Embedded backend: the AES-256 key, base64 of 32 random bytes. Unset, the key
+    file is used (created once). The API and every worker need the same key."""
+    secrets_key_file: Path | None = None
+    """Embedded backend: file holding the base64 key (mode 0600; a file others may
+    read is refused); created on first use when missing. Defaults to
+    `<state_dir>/secrets.key`."""
+    vault_addr: str = "http://127.0.0.1:8200"
+    """Vault backend: the server's address (`https://vault.example.com:8200`)."""
+    vault_token: str | None = Field(default=None, repr=False)
+    """Vault backend: a token (token auth). Unset: AppRole auth with
+    `AGENTRUN_VAULT_ROLE_ID` and `AGENTRUN_VAULT_SECRET_ID`."""
+    vault_role_id: str | None = Field(default=None, repr=False)
+    """Vault backend, AppRole auth: the role id."""
+    vault_secret_id: str | None = Field(default=None, repr=False)
+    """Vault backend, AppRole auth: the secret id."""
+    vault_approle_mount: str = "approle"
+    """Vault backend, AppRole auth: where the AppRole auth method is mounted."""
+    vault_mount: str = "secret"
+    """Vault backend: the KV version 2 mount; secrets live at
+    `<mount>/data/agentrun/<tenant>/<name>` (grant agentrun's policy
+    `<mount>/data/agentrun/*` and `<mount>/metadata/agentrun/*`)."""
+    vault_namespace: str | None = None
+    """Vault backend: a Vault Enterprise / OpenBao namespace, if any."""
+    vault_ca_cert: Path | None = None
+    """Vault backend: CA certificate (PEM) to verify the server with, when it is not
+    signed by a public CA."""
+    vault_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    """Vault backend: timeout of one request to the server."""
 
     # Models
     default_provider: Literal["openai", "anthropic", "scripted"] = "openai"
@@ -137,6 +228,11 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(default=None, repr=False)
     """Key for the OpenAI-compatible endpoint; when unset, `OPENAI_API_KEY`, but only
     for OpenAI's own URL or one from `OPENAI_BASE_URL` (never sent elsewhere)."""
+    openai_api_key_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    """Name of a secret of the system tenant (`AGENTRUN_DEV_TENANT`) in the secret
+    store holding the OpenAI-compatible key; read by the worker at start, it takes
+    the place of `openai_api_key` (so the key lives in the store, not in the
+    environment). Restart the worker after rotating it."""
     openai_json_schema_tools: bool = True
     """Constrain output to the tool-call JSON schema (llama.cpp, vLLM) instead of native tools."""
     openai_schema_format: Literal["json_object", "json_schema"] = "json_object"
@@ -152,6 +248,9 @@ class Settings(BaseSettings):
     """Anthropic Messages API endpoint; when unset, `ANTHROPIC_BASE_URL`, then this."""
     anthropic_api_key: str | None = Field(default=None, repr=False)
     """Anthropic key; when unset, `ANTHROPIC_API_KEY` (same pairing rule as OpenAI's)."""
+    anthropic_api_key_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    """Name of a secret of the system tenant holding the Anthropic key (as
+    `openai_api_key_secret`)."""
     model_timeout_seconds: float = Field(default=300.0, gt=0)
     """Timeout of one model call."""
 
@@ -227,6 +326,19 @@ class Settings(BaseSettings):
     webhook_allow_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
     """Networks (CIDRs, a JSON list) whose non-public addresses webhooks may reach,
     e.g. `["10.20.0.0/16"]` for in-house receivers; tests list `127.0.0.1/32`."""
+    egress_allow_hosts: list[str] = Field(default_factory=list)
+    """Exact host names the egress broker may reach even when they resolve to
+    non-public addresses (a JSON list). Runs still need their own `egress` rule."""
+    egress_allow_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    """Networks (CIDRs, a JSON list) whose non-public addresses the egress broker may
+    reach, e.g. `["10.20.0.0/16"]` for in-house APIs; tests list `127.0.0.1/32`.
+    Public destinations need no entry; runs still need their own `egress` rule."""
+    egress_timeout_seconds: float = Field(default=30.0, gt=0, le=90)
+    """Timeout of one request the egress broker makes for a tool (at most 90 s: the
+    in-container proxy gives the broker 120 s to answer)."""
+    egress_max_response_bytes: int = Field(default=8 << 20, ge=1024, le=64 << 20)
+    """The largest response body the egress broker passes back to a tool (larger: 502);
+    it travels to the sandbox over the attach stream, in 2 KiB frames."""
     dev_tenant: str = "default"
     """Tenant used when the API runs without API keys (local embedded default), and the
     system tenant the first start creates with the bootstrap admin key; its admins
@@ -246,6 +358,11 @@ class Settings(BaseSettings):
     """Browser origins allowed to call the API cross-site (comma-separated, e.g.
     `https://ui.example.com`); none by default. A state-changing request whose
     `Origin` is not listed is refused (403)."""
+    api_public_docs: bool = False
+    """Serve the API's documentation (`/docs`, `/redoc`, `/openapi.json`) without a
+    key, for reading it in a browser, which cannot send one. Off by default: like
+    every route but the health checks, the pages need a key (`docs/api.md` documents
+    the same API). They hold no run data either way."""
     api_rate_limit_per_minute: int = Field(default=600, ge=1)
     """Requests per minute each API key may make on average (counted per API process)."""
     api_rate_limit_burst: int = Field(default=120, ge=1)
@@ -269,6 +386,26 @@ class Settings(BaseSettings):
     api_sse_shared_feed: bool = True
     """One events poller per followed run, shared by its SSE connections (`api.feed`);
     false gives every connection its own (the benchmark's baseline)."""
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per log line (API, worker, uvicorn's access lines), with
+    `trace_id`, `span_id`, `run_id` and `tenant` on every line (`null` when the line
+    belongs to none); `text`: the classic line, those keys appended when known."""
+    trace_content: bool = False
+    """Put prompts, completions and tool results on trace spans (`gen_ai.input.messages`,
+    `gen_ai.output.messages`, `gen_ai.tool.call.result`), redacted of the run's granted
+    secrets and truncated. Off by default: a trace backend is often read by more people
+    than a run's owner. Where traces go is set by the standard `OTEL_*` variables."""
+    metrics_public: bool = False
+    """Serve the API's Prometheus `/metrics` without a key, for a scraper on a private
+    network. Off by default: it then needs an admin key of the system tenant. The
+    series hold no tenant, run or user names, only the deployment's totals."""
+    worker_metrics_host: str = "127.0.0.1"
+    """Address of the worker's Prometheus endpoint; loopback by default (it has no
+    authentication): bind `0.0.0.0` only where a scraper on the network must reach it."""
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Port of the worker's Prometheus endpoint (`http://<host>:<port>/metrics`: the
+    worker's series and the Temporal SDK's `temporal_*`); 0 turns it off. A port in
+    use is logged and skipped, the worker runs on."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
@@ -288,6 +425,27 @@ class Settings(BaseSettings):
                 f"which {_var('sandbox_workspace_mb')}={self.sandbox_workspace_mb} cannot "
                 "hold: lower the first or raise the second"
             )
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            problems.append(f"{_var('artifact_store')}=s3 needs {_var('s3_bucket')}")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            problems.append(
+                f"{_var('s3_access_key_id')} and {_var('s3_secret_access_key')} go together: "
+                "set both, or neither (boto3's own credential chain)"
+            )
+        if self.secret_backend == "vault" and not (  # noqa: S105 (a backend's name)
+            self.vault_token or (self.vault_role_id and self.vault_secret_id)
+        ):
+            problems.append(
+                f"{_var('secret_backend')}=vault needs {_var('vault_token')}, or "
+                f"{_var('vault_role_id')} and {_var('vault_secret_id')} (AppRole auth)"
+            )
+        if self.delta_store == "redis" and not (
+            self.redis_url and self.redis_url.startswith(("redis://", "rediss://", "unix://"))
+        ):
+            problems.append(
+                f"{_var('delta_store')}=redis needs {_var('redis_url')}: "
+                "redis://host:6379/0, rediss://… (TLS) or unix:///path/redis.sock"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -300,7 +458,7 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port, e.g. 127.0.0.1:7233")
         return value
 
-    @field_validator("api_allowed_hosts", "api_cors_origins", mode="before")
+    @field_validator("api_allowed_hosts", "api_cors_origins", "codec_cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         # From the environment: `a,b` (or a JSON list, as the other list settings take).
@@ -325,7 +483,7 @@ class Settings(BaseSettings):
             hosts.append(host)
         return hosts
 
-    @field_validator("api_cors_origins")
+    @field_validator("api_cors_origins", "codec_cors_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         origins = [o.strip().rstrip("/") for o in value]
@@ -350,12 +508,12 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("webhook_allow_hosts")
+    @field_validator("webhook_allow_hosts", "egress_allow_hosts")
     @classmethod
     def _webhook_hosts(cls, value: list[str]) -> list[str]:
         return [allow_list_host(host) for host in value]
 
-    @field_validator("webhook_allow_networks", mode="before")
+    @field_validator("webhook_allow_networks", "egress_allow_networks", mode="before")
     @classmethod
     def _webhook_networks(cls, value: object) -> object:
         # Host bits are forgiven (`10.0.0.1/8` means 10.0.0.0/8); a bare address is a /32.
@@ -382,6 +540,10 @@ class Settings(BaseSettings):
     @property
     def admin_key_path(self) -> Path:
         return self.admin_key_file or (self.state_dir / "admin.key")
+
+    @property
+    def payload_keys_path(self) -> Path:
+        return self.payload_keys_file or (self.state_dir / "payload-keys.json")
 
     def allowed_images(self) -> list[str]:
         return [self.sandbox_image, *self.sandbox_image_allowlist]
@@ -416,7 +578,9 @@ def load_settings(**overrides: object) -> Settings:
                 continue
             var = _var(field)
             shown = os.environ.get(var, "<unset>")
-            if "key" in field or "secret" in field or field == "database_url":
+            if any(w in field for w in ("key", "secret", "token", "role_id")) or field == (
+                "database_url"
+            ):
                 shown = "<hidden>"
             lines.append(f"{var}={shown}: {message}")
         if len(lines) == 1:

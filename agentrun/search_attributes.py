@@ -26,6 +26,7 @@ __all__ = [
     "SA_STATUS",
     "SA_STEPS",
     "SA_TENANT",
+    "SA_TRACE_ID",
     "WORKFLOW_TYPE",
     "index_kind",
     "label_values",
@@ -42,6 +43,9 @@ SA_MODEL = SearchAttributeKey.for_keyword("AgentRunModel")
 SA_LABELS = SearchAttributeKey.for_keyword_list("AgentRunLabels")
 SA_STEPS = SearchAttributeKey.for_int("AgentRunSteps")
 SA_CREATED_BY = SearchAttributeKey.for_keyword("AgentRunCreatedBy")
+SA_TRACE_ID = SearchAttributeKey.for_keyword("AgentRunTraceId")
+"""The run's OpenTelemetry trace id (32 hex digits), set at launch when tracing is on:
+the Web UI's way to the run's trace (`telemetry.tracing`)."""
 
 ALL: tuple[SearchAttributeKey[Any], ...] = (
     SA_TENANT,
@@ -51,6 +55,7 @@ ALL: tuple[SearchAttributeKey[Any], ...] = (
     SA_LABELS,
     SA_STEPS,
     SA_CREATED_BY,
+    SA_TRACE_ID,
 )
 """Every custom search attribute, in registration order."""
 

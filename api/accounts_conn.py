@@ -1,4 +1,5 @@
-"""The API's accounts database: opened once at start-up, with its stores.
+"""The API's accounts database: opened once at start-up, with its stores (and the
+tenants' secret store, `secretstore`, on it or on Vault).
 
     accounts = AccountsConnection(settings)   # in create_app: touches nothing yet
     key = accounts.open()                      # in the lifespan (a thread): migrate,
@@ -33,6 +34,7 @@ from accounts.tenants import Tenants
 from accounts.usage import PriceTable, UsageLedger
 from agentrun.config import Settings
 from api.errors import Unavailable
+from secretstore import SecretStore, open_secret_store
 
 __all__ = ["AccountsConnection"]
 
@@ -50,6 +52,7 @@ class AccountsConnection:
         self._tenants: Tenants | None = None
         self._audit: AuditLog | None = None
         self._usage: UsageLedger | None = None
+        self._secrets: SecretStore | None = None
         self.prices = PriceTable.from_json(settings.price_table)
 
     def open(self) -> str | None:
@@ -65,6 +68,8 @@ class AccountsConnection:
         self._tenants = Tenants(db)
         self._audit = AuditLog(db)
         self._usage = UsageLedger(db)
+        # The tenants' secrets: on this database (embedded) or a Vault server.
+        self._secrets = open_secret_store(settings, database=db)
         if key is not None:
             # Printed once, to a person only: a service's stderr ends up in log files,
             # and a key never goes into a log (the file is where the CLI finds it).
@@ -77,6 +82,9 @@ class AccountsConnection:
         return key
 
     def close(self) -> None:
+        if self._secrets is not None:
+            self._secrets.close()
+            self._secrets = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -100,6 +108,10 @@ class AccountsConnection:
     @property
     def usage(self) -> UsageLedger:
         return _opened(self._usage)
+
+    @property
+    def secrets(self) -> SecretStore:
+        return _opened(self._secrets)
 
 
 def _opened(store: _T | None) -> _T:

@@ -37,7 +37,7 @@ from typing import Any
 
 from agentrun.config import Settings
 from agentrun.contracts import RunSpec
-from agentrun.webhook_destinations import WebhookAllowList, launch_refusal
+from agentrun.webhook_destinations import WebhookAllowList, launch_refusal, parse_destination
 
 __all__ = [
     "MAX_TOKEN_BUDGET",
@@ -85,6 +85,38 @@ class Refusal:
         return {"loc": ["body", *map(str, self.loc)], "msg": self.msg, "type": self.type}
 
 
+def _egress_refusals(settings: Settings, spec: RunSpec) -> list[Refusal]:
+    """Egress rules whose host the broker would refuse whatever it resolves to: an IP
+    literal or a `localhost` name outside the operator's allow-list (other names are
+    checked after DNS, by the broker, on every request)."""
+    allow = WebhookAllowList.of(settings.egress_allow_hosts, settings.egress_allow_networks)
+    out: list[Refusal] = []
+    for index, rule in enumerate(spec.egress):
+        try:
+            destination = parse_destination(f"{rule.scheme}://{rule.host}:{rule.effective_port}/")
+        except ValueError as exc:
+            out.append(Refusal(("egress", index, "host"), str(exc), "egress_destination_refused"))
+            continue
+        if destination.address is not None:
+            reason = allow.refusal(destination.host, destination.address)
+        elif destination.host == "localhost" or destination.host.endswith(".localhost"):
+            reason = None if destination.host in allow.hosts else "a loopback address"
+        else:
+            reason = None
+        if reason is not None:
+            out.append(
+                Refusal(
+                    ("egress", index, "host"),
+                    f"egress host {rule.host} is {reason}; the egress broker reaches only "
+                    "public addresses unless the operator allow-lists the host "
+                    "(AGENTRUN_EGRESS_ALLOW_HOSTS) or its network "
+                    "(AGENTRUN_EGRESS_ALLOW_NETWORKS)",
+                    "egress_destination_refused",
+                )
+            )
+    return out
+
+
 def refusals(settings: Settings, spec: RunSpec) -> list[Refusal]:
     """Everything in `spec` this deployment would refuse; empty when it runs it."""
     out = _sandbox_refusals(settings, spec)
@@ -103,6 +135,7 @@ def refusals(settings: Settings, spec: RunSpec) -> list[Refusal]:
         problem = launch_refusal(spec.webhook.url, WebhookAllowList.from_settings(settings))
         if problem is not None:
             out.append(Refusal(("webhook", "url"), problem, "webhook_destination_refused"))
+    out += _egress_refusals(settings, spec)
     out += [
         Refusal(
             ("labels", key),

@@ -3,17 +3,21 @@
     app = create_app(load_settings())          # connects to Temporal on startup
     app = create_app(settings, client=client)  # tests: reuse an existing client
 
-The lifespan holds the one Temporal client (pydantic data converter), the
+The lifespan holds the one Temporal client (pydantic data converter and the
+encrypting payload codec, `agentrun.temporal`), the
 artifact store the event segments and artifacts are read from, and the accounts
 database (opened, migrated and bootstrapped at start-up: `api.accounts_conn`);
 all are injected into routes through `api.deps`. The API never changes run state
 itself: it starts workflows, sends updates and runs queries.
 
 Every request passes, outermost first: `api.browser.BrowserGuard` (Host
-allow-list, Origin check, JSON-only bodies), CORS (only for configured origins),
+allow-list, Origin check, JSON-only bodies), the codec routes' CORS for the
+Temporal Web UI (`api.routes.codec.CodecCors`), CORS (only for configured origins),
 the body-size limit, `api.audit_trail.CallTrail` (request id, rate-limit headers,
 an audit entry per state change), then `api.deps.authorize` (an app-wide
 dependency: the route's rule in `api.auth.RULES`, the key, its rate, its role).
+Around all of them, `api.log_context.LogContext` names the request's run and tenant
+on every log line it writes (uvicorn's access line included).
 
 Serve it with `python -m api.server` (`api.server` holds the uvicorn settings,
 keep-alive included). `uvicorn --factory api.app:app_from_env` works too, but then
@@ -42,7 +46,14 @@ from api.admission import document as document_admission
 from api.audit_trail import REQUEST_ID_HEADER, CallTrail
 from api.auth import rule_for_route
 from api.browser import BrowserGuard
-from api.deps import ON_BEHALF_HEADER, ApiState, TemporalConnection, authorize, set_api_state
+from api.deps import (
+    ON_BEHALF_HEADER,
+    ApiState,
+    PayloadCodecSource,
+    TemporalConnection,
+    authorize,
+    set_api_state,
+)
 from api.docs_page import install_docs_pages
 from api.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -52,11 +63,27 @@ from api.errors import (
     render_problem,
 )
 from api.feed import RunFeeds
-from api.routes import admin, artifacts, audit, control, events, health, runs, usage
+from api.log_context import LogContext
+from api.routes import (
+    admin,
+    artifacts,
+    audit,
+    codec,
+    control,
+    events,
+    health,
+    metrics,
+    runs,
+    secrets,
+    usage,
+)
+from api.routes.codec import CODEC_PATH_PREFIX, CodecCors
 from api.schemas import SseMessage
 from api.service import SegmentReader
-from store.artifacts import LocalArtifactStore
-from store.delta_log import DeltaLog
+from store.backends import open_artifact_store
+from store.delta_log import open_delta_store
+from telemetry import setup_telemetry
+from telemetry.tracing import instrument_app
 
 log = logging.getLogger("agentrun.api")
 
@@ -147,6 +174,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             yield
         finally:
             accounts.close()
+            if deltas is not None:
+                await deltas.aclose()
 
     app = FastAPI(
         title="agentrun",
@@ -156,20 +185,23 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         # Served by `api.docs_page` from the installation: the defaults load from a CDN.
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by `api.docs_page`, behind the access check
         # Every route: its rule, then (unless public) the key, its rate and its role.
         dependencies=[Depends(authorize)],
     )
-    store = LocalArtifactStore(settings.artifacts_path)
+    store = open_artifact_store(settings)
     segments = SegmentReader(store)
+    deltas = open_delta_store(settings)  # local files, or Redis shared with the workers
     state = ApiState(
         settings=settings,
         temporal=conn,
         store=store,
         segments=segments,
         feeds=RunFeeds(segments, settings, shared=settings.api_sse_shared_feed),
-        deltas=DeltaLog(settings.deltas_path) if settings.model_stream else None,
+        deltas=deltas,
         accounts=accounts,
         rate_limiter=RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
+        codec=PayloadCodecSource(settings),
     )
     set_api_state(app, state)
     install_error_handlers(app)
@@ -181,13 +213,15 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         control.router,
         artifacts.router,
         usage.router,
+        secrets.router,
         admin.router,
         audit.router,
+        codec.router,
+        metrics.router,
     ):
         app.include_router(router)
     install_docs_pages(app)
     # Added innermost first: the last one added sees a request first.
-    app.add_middleware(CallTrail, accounts=accounts)
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
     if settings.api_cors_origins:
         app.add_middleware(
@@ -210,11 +244,25 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
                 REQUEST_ID_HEADER,
             ],
         )
+    # The codec routes' own CORS, for the Temporal Web UI (`api.routes.codec`).
+    app.add_middleware(
+        CodecCors, origins=[*settings.codec_cors_origins, *settings.api_cors_origins]
+    )
     app.add_middleware(
         BrowserGuard,
         allowed_hosts=settings.api_allowed_hosts,
         cors_origins=settings.api_cors_origins,
+        path_origins={CODEC_PATH_PREFIX: settings.codec_cors_origins},
     )
+    # Outermost: every answer, the browser guard's refusals too, gets a request id,
+    # and refused state changes are audited as attempts.
+    app.add_middleware(CallTrail, accounts=accounts, system_tenant=settings.dev_tenant)
+    # Around everything: each log line a request writes names its run and tenant.
+    app.add_middleware(LogContext)
+    # Outside even that (the instrumentation wraps the whole stack): the request's
+    # server span, the root of the trace of a run it launches (`telemetry.tracing`).
+    if setup_telemetry("agentrun-api", settings).tracing.enabled:
+        instrument_app(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -50,6 +50,7 @@ __all__ = [
     "ACTOR_HEADER",
     "ACTOR_PATTERN",
     "ANONYMOUS",
+    "METRICS",
     "PUBLIC",
     "RULES",
     "CallRecord",
@@ -59,6 +60,7 @@ __all__ = [
     "check_permission",
     "check_rate",
     "dev_principal",
+    "presented_key_id",
     "rule_for_route",
 ]
 
@@ -77,11 +79,18 @@ class Rule:
 
     permission: Permission | None
     action: str | None = None
+    rate_limited: bool = True
+    """Counted against the key's rate limit. Not for the codec server, which the
+    `temporal` CLI calls several times per run step it shows (`api.routes.codec`)."""
 
 
 PUBLIC = Rule(None)
 _READ = Rule(Permission.READ)
 _ADMIN_READ = Rule(Permission.ADMIN)
+_CODEC = Rule(Permission.ADMIN, rate_limited=False)
+METRICS = Rule(Permission.ADMIN, rate_limited=False)
+"""`/metrics`: the deployment's totals, for system admins, or for anyone with
+`AGENTRUN_METRICS_PUBLIC=true` (`api.deps.authorize` lets it through then)."""
 
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): PUBLIC,
@@ -101,6 +110,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/runs/{run_id}/artifacts"): _READ,
     ("GET", "/v1/runs/{run_id}/artifacts/{digest}"): _READ,
     ("GET", "/v1/usage"): _READ,
+    ("PUT", "/v1/secrets/{name}"): Rule(Permission.SECRETS, "secret.put"),
+    ("GET", "/v1/secrets"): _READ,
+    ("DELETE", "/v1/secrets/{name}"): Rule(Permission.SECRETS, "secret.delete"),
     ("POST", "/v1/admin/tenants"): Rule(Permission.ADMIN, "tenant.create"),
     ("GET", "/v1/admin/tenants"): _ADMIN_READ,
     ("PUT", "/v1/admin/tenants/{tenant}/quota"): Rule(Permission.ADMIN, "tenant.quota"),
@@ -109,23 +121,34 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/admin/keys/{key_id}"): Rule(Permission.ADMIN, "key.revoke"),
     ("GET", "/v1/audit"): _ADMIN_READ,
     ("GET", "/v1/audit/verify"): _ADMIN_READ,
+    # The codec server (`api.routes.codec`): system-tenant admins only, checked there.
+    # POSTs by protocol, but they change nothing: not audited, like other reads.
+    ("POST", "/codec/decode"): _CODEC,
+    ("POST", "/codec/encode"): _CODEC,
+    # Prometheus scrapes (`api.routes.metrics`): system-tenant admins, checked there,
+    # or anyone with `AGENTRUN_METRICS_PUBLIC=true`; a scraper is not rate limited.
+    ("GET", "/metrics"): METRICS,
 }
 """Every operation of the OpenAPI document → its rule (tests/test_api_auth_rules.py
 checks that both sides list the same operations)."""
 
-UNDOCUMENTED_PUBLIC: frozenset[tuple[str, str]] = frozenset(
-    {("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
-)
-"""The documentation pages (outside the document, `api.docs_page`): a browser loads
-them without a key; they hold no data. `/openapi.json` is not a routed operation."""
+DOCS = Rule(Permission.READ)
+"""The documentation (`/docs`, its OAuth2 redirect, `/redoc`, `/openapi.json`):
+outside the document (`api.docs_page`); any key reads them, or anyone with
+`AGENTRUN_API_PUBLIC_DOCS=true` (a browser cannot send a key)."""
+
+UNDOCUMENTED: dict[tuple[str, str], Rule] = {
+    ("GET", "/docs"): DOCS,
+    ("GET", "/docs/oauth2-redirect"): DOCS,
+    ("GET", "/redoc"): DOCS,
+    ("GET", "/openapi.json"): DOCS,
+}
 
 
 def rule_for_route(method: str, path: str) -> Rule | None:
     """The rule of an operation (HEAD is read as GET); None when it has none."""
     method = "GET" if method == "HEAD" else method
-    if (method, path) in UNDOCUMENTED_PUBLIC:
-        return PUBLIC
-    return RULES.get((method, path))
+    return UNDOCUMENTED.get((method, path)) or RULES.get((method, path))
 
 
 @dataclass
@@ -142,6 +165,12 @@ class CallRecord:
     """Overrides the rule's action (`approval.approve` / `approval.deny`)."""
     target: str | None = None
     """What the call acted on when the path does not say (a new run's id)."""
+    refused: str | None = None
+    """Why the call was refused before its caller was known (the problem kind:
+    `unauthenticated`, `origin-not-allowed`, ...): audited as an attempt."""
+    presented_key_id: str | None = None
+    """The key id of a refused key (`ar_<key_id>_…`), so the attempt is recorded
+    in the tenant of the key it named."""
 
 
 CALL_RECORD = "agentrun.call"
@@ -171,6 +200,16 @@ def dev_principal(settings: Settings, actor_header: str | None) -> Principal:
         subject=subject,
         may_act_for_users=True,
     )
+
+
+KEY_ID_IN_KEY = re.compile(r"^ar_([0-9a-f]{12})_")
+
+
+def presented_key_id(headers: Mapping[str, str]) -> str | None:
+    """The key id a (possibly bad) `Authorization` header names, if it names one."""
+    match = BEARER.match(headers.get("authorization", ""))
+    key_id = KEY_ID_IN_KEY.match(match.group(1)) if match else None
+    return key_id.group(1) if key_id else None
 
 
 def bearer_key(headers: Mapping[str, str]) -> str:

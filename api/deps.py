@@ -4,7 +4,7 @@ The app factory builds one :class:`ApiState` (settings, the Temporal connection,
 the artifact store, the segment reader, the run feeds, the delta log) and keeps it
 on `app.state`; this module is the only reader of `app.state`. Routes ask for
 what they use by type (`SettingsDep`, `ClientDep`, `StoreDep`, `SegmentsDep`,
-`FeedsDep`, `DeltasDep`), so a route's signature lists everything it touches and
+`FeedsDep`, `DeltasDep`, `CodecDep`), so a route's signature lists everything it touches and
 a test can build the state without a server.
 
 Tenancy is resolved here and nowhere else. Every route first runs :func:`authorize`
@@ -35,23 +35,29 @@ from accounts.principal import Principal
 from accounts.ratelimit import RateLimiter
 from agentrun.config import Settings
 from agentrun.contracts import Actor
+from agentrun.payload_codec import EncryptionCodec, KeyFileError, load_key_ring
 from agentrun.temporal import connect
 from api.accounts_conn import AccountsConnection
 from api.auth import (
     ACTOR_HEADER,
     ACTOR_PATTERN,
+    DOCS,
+    METRICS,
     bearer_key,
     call_record,
     check_permission,
     check_rate,
     dev_principal,
+    presented_key_id,
     rule_for_route,
 )
 from api.errors import ApiError, BadRequest, Forbidden, Unauthenticated, Unavailable
 from api.feed import RunFeeds
 from api.service import SegmentReader
 from store.artifacts import ArtifactStore
-from store.delta_log import DeltaLog
+from store.delta_log import DeltaStore
+from telemetry.metrics import temporal_runtime
+from telemetry.tracing import client_plugins
 
 log = logging.getLogger("agentrun.api")
 
@@ -80,7 +86,15 @@ class TemporalConnection:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await asyncio.wait_for(connect(self._settings), timeout=5.0)
+                    # The runtime's metric buffer: the client's `temporal_*` series
+                    # join `/metrics` (`telemetry.metrics.temporal_runtime`).
+                    client = connect(
+                        self._settings, runtime=temporal_runtime(), plugins=client_plugins()
+                    )
+                    self._client = await asyncio.wait_for(client, timeout=5.0)
+                except KeyFileError as exc:  # says which file and how to fix it
+                    log.error("cannot connect to Temporal: %s", exc)
+                    raise Unavailable(f"the API cannot encrypt payloads: {exc}") from None
                 except (RuntimeError, OSError, TimeoutError) as exc:
                     log.warning("cannot connect to Temporal: %s", exc)
                     raise Unavailable(
@@ -88,6 +102,27 @@ class TemporalConnection:
                         "start it (or fix AGENTRUN_TEMPORAL_ADDRESS) and retry"
                     ) from None
             return self._client
+
+
+class PayloadCodecSource:
+    """The payload codec of the settings' key file, read on first use and kept.
+
+    Separate from the Temporal client's (which a test may inject without one): the
+    codec server decodes with the deployment's keys whatever client the API holds.
+    A changed key file takes effect when the API restarts, like the workers'."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._codec: EncryptionCodec | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> EncryptionCodec:
+        """The codec; raises `KeyFileError` for a missing or malformed key file."""
+        async with self._lock:
+            if self._codec is None:
+                ring = await asyncio.to_thread(load_key_ring, self._settings)
+                self._codec = EncryptionCodec(ring)
+            return self._codec
 
 
 @dataclass(frozen=True)
@@ -101,12 +136,15 @@ class ApiState:
     """Flushed event segments, cached (they never change)."""
     feeds: RunFeeds
     """One events poller per followed run, shared by its SSE connections."""
-    deltas: DeltaLog | None
-    """The model token delta log; None when the deployment does not stream models."""
+    deltas: DeltaStore | None
+    """The model token delta store (`AGENTRUN_DELTA_STORE`); None when the deployment
+    does not stream models."""
     accounts: AccountsConnection
     """Tenants, keys, the audit log and the usage ledger (opened in the lifespan)."""
     rate_limiter: RateLimiter
     """Requests per minute per key, in this process (`AGENTRUN_API_RATE_LIMIT_*`)."""
+    codec: PayloadCodecSource
+    """The payload codec the codec server routes use (`api.routes.codec`)."""
 
 
 def set_api_state(app: Starlette, state: ApiState) -> None:
@@ -146,12 +184,16 @@ def get_feeds(state: StateDep) -> RunFeeds:
     return state.feeds
 
 
-def get_deltas(state: StateDep) -> DeltaLog | None:
+def get_deltas(state: StateDep) -> DeltaStore | None:
     return state.deltas
 
 
 def get_accounts(state: StateDep) -> AccountsConnection:
     return state.accounts
+
+
+def get_codec(state: StateDep) -> PayloadCodecSource:
+    return state.codec
 
 
 async def authorize(request: Request, state: StateDep) -> None:
@@ -165,18 +207,30 @@ async def authorize(request: Request, state: StateDep) -> None:
         log.error("%s %s has no access rule in api.auth.RULES", request.method, path)
         raise ApiError(f"{request.method} {path} has no access rule")
     record.rule = rule
-    if rule.permission is None:
+    if (
+        rule.permission is None
+        or (rule is DOCS and state.settings.api_public_docs)
+        or (rule is METRICS and state.settings.metrics_public)
+    ):
         return
     if state.settings.auth == "off":
         record.principal = dev_principal(state.settings, request.headers.get(ACTOR_HEADER))
         return
-    plaintext = bearer_key(request.headers)
-    principal = await asyncio.to_thread(state.accounts.keys.authenticate, plaintext)
-    if principal is None:
-        raise Unauthenticated("the API key is unknown, revoked or expired")
+    try:
+        plaintext = bearer_key(request.headers)
+        principal = await asyncio.to_thread(state.accounts.keys.authenticate, plaintext)
+        if principal is None:
+            raise Unauthenticated("the API key is unknown, revoked or expired")
+    except ApiError as refusal:
+        # An attempt on a state change is audited (`api.audit_trail`), in the
+        # tenant of the key it named when it named one.
+        record.refused = refusal.kind
+        record.presented_key_id = presented_key_id(request.headers)
+        raise
     record.principal = principal
-    record.rate = state.rate_limiter.check(principal.key_id)
-    check_rate(record.rate)
+    if rule.rate_limited:
+        record.rate = state.rate_limiter.check(principal.key_id)
+        check_rate(record.rate)
     check_permission(principal, rule)
 
 
@@ -235,8 +289,9 @@ ClientDep = Annotated[Client, Depends(get_client)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SegmentsDep = Annotated[SegmentReader, Depends(get_segments)]
 FeedsDep = Annotated[RunFeeds, Depends(get_feeds)]
-DeltasDep = Annotated[DeltaLog | None, Depends(get_deltas)]
+DeltasDep = Annotated[DeltaStore | None, Depends(get_deltas)]
 AccountsDep = Annotated[AccountsConnection, Depends(get_accounts)]
+CodecDep = Annotated[PayloadCodecSource, Depends(get_codec)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 ActorDep = Annotated[Actor, Depends(get_actor)]

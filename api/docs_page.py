@@ -1,7 +1,7 @@
 """The interactive API docs (`/docs`, Swagger UI; `/redoc`, ReDoc), served from the
 installation, with no request to a CDN.
 
-    app = FastAPI(..., docs_url=None, redoc_url=None)
+    app = FastAPI(..., docs_url=None, redoc_url=None, openapi_url=None)
     install_docs_pages(app)
 
 Design (why it looks like this):
@@ -14,6 +14,10 @@ Design (why it looks like this):
   `ASSETS_URL` with Starlette's `StaticFiles`.
 * **Outside the API's contract**: the pages and assets are `include_in_schema=False`
   routes and a mount, so `/openapi.json` is the same with or without them.
+* **`/openapi.json` is a route of this module**, not FastAPI's own, so the app's
+  access check (`api.deps.authorize`, rule `api.auth.DOCS`) applies to it as to the
+  pages: a key, unless `AGENTRUN_API_PUBLIC_DOCS=true`. The bundled assets (Swagger
+  UI's and ReDoc's own files, no data) are served to anyone.
 * Every URL on the pages is relative to the app's `root_path`, so the pages work
   behind a proxy that serves the API under a prefix.
 
@@ -33,12 +37,13 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse
 
-__all__ = ["ASSETS_URL", "DOCS_URL", "REDOC_URL", "assets_dir", "install_docs_pages"]
+__all__ = ["ASSETS_URL", "DOCS_URL", "OPENAPI_URL", "REDOC_URL", "assets_dir", "install_docs_pages"]
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
+OPENAPI_URL = "/openapi.json"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 ASSETS_URL = "/docs/assets"
 """Where the bundled Swagger UI / ReDoc files are served."""
@@ -53,11 +58,15 @@ def install_docs_pages(app: FastAPI) -> None:
     """Add `/docs`, its OAuth2 redirect, `/redoc` and their assets to `app`."""
     app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
 
+    @app.get(OPENAPI_URL, include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_URL}",
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
@@ -74,7 +83,7 @@ def install_docs_pages(app: FastAPI) -> None:
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",

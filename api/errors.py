@@ -14,7 +14,8 @@ Exception hierarchy::
     ├── UnsupportedMediaType      415  a request body that is not JSON
     ├── BadRequest                422  a filter, cursor or header the API refuses
     ├── TooManyRequests           429  rate limit, concurrent-run quota, spent budget
-    ├── Unavailable               503  Temporal (or a worker) cannot be reached
+    ├── Unavailable               503  Temporal (or a worker) cannot be reached; the
+    │                                  artifact store is down or refuses us
     └── UpstreamTimeout           504  a worker did not answer an update in time
 
 Temporal's own errors are translated here too (`RPCError` NOT_FOUND → 404,
@@ -32,11 +33,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 from temporalio.service import RPCError, RPCStatusCode
+
+from store.artifacts import ArtifactStoreError
 
 log = logging.getLogger("agentrun.api")
 
@@ -333,6 +337,30 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RPCError)
         return await api_error(request, translate_rpc_error(exc))
 
+    async def store_error(request: Request, exc: Exception) -> JSONResponse:
+        # The S3 artifact store down or refusing us: 503 with the store's own message
+        # (bucket and operation, never a credential), not a 500.
+        log.error("artifact store error on %s %s: %s", request.method, request.url.path, exc)
+        return await api_error(request, Unavailable(str(exc)))
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        # The accounts database locked or down (SQLite under a burst, PostgreSQL
+        # restarting): a retry helps, so 503 with Retry-After rather than a 500. The
+        # driver's message (statement, parameters, URL) stays in the log's type only.
+        log.error(
+            "accounts database error on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(getattr(exc, "orig", None) or exc).__name__,
+        )
+        return await api_error(
+            request,
+            Unavailable(
+                "the accounts database is busy or unreachable; retry shortly",
+                headers={"Retry-After": "1"},
+            ),
+        )
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(
@@ -346,6 +374,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(RPCError, rpc_error)
+    app.add_exception_handler(ArtifactStoreError, store_error)
+    app.add_exception_handler(OperationalError, database_error)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -29,6 +29,7 @@ from agentrun.config import Settings
 from agentrun.contracts import EventsPage, RunEvent
 from api.errors import NotFound
 from api.service import RunNotAnswering, SegmentReader, describe, fetch_events
+from telemetry.metrics import instruments
 
 log = logging.getLogger("agentrun.api.feed")
 
@@ -168,9 +169,12 @@ class RunFeeds:
             feed = self._feeds[key] = RunFeed(handle, self._reader, self.settings, after)
         feed.subscribers += 1
         feed.start()
+        followers = instruments().sse_followers
+        followers.add(1)
         try:
             yield feed
         finally:
+            followers.add(-1)
             feed.subscribers -= 1
             if feed.subscribers == 0 and self._feeds.get(key) is feed:
                 del self._feeds[key]

@@ -3,8 +3,9 @@
     await record_view(accounts, view)              # a run view the API just built
     await reconcile(client, settings, accounts, tenant, since)   # before any sum
 
-A run's usage (tokens in and out, and the estimated cost from the deployment's
-price table, keyed by the run's `model`, `provider:name` or just `name`) is written to
+A run's usage (tokens in and out, the estimated cost from the deployment's price
+table, keyed by the run's `model`, `provider:name` or just `name`, and the tool and
+sandbox seconds the workflow measured) is written to
 `accounts.usage.UsageLedger` once the run has ended: one row per run, replaced
 when written again (idempotent).
 
@@ -16,9 +17,10 @@ Design (why it looks like this):
   in the period from Temporal visibility and records each the ledger lacks, from
   the result the run recorded. The sums are therefore those of the runs, whoever
   looked at them.
-* **Tool and sandbox seconds are not tracked yet**: the workflow does not measure
-  them, so the ledger holds 0 and `GET /v1/usage` answers null for them rather
-  than a made-up number.
+* **Seconds come from the run's own result** (`Usage.tool_seconds`, each tool
+  call's wall time as its activity measured it; `Usage.sandbox_seconds`, workflow
+  time from the first sandbox tool call to the container's removal). Runs that
+  ended before they were measured recorded 0, and are counted so.
 * Runs still in progress are not counted until they end (their usage can still
   grow); a budget therefore stops new launches, not runs already going.
 
@@ -71,8 +73,8 @@ async def _record(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=_cost(accounts, model, usage),
-        tool_seconds=0.0,
-        sandbox_seconds=0.0,
+        tool_seconds=usage.tool_seconds,
+        sandbox_seconds=usage.sandbox_seconds,
         finished_at=finished_at,
     )
 

@@ -1,6 +1,7 @@
 """A tenant's quota, checked at launch: concurrent runs, steps, tokens and budgets.
 
-    await check_launch(client, settings, accounts, tenant, spec)   # raises or returns
+    slots = await check_launch(client, settings, accounts, tenant, spec)  # raises, or
+    await start_run(..., slots=slots)        # the concurrency quota the start applies
 
 What a launch over each limit answers (the limits are the tenant's `Quota`, set by
 a system admin, `PUT /v1/admin/tenants/{tenant}/quota`):
@@ -11,20 +12,24 @@ a system admin, `PUT /v1/admin/tenants/{tenant}/quota`):
 | `max_tokens_per_run`   | 422 (`limits.max_tokens` unset or over it)           |
 | `token_budget`,        | 429 `budget-exhausted`, `Retry-After` = the seconds  |
 | `cost_budget_usd`      | until the period (`budget_period`, UTC) starts again |
-| `max_concurrent_runs`  | 429 `quota-exceeded`, `Retry-After`                 |
+| `max_concurrent_runs`  | 429 `quota-exceeded`, `Retry-After`; with           |
+|                        | `queue_when_busy`, 202: the run waits, `queued`     |
 
 Design (why it looks like this):
 
 * **Refuse, do not clamp** (as `api.admission`): a run given fewer steps than it
   asked for fails later and somewhere else.
-* **Concurrent runs are counted in Temporal visibility** (the tenant's running
-  executions), so every API process sees the same count without a table of its
-  own. Visibility lags a second or so: launches racing within that second may
-  pass together; the quota is a bound on sustained use, not an exact semaphore.
+* **Concurrent runs are counted by the tenant's slots workflow**
+  (`workflows.tenant_slots`, through `api.slots` and `api.launcher.start_run`),
+  an exact semaphore every API process shares: of N launches racing for k free
+  slots, exactly k start. Visibility (which lags a second) would let them all pass.
+  `check_launch` only reads the quota; the start acquires the slot, as it needs the
+  run's workflow id (a retried launch then takes no second slot).
 * **Budgets count ended runs** (`api.metering`, reconciled first), so a budget
   stops new launches, not the runs already going.
-* **Queueing** (`queue_when_busy`) is not supported yet: the admin routes refuse it
-  with a 422 rather than accept a promise nothing keeps.
+* **Queueing** (`queue_when_busy`): at the limit, the run starts `queued` and waits
+  in the tenant's queue (first in, first out) until a run ends; it can be cancelled
+  while it waits. Its deadline counts from when it leaves the queue.
 
 This module must not: start, stop or change runs.
 """
@@ -41,12 +46,12 @@ from accounts.tenants import Quota
 from accounts.usage import period_start
 from agentrun.config import Settings
 from agentrun.contracts import RunSpec
-from agentrun.search_attributes import SA_TENANT
 from api.accounts_conn import AccountsConnection
 from api.errors import BadRequest, TooManyRequests
 from api.metering import reconcile
+from api.slots import SlotLimit, SlotRefused
 
-__all__ = ["BUSY_RETRY_SECONDS", "check_launch", "spec_refusals"]
+__all__ = ["BUSY_RETRY_SECONDS", "busy", "check_launch", "spec_refusals"]
 
 BUSY_RETRY_SECONDS = 10
 """`Retry-After` when the tenant runs its maximum of concurrent runs: a run's steps
@@ -88,28 +93,32 @@ def _period_end(start: datetime, period: str) -> datetime:
 
 async def check_launch(
     client: Client, settings: Settings, accounts: AccountsConnection, tenant: str, spec: RunSpec
-) -> None:
-    """Raise the problem a launch of `spec` by `tenant` gets from its quota, if any."""
+) -> SlotLimit | None:
+    """Raise the problem a launch of `spec` by `tenant` gets from its quota, if any;
+    otherwise the concurrency quota its start must apply (None: unlimited)."""
     record = await asyncio.to_thread(accounts.tenants.get, tenant)
     if record is None:
-        return  # a tenant without a row (auth off, dev tenant): no quota
+        return None  # a tenant without a row (auth off, dev tenant): no quota
     quota = record.quota
     errors = spec_refusals(quota, spec)
     if errors:
         raise BadRequest("; ".join(str(e["msg"]) for e in errors), errors=errors)
     if quota.token_budget is not None or quota.cost_budget_usd is not None:
         await _check_budget(client, settings, accounts, tenant, quota)
-    if quota.max_concurrent_runs is not None:
-        running = await client.count_workflows(
-            f"{SA_TENANT.name} = '{tenant}' AND ExecutionStatus = 'Running'"
-        )
-        if running.count >= quota.max_concurrent_runs:
-            raise TooManyRequests(
-                f"this tenant runs {running.count} runs, its quota max_concurrent_runs="
-                f"{quota.max_concurrent_runs}; retry when one has ended",
-                kind="quota-exceeded",
-                retry_after=BUSY_RETRY_SECONDS,
-            )
+    if quota.max_concurrent_runs is None:
+        return None
+    return SlotLimit(quota.max_concurrent_runs, wait=quota.queue_when_busy)
+
+
+def busy(refused: SlotRefused) -> TooManyRequests:
+    """The 429 of a launch the tenant's slots refused."""
+    return TooManyRequests(
+        f"this tenant runs {refused.holders} runs, its quota max_concurrent_runs="
+        f"{refused.limit}; retry when one has ended (or have a system admin set "
+        "queue_when_busy to queue launches instead)",
+        kind="quota-exceeded",
+        retry_after=BUSY_RETRY_SECONDS,
+    )
 
 
 async def _check_budget(

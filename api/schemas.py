@@ -79,6 +79,11 @@ class RunCreated(BaseModel):
     )
     spec_digest: Digest
     links: RunLinks
+    queued: bool = Field(
+        default=False,
+        description="The tenant runs its maximum of concurrent runs and queues launches: "
+        "the run waits (status `queued`) and starts when a slot frees (answered 202)",
+    )
 
 
 class RunView(RunStatusView):
@@ -118,6 +123,11 @@ class RunView(RunStatusView):
     model: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     created_by: str | None = None
+    trace_id: str | None = Field(
+        default=None,
+        description="The run's OpenTelemetry trace id (32 hex digits) when the API traced "
+        "its launch; also the `AgentRunTraceId` search attribute and the memo's `trace_id`",
+    )
     source: Literal["query", "result", "visibility"] = Field(
         description="`query`: live from a worker; `result`: the recorded result of an ended "
         "run; `visibility`: search attributes only (no worker answered)"

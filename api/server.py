@@ -35,6 +35,7 @@ from fastapi import FastAPI
 
 from agentrun.config import ConfigError, Settings, load_settings
 from api.app import create_app
+from telemetry.logs import configure_logging, uvicorn_log_config
 
 __all__ = ["is_loopback", "main", "uvicorn_config"]
 
@@ -68,6 +69,9 @@ def uvicorn_config(
             f"loopback address only, not {bind!r}: bind 127.0.0.1 (AGENTRUN_API_HOST) or turn "
             "authentication back on (AGENTRUN_AUTH=keys)"
         )
+    # uvicorn's lines (access lines included) in the API's format, with the trace,
+    # run and tenant of the request they belong to (`telemetry.logs`).
+    extra.setdefault("log_config", uvicorn_log_config(settings.log_format))
     return uvicorn.Config(
         app,
         host=bind,
@@ -90,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings()
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
+    configure_logging(settings.log_format)
     try:
         config = uvicorn_config(
             create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level

@@ -55,6 +55,7 @@ from agentrun.search_attributes import (
     SA_MODEL,
     SA_STATUS,
     SA_STEPS,
+    SA_TRACE_ID,
 )
 from api.errors import ApiError, Conflict, NotFound, UpstreamTimeout
 from api.launcher import MEMO_GOAL, run_handle
@@ -191,6 +192,7 @@ async def run_view(client: Client, settings: Settings, tenant: str, run_id: str)
         "model": sa.get(SA_MODEL),
         "labels": _labels(sa.get(SA_LABELS)),
         "created_by": sa.get(SA_CREATED_BY),
+        "trace_id": sa.get(SA_TRACE_ID),
         "links": RunLinks.for_run(run_id),
     }
     try:
@@ -301,7 +303,8 @@ class SegmentReader:
             log.error("event segment %s is missing from the artifact store", digest)
             raise ApiError(
                 "an event segment of this run is missing from the artifact store; "
-                "check that the API and the workers share AGENTRUN_STATE_DIR"
+                "check that the API and the workers share AGENTRUN_ARTIFACT_DIR (or, with "
+                "AGENTRUN_ARTIFACT_STORE=s3, AGENTRUN_S3_BUCKET and AGENTRUN_S3_PREFIX)"
             ) from None
         events = _SEGMENT.validate_json(raw)
         self._cache[digest] = events

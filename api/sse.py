@@ -9,10 +9,11 @@ segments flushed to the artifact store). Each event is written once, in `seq`
 order.
 
 Model token deltas (`event: model.delta`, data a `ModelDelta`) come from the delta
-log (`store.delta_log`), polled every `DELTA_POLL_SECONDS` while a model call
-is open. A step's stream opens with its `model.started` event and closes with its
-`model.called` event (or `run.finished`); the log is drained before the closing
-event is written, so every delta of the step arrives before it.
+store (`store.delta_log`: files, or Redis Streams across hosts), polled every
+`DELTA_POLL_SECONDS` while a model call is open. A step's stream opens with its
+`model.started` event and closes with its `model.called` event (or
+`run.finished`); the log is drained before the closing event is written, so every
+delta of the step arrives before it.
 
 Every message's `id:` is a resume cursor: `<seq>` when no model stream is open,
 `<seq>.<step>.<n>` while one is (the last durable event sent, the open step, and
@@ -102,10 +103,10 @@ def _end(last_seq: int, reason: EndReason) -> str:
 
 
 class _Interleaver:
-    """Turns polled events and delta-log reads into SSE messages, moving the cursor.
+    """Turns polled events and delta-store reads into SSE messages, moving the cursor.
 
-    Deltas are read from files (blocking), so the read methods are called from a
-    thread (opening a tail does no I/O); one interleaver serves one connection.
+    Opening a tail does no I/O; polling one does (a file read in a thread, or a Redis
+    call). One interleaver serves one connection.
     """
 
     def __init__(self, cursor: Cursor, opener: TailOpener | None) -> None:
@@ -120,24 +121,24 @@ class _Interleaver:
             self._tail = opener(cursor.step, cursor.n)
 
     def busy(self, events: list[RunEvent]) -> bool:
-        """Whether :meth:`events` has anything to do (saves a thread hop per idle poll)."""
+        """Whether :meth:`events` has anything to do (saves a delta read per idle poll)."""
         return bool(events) or self._tail is not None or self._bare_start
 
     @property
     def streaming(self) -> bool:
         return self._tail is not None
 
-    def deltas(self) -> list[str]:
+    async def deltas(self) -> list[str]:
         """Deltas of the open stream that arrived since the last read."""
         if self._tail is None:
             return []
         out = []
-        for delta in self._tail.poll():
+        for delta in await self._tail.poll():
             self.cursor.n = delta.n
             out.append(format_delta(delta, self.cursor))
         return out
 
-    def events(self, events: list[RunEvent], page: EventsPage | None) -> list[str]:
+    async def events(self, events: list[RunEvent], page: EventsPage | None) -> list[str]:
         out: list[str] = []
         if self._bare_start and page is not None:
             # A bare `<seq>` cursor inside a model call: send that call's deltas from 1.
@@ -145,10 +146,10 @@ class _Interleaver:
             call = page.model_call
             if self._opener and call is not None and call.started_seq <= self.cursor.seq:
                 self._open(call.step)
-                out += self.deltas()
+                out += await self.deltas()
         for event in events:
             if event.type in _CLOSES_STREAM and self._tail is not None:
-                out += self.deltas()
+                out += await self.deltas()
                 self._closed_step, self._tail, self.cursor.step = self.cursor.step, None, None
             elif (
                 isinstance(event, ModelCalledEvent)
@@ -158,13 +159,13 @@ class _Interleaver:
                 step = event.payload.step
                 # Opened before this connection's cursor (bare `<seq>` resume): all of it.
                 self._open(step)
-                out += self.deltas()
+                out += await self.deltas()
                 self._closed_step, self._tail, self.cursor.step = step, None, None
             self.cursor.seq = event.seq
             if isinstance(event, ModelStartedEvent) and self._opener:
                 self._open(event.payload.step)
             out.append(format_event(event, self.cursor))
-            out += self.deltas()  # a finished call's deltas are all there already
+            out += await self.deltas()  # a finished call's deltas are all there already
         return out
 
     def _open(self, step: int) -> None:
@@ -190,9 +191,7 @@ async def event_stream(
             except NotFound:
                 yield _end(weave.cursor.seq, "not_found")
                 return
-            messages = (
-                await asyncio.to_thread(weave.events, events, page) if weave.busy(events) else []
-            )
+            messages = await weave.events(events, page) if weave.busy(events) else []
             if messages:
                 yield "".join(messages)
                 last_write = loop.time()
@@ -226,7 +225,7 @@ async def _deltas_until_change(
             return
         if await feed.wait(min(DELTA_POLL_SECONDS, left)):
             return
-        messages = await asyncio.to_thread(weave.deltas)
+        messages = await weave.deltas()
         if messages:
             yield "".join(messages)
 

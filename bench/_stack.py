@@ -153,12 +153,23 @@ class LocalStack:
         """Stop the services (worker first, so nothing recreates containers), then
         remove the namespace's containers and volumes and detach the loop devices of
         their workspace images; returns how many of each."""
-        for name in ("api", "worker", "temporal"):
+        extras = [name for name in self._procs if name not in ("api", "worker", "temporal")]
+        for name in (*extras, "api", "worker", "temporal"):
             proc = self._procs.pop(name, None)
             if proc is not None:
                 _stop_group(proc)
         containers, volumes = self.remove_docker_objects()
         return containers, volumes, release_loop_devices(self.workdir)
+
+    def add_service(
+        self, name: str, command: list[str], ready_line: str, timeout: float = 60.0
+    ) -> int:
+        """Start one more process (say, a benchmark's own worker) like the others: in
+        its own session, with the stack's environment and its log under `logs/`, and
+        stopped first by `close()`. Ready once `ready_line` is in its log; returns its pid."""
+        self._spawn(name, command)
+        self._wait(time.monotonic() + timeout, name, lambda: ready_line in self.tail(name))
+        return self._procs[name].pid
 
     def remove_docker_objects(self) -> tuple[int, int]:
         label = f"label={LABEL_NAMESPACE}={self.namespace}"

@@ -359,17 +359,23 @@ def cmd_usage(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         f"sandbox time: {_seconds(totals.get('sandbox_seconds'))}\n"
     )
     if runs:
-        out.write(f"\n{'RUN':<34} {'IN':>9} {'OUT':>9} {'COST USD':>10}  FINISHED\n")
+        out.write(
+            f"\n{'RUN':<34} {'IN':>9} {'OUT':>9} {'COST USD':>10} {'TOOL S':>9} "
+            f"{'SANDBOX S':>10}  FINISHED\n"
+        )
         for run in runs:
             out.write(
                 f"{run.get('run_id', ''):<34} {run.get('input_tokens', 0):>9} "
-                f"{run.get('output_tokens', 0):>9} {float(run.get('cost_usd') or 0.0):>10.4f}  "
+                f"{run.get('output_tokens', 0):>9} {float(run.get('cost_usd') or 0.0):>10.4f} "
+                f"{float(run.get('tool_seconds') or 0.0):>9.1f} "
+                f"{float(run.get('sandbox_seconds') or 0.0):>10.1f}  "
                 f"{_when(run.get('finished_at'))}\n"
             )
     return EXIT_OK
 
 
 def _seconds(value: Any) -> str:
+    """Seconds as the API answers them (an API older than their tracking sent null)."""
     return "not tracked" if value is None else f"{float(value):.1f} s"
 
 

@@ -32,12 +32,17 @@ from cli.spec_builder import build_spec
 
 def cmd_run(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-    created = api.request("POST", "/v1/runs", json=build_spec(args), headers=headers)
+    # 202: the tenant runs its maximum of concurrent runs and queues launches.
+    created = api.request(
+        "POST", "/v1/runs", json=build_spec(args), headers=headers, ok=(200, 201, 202)
+    )
     if args.json and not args.follow:
         print_json(created, out)
     else:
         out.write(created["run_id"] + "\n")
         out.flush()
+        if created.get("queued"):
+            print("queued: it starts when a run of this tenant ends", file=sys.stderr)
     if args.follow:
         return follow(api, created["run_id"], 0, out, args.json)
     return EXIT_OK

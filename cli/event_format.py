@@ -31,6 +31,7 @@ from agentrun.contracts import (
     ApprovalRequestedEvent,
     ApprovalResolvedEvent,
     ControlRejectedEvent,
+    EgressRequestEvent,
     ModelCalledEvent,
     ModelDelta,
     RunEvent,
@@ -116,6 +117,14 @@ def _summary(event: RunEvent, run_id: str | None) -> str:
     if isinstance(event, ControlRejectedEvent):
         rejected = event.payload
         return f"{rejected.action} by {rejected.actor} changed nothing: {rejected.reason}"
+    if isinstance(event, EgressRequestEvent):
+        egress = event.payload
+        where = f"{egress.method} {egress.host}" + (f":{egress.port}" if egress.port else "")
+        secret = f" with {egress.secret}" if egress.secret else ""
+        if not egress.allowed:
+            return f"{egress.tool} {where} refused: {egress.error}"
+        outcome = str(egress.status) if egress.status is not None else f"failed: {egress.error}"
+        return f"{egress.tool} {where}{secret} → {outcome}"
     if isinstance(event, RunFinishedEvent):
         finished = event.payload
         summary = f"{finished.status.value} ({finished.reason.value})"

@@ -12,6 +12,7 @@
     agentrun message <run> "Also add a README"
     agentrun tenants create|ls|quota …, keys create|ls|revoke …   # admin
     agentrun audit [verify], agentrun usage
+    agentrun secrets put NAME [--from-file F] | ls | delete NAME   # value via stdin
     agentrun api        # serve the REST API (uvicorn)
     agentrun worker     # run a Temporal worker
 
@@ -25,11 +26,12 @@ cancelled (`cli.errors`).
 
 This module is the parser and the console entry point (`[project.scripts]`);
 the rest of the CLI lives beside it: `commands` (what each command does),
-`admin_commands` (tenants, keys, audit, usage), `credentials` (which key),
-`spec_builder` (spec file and flags → the run's spec), `api_client` (HTTP and
-the SSE stream), `follow` (a run, live), `spinner` (what is in flight, on a
-terminal), `event_format` (events for people), `event_json` (event JSON → the
-typed contracts) and `actor` (who is acting when no key is sent).
+`admin_commands` (tenants, keys, audit, usage), `secret_commands` (secrets),
+`credentials` (which key), `spec_builder` (spec file and flags → the run's
+spec), `api_client` (HTTP and the SSE stream), `follow` (a run, live), `spinner`
+(what is in flight, on a terminal), `event_format` (events for people),
+`event_json` (event JSON → the typed contracts) and `actor` (who is acting when
+no key is sent).
 
 This module must not: do a command's work, or import `api` or `worker` at
 start-up (see `commands.cmd_api`).
@@ -60,6 +62,7 @@ from cli.commands import (
 )
 from cli.credentials import resolve_credentials
 from cli.errors import CliError
+from cli.secret_commands import add_secret_parsers, cmd_secrets
 from cli.spec_builder import (
     APPROVAL_MODES,
     FINISH_MODES,
@@ -200,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="run a Temporal worker (AGENTRUN_* settings)")
     add_admin_parsers(sub)
+    add_secret_parsers(sub)
     return parser
 
 
@@ -218,6 +222,7 @@ COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace, TextIO], int]] = {
     "keys": cmd_keys,
     "audit": cmd_audit,
     "usage": cmd_usage,
+    "secrets": cmd_secrets,
 }
 
 

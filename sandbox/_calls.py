@@ -33,6 +33,7 @@ refusing it first (cheaply, before a round trip; the executor checks again).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
@@ -46,6 +47,7 @@ from sandbox._channel import ChannelClosed, ExecutorError
 from sandbox._connections import Connections, Handle
 from sandbox.base import (
     CollectedFile,
+    EgressHandler,
     ExecOutcome,
     FileEntry,
     RunRef,
@@ -131,8 +133,12 @@ class Calls:
         *,
         timeout_s: float,
         heartbeat: Callable[[], None] | None = None,
+        egress: tuple[str, EgressHandler] | None = None,
     ) -> dict[str, Any]:
-        """One executor request with reconnects; every request is idempotent."""
+        """One executor request with reconnects; every request is idempotent.
+
+        `egress` (call id, handler) answers that call's proxied requests while it runs.
+        """
         last: Exception | None = None
         for _ in range(ATTEMPTS):
             try:
@@ -141,7 +147,18 @@ class Calls:
                 # without spending a Temporal retry.
                 handle = self._locate(run, policy)
                 channel = self._connections.channel(handle.container_id)
-                return channel.request(payload(handle), timeout_s=timeout_s, heartbeat=heartbeat)
+                answering: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+                if egress is not None:
+                    if "egress" not in channel.features:
+                        raise SandboxPolicyError(
+                            "the sandbox image's executor has no egress proxy: rebuild it "
+                            "with scripts/build-sandbox-image.sh --force"
+                        )
+                    answering = channel.egress_handler(*egress)
+                with answering:
+                    return channel.request(
+                        payload(handle), timeout_s=timeout_s, heartbeat=heartbeat
+                    )
             except (ChannelClosed, SandboxUnavailable) as exc:
                 # The container stopped, restarted or was removed: look it up again.
                 last = exc
@@ -172,8 +189,12 @@ class Calls:
         max_output_bytes: int,
         env: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] = lambda: None,
+        egress: EgressHandler | None = None,
     ) -> ExecOutcome:
-        """Run `command` once per `call_id`; a repeated id re-attaches to the first run."""
+        """Run `command` once per `call_id`; a repeated id re-attaches to the first run.
+
+        With `egress`, the command gets an HTTP proxy on the container's loopback
+        whose requests `egress` answers (see the executor's "Egress")."""
         if not CALL_ID.match(call_id):
             raise SandboxPolicyError(f"call id {call_id!r} must match {CALL_ID.pattern}")
         for name in env or {}:
@@ -192,9 +213,17 @@ class Calls:
                 "max_output": max_output,
                 "store_cap": store_cap,
                 "env": dict(env or {}),
+                "egress": egress is not None,
             }
 
-        result = self._call(run, policy, payload, timeout_s=timeout_s + 60, heartbeat=heartbeat)
+        result = self._call(
+            run,
+            policy,
+            payload,
+            timeout_s=timeout_s + 60,
+            heartbeat=heartbeat,
+            egress=(call_id, egress) if egress is not None else None,
+        )
         return ExecOutcome(
             exit_code=result.get("exit_code"),
             stdout=base64.b64decode(result.get("stdout", "")),
@@ -284,7 +313,12 @@ class Calls:
         for entry in listing:
             if entry["size"] > budget:
                 continue
-            data = self.read_file(run, entry["path"], policy=SandboxPolicy(), max_bytes=budget)
+            try:
+                data = self.read_file(run, entry["path"], policy=SandboxPolicy(), max_bytes=budget)
+            except SandboxPathError:
+                # Unreadable (a command made it mode 000) or gone since the walk: one
+                # such file must not cost the run every other artifact and its transcript.
+                continue
             budget -= len(data)
             collected.append(CollectedFile(entry["path"], data))
         return collected

@@ -11,6 +11,12 @@ and request id) and merges their stdin bytes into one pipe (so each request is s
 as checksummed frames and re-sent when the executor does not acknowledge it; every
 request the worker sends is idempotent).
 
+The executor also *sends* one kind of request of its own: a command's HTTP request
+to its call's egress proxy (``E <client> <eid> <base64 JSON>``, addressed to the
+worker that runs the call). The channel hands it to the handler the call registered
+(`egress_handler`) on a thread of its own and sends the answer back as an ordinary
+request (`egress_reply`), so the proxied traffic rides the attach stream too.
+
 This module must not: open any network connection (the attach stream goes through
 the Docker API socket only), or outlive its container (a broken stream fails every
 pending request with `ChannelClosed` and the caller reconnects).
@@ -29,8 +35,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from sandbox.base import EgressHandler, EgressRequest, EgressResponse
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,9 @@ class Channel:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._closed: str | None = None
+        self._egress: dict[str, EgressHandler] = {}
+        self.features: frozenset[str] = frozenset()
+        """What the executor says it supports beyond its version (`hello`)."""
         response = api.post(
             api._url("/containers/{0}/attach", container_id),
             None,
@@ -174,6 +185,67 @@ class Channel:
             self._fail(f"send failed: {exc}")
             raise ChannelClosed(str(exc)) from exc
 
+    # ------------------------------------------------------------------ egress
+
+    @contextlib.contextmanager
+    def egress_handler(self, call_id: str, handler: EgressHandler) -> Iterator[None]:
+        """Answer the proxied requests of call `call_id` with `handler` meanwhile."""
+        with self._lock:
+            self._egress[call_id] = handler
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._egress.get(call_id) is handler:
+                    del self._egress[call_id]
+
+    def _on_egress(self, line: bytes) -> None:
+        try:
+            _, _, eid, body = line.split(b" ", 3)
+            raw = json.loads(base64.b64decode(body))
+            call_id = str(raw["call"])
+            request = EgressRequest(
+                method=str(raw["method"]),
+                url=str(raw["url"]),
+                headers=[(str(k), str(v)) for k, v in raw.get("headers") or []],
+                body=base64.b64decode(raw.get("body") or ""),
+            )
+        except (ValueError, KeyError, TypeError):
+            return
+        with self._lock:
+            handler = self._egress.get(call_id)
+        threading.Thread(
+            target=self._answer_egress,
+            args=(eid.decode(), request, handler),
+            name=f"sandbox-egress-{eid.decode()[:12]}",
+            daemon=True,
+        ).start()
+
+    def _answer_egress(
+        self, eid: str, request: EgressRequest, handler: EgressHandler | None
+    ) -> None:
+        if handler is None:
+            response = EgressResponse(
+                502, [("Content-Type", "text/plain")], b"agentrun: no egress broker for this call\n"
+            )
+        else:
+            try:
+                response = handler(request)
+            except Exception:  # the handler must not raise; never leave the command hanging
+                log.exception("egress handler failed")
+                response = EgressResponse(
+                    502, [("Content-Type", "text/plain")], b"agentrun: the egress broker failed\n"
+                )
+        reply = {
+            "op": "egress_reply",
+            "id": eid,
+            "status": response.status,
+            "headers": [list(h) for h in response.headers],
+            "body": base64.b64encode(response.body).decode(),
+        }
+        with contextlib.suppress(ChannelClosed, TimeoutError, ExecutorError):
+            self.request(reply, timeout_s=60)
+
     # ------------------------------------------------------------------ reading
 
     def _fail(self, reason: str) -> None:
@@ -196,6 +268,7 @@ class Channel:
     def _read_loop(self) -> None:
         line = bytearray()
         prefix = b"R " + self.client_id.encode() + b" "
+        egress_prefix = b"E " + self.client_id.encode() + b" "
         try:
             while True:
                 header = self._read_exact(8)
@@ -213,6 +286,8 @@ class Channel:
                     del line[: nl + 1]
                     if one.startswith(prefix):
                         self._dispatch(one)
+                    elif one.startswith(egress_prefix):
+                        self._on_egress(one)
         except (ChannelClosed, OSError, ValueError) as exc:
             self._fail(f"attach stream ended: {exc}")
 

@@ -100,6 +100,7 @@ class Connections:
                 f"worker needs {EXECUTOR_VERSION}: rebuild it with "
                 "scripts/build-sandbox-image.sh --force"
             )
+        channel.features = frozenset(str(f) for f in hello.get("features") or ())
         return channel
 
     def forget(self, run: RunRef) -> None:

@@ -65,6 +65,7 @@ from sandbox._containers import (
 from sandbox._docker_errors import docker_errors
 from sandbox._resources import Resources, is_default
 from sandbox.base import RunRef, SandboxError
+from telemetry.metrics import instruments
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,14 @@ class WarmPool:
         try:
             candidates = list_pool(self._docker, self._ns, self._pool)
             random.shuffle(candidates)  # claimers spread out instead of queueing on one
-            for candidate in candidates:
+            for tried, candidate in enumerate(candidates, start=1):
                 if not self._win(candidate, run, res):
                     continue
                 taken, container = self._take(candidate, run)
                 if taken:
+                    instruments().sandbox_pool_size.set(len(candidates) - tried)
                     return container
+            instruments().sandbox_pool_size.set(0)
             return None
         finally:
             self.refill_async()
@@ -246,10 +249,11 @@ class WarmPool:
     def warm(self) -> int:
         """Fill the pool up to `pool_size` now; returns how many were created."""
         created = 0
-        while (
-            not self._closed
-            and len(list_pool(self._docker, self._ns, self._pool)) < self._config.pool_size
-        ):
+        while not self._closed:
+            ready = len(list_pool(self._docker, self._ns, self._pool))
+            instruments().sandbox_pool_size.set(ready)
+            if ready >= self._config.pool_size:
+                break
             self._create_one()
             created += 1
         return created

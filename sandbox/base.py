@@ -15,6 +15,10 @@ Contract every implementation keeps:
   `nohup`, `setsid` or a double fork) is still running when `exec` returns.
 - The workspace's size is enforced by the kernel where the implementation can
   (a write past it fails with ENOSPC); a call that filled it reports `DISK`.
+- Unless its policy asks for `network` (and the operator allows it), a command
+  reaches the network only through `exec`'s `egress` handler, when it is given one
+  (an HTTP proxy inside the sandbox, answered in the worker); the sandbox itself has
+  no route. `env` values reach that one command's process only.
 """
 
 from __future__ import annotations
@@ -83,6 +87,31 @@ class ExecOutcome:
 
 
 @dataclass
+class EgressRequest:
+    """An HTTP request a command sent to its call's egress proxy (inside the container).
+
+    `url` is what the command asked for (`http://host[:port]/path?query`), exactly as
+    it arrived; the worker's broker decides whether and where it goes.
+    """
+
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class EgressResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+EgressHandler = Callable[[EgressRequest], EgressResponse]
+"""Answers a call's proxied requests, in the worker (never raises: refusals are 403s)."""
+
+
+@dataclass
 class FileEntry:
     path: str
     size: int
@@ -115,8 +144,15 @@ class Sandbox(Protocol):
         max_output_bytes: int,
         env: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] = lambda: None,
+        egress: EgressHandler | None = None,
     ) -> ExecOutcome:
-        """Run `command` with `/bin/sh -c` in the run's workspace, exactly once per call_id."""
+        """Run `command` with `/bin/sh -c` in the run's workspace, exactly once per call_id.
+
+        `env` is set in the command's process only (never the container's). With
+        `egress`, the command gets an HTTP proxy on the container's own loopback
+        (`HTTP_PROXY`) for as long as it runs; each request it sends there is answered
+        by `egress`, called in the worker.
+        """
         ...
 
     def read_call_output(self, run: RunRef, call_id: str, stream: str, max_bytes: int) -> bytes:

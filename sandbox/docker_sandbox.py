@@ -43,8 +43,16 @@ from sandbox._docker_errors import docker_errors
 from sandbox._janitor import Janitor
 from sandbox._pool import WarmPool
 from sandbox._resources import Resources
-from sandbox.base import CollectedFile, ExecOutcome, FileEntry, JanitorReport, RunRef
+from sandbox.base import (
+    CollectedFile,
+    EgressHandler,
+    ExecOutcome,
+    FileEntry,
+    JanitorReport,
+    RunRef,
+)
 from sandbox.config import SandboxConfig
+from telemetry.metrics import instruments
 
 
 class DockerSandbox:
@@ -89,8 +97,11 @@ class DockerSandbox:
             res = self.resources(policy)
             if self._pool.eligible(res):
                 container = self._pool.claim(run, res)
+            source = "pool" if container is not None else "cold"
             if container is None:
                 container = self._containers.create_for_run(run, res)
+                instruments().sandbox_cold_starts.add(1)
+            instruments().sandbox_claims.add(1, {"source": source})
         self._containers.make_running(container)
         return Handle(container.id, self._containers.call_key(container))
 
@@ -127,6 +138,7 @@ class DockerSandbox:
         max_output_bytes: int,
         env: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] = lambda: None,
+        egress: EgressHandler | None = None,
     ) -> ExecOutcome:
         """Run `command` once per `call_id`; a repeated id re-attaches to the first run."""
         return self._calls.exec(
@@ -138,6 +150,7 @@ class DockerSandbox:
             max_output_bytes=max_output_bytes,
             env=env,
             heartbeat=heartbeat,
+            egress=egress,
         )
 
     def read_call_output(self, run: RunRef, call_id: str, stream: str, max_bytes: int) -> bytes:

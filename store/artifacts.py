@@ -2,8 +2,9 @@
 
 Conversation messages, tool arguments, tool output, event segments and workspace
 files are stored once under their sha256 digest, however many steps refer to
-them. The local filesystem store is the default; an S3-compatible store only has
-to implement :class:`ArtifactStore` (put/open/exists/size are all it needs).
+them. The local filesystem store is the default; the S3-compatible store
+(`store/s3.py`) implements the same :class:`ArtifactStore` (put/open/exists/size are
+all it needs), and `store.backends.open_artifact_store` picks one from the settings.
 
 Writes are atomic (temp file, fsync, rename), so a worker killed mid-write never
 leaves a truncated blob under a valid digest, and a retried activity that writes
@@ -26,6 +27,29 @@ M = TypeVar("M", bound=BaseModel)
 
 class BlobNotFound(KeyError):
     """No blob with that digest."""
+
+
+class ArtifactStoreError(Exception):
+    """A backend that cannot serve the call (not a missing blob: :class:`BlobNotFound`).
+
+        ArtifactStoreError
+        ├── ArtifactStoreUnavailable   unreachable, 5xx, throttled, timed out: retry
+        └── ArtifactStoreMisconfigured refused credentials, no such bucket: an operator
+                                       must fix the settings; retrying does not help
+
+    Messages name the backend, the bucket and the operation, never a credential.
+    """
+
+    retryable = False
+    """Whether the same call may succeed later without anyone changing anything."""
+
+
+class ArtifactStoreUnavailable(ArtifactStoreError):
+    retryable = True
+
+
+class ArtifactStoreMisconfigured(ArtifactStoreError):
+    pass
 
 
 class ArtifactStore(Protocol):

@@ -15,6 +15,17 @@ gapless for every reader, even when a timed-out attempt that is still running
 writes beside its retry (each batch is one ``O_APPEND`` write of whole lines).
 Lines carry the attempt, so readers can drop the partial output of failed attempts.
 The files live as long as the state directory, like the artifacts.
+
+Backends: this file log is the embedded default; `store.delta_stream` keeps the same
+records in Redis Streams, for workers and API servers on different hosts
+(`AGENTRUN_DELTA_STORE=redis`). Both implement :class:`DeltaStore` with the same
+guarantees: a delta's ``n`` is its 1-based position in its step's log, the same for
+every reader; a tail returns each delta once, in order, never one past a gap that
+may still fill; every record names its attempt. :func:`open_delta_store` picks the
+backend from settings, for the worker and the API alike.
+
+This module must not: import a backend's client library at import time (the Redis
+client is imported only when `AGENTRUN_DELTA_STORE=redis`).
 """
 
 from __future__ import annotations
@@ -24,19 +35,85 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
 
 from agentrun.contracts import Delta, ModelDelta
 
-__all__ = ["DeltaLog", "DeltaTail", "DeltaWriter"]
+if TYPE_CHECKING:
+    from agentrun.config import Settings
+
+__all__ = [
+    "DeltaLog",
+    "DeltaStore",
+    "DeltaTail",
+    "DeltaWriter",
+    "FileDeltaTail",
+    "buffered_writer",
+    "check_names",
+    "open_delta_store",
+    "parse_record",
+]
 
 FLUSH_SECONDS = 0.05
 """How long a delta may wait in the writer's buffer: batching keeps writes few."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class DeltaTail(Protocol):
+    """Follows one step's deltas, returning each once, in order, after delta ``after_n``."""
+
+    n: int
+    """Deltas consumed so far (those up to ``n`` were returned or skipped)."""
+
+    async def poll(self) -> list[ModelDelta]:
+        """Every delta that arrived since the last poll (all of them: the SSE stream
+        drains a step with one poll before it writes the step's closing event)."""
+        ...
+
+
+class DeltaStore(Protocol):
+    """Where model token deltas go (worker) and come from (API)."""
+
+    def writer(
+        self, tenant_id: str, run_id: str, step: int, attempt: int
+    ) -> AbstractAsyncContextManager[DeltaWriter]:
+        """A ``DeltaSink`` for one model call attempt, flushed on exit (even on failure)."""
+        ...
+
+    def tail(self, tenant_id: str, run_id: str, step: int, after_n: int = 0) -> DeltaTail: ...
+
+    async def aclose(self) -> None:
+        """Release connections (the process is done with the store)."""
+        ...
+
+
+def check_names(tenant_id: str, run_id: str) -> None:
+    """Tenant and run ids become path parts and stream keys: refuse anything odd."""
+    for value in (tenant_id, run_id):
+        if not _NAME.match(value) or ".." in value:
+            raise ValueError(f"unsafe name for a delta log path: {value!r}")
+
+
+def open_delta_store(settings: Settings) -> DeltaStore | None:
+    """The deployment's delta store (`AGENTRUN_DELTA_STORE`); None when models do not
+    stream (`AGENTRUN_MODEL_STREAM=false`). The worker and the API both call this."""
+    if not settings.model_stream:
+        return None
+    if settings.delta_store == "redis":
+        from store.delta_stream import RedisDeltaStore  # the client library, only when used
+
+        if not settings.redis_url:  # Settings refuses this; a clear error all the same
+            raise ValueError("AGENTRUN_DELTA_STORE=redis needs AGENTRUN_REDIS_URL")
+        return RedisDeltaStore.from_url(
+            settings.redis_url, retention_seconds=settings.delta_retention_seconds
+        )
+    return DeltaLog(settings.deltas_path)
 
 
 class DeltaLog:
@@ -46,40 +123,60 @@ class DeltaLog:
         self._root = root
 
     def path(self, tenant_id: str, run_id: str, step: int) -> Path:
-        for value in (tenant_id, run_id):
-            if not _NAME.match(value) or ".." in value:
-                raise ValueError(f"unsafe name for a delta log path: {value!r}")
+        check_names(tenant_id, run_id)
         return self._root / tenant_id / run_id / f"step-{int(step)}.jsonl"
 
-    @contextlib.asynccontextmanager
-    async def writer(
+    def writer(
         self, tenant_id: str, run_id: str, step: int, attempt: int
-    ) -> AsyncIterator[DeltaWriter]:
+    ) -> AbstractAsyncContextManager[DeltaWriter]:
         """A ``DeltaSink`` for one model call attempt; flushed on exit, even on failure,
         so the partial output of a failed attempt is logged before Temporal retries."""
-        writer = DeltaWriter(self.path(tenant_id, run_id, step), step=step, attempt=attempt)
-        flusher = asyncio.create_task(writer.flush_periodically())
-        try:
-            yield writer
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await writer.flush()
+        path = self.path(tenant_id, run_id, step)
 
-    def tail(self, tenant_id: str, run_id: str, step: int, after_n: int = 0) -> DeltaTail:
-        return DeltaTail(self.path(tenant_id, run_id, step), after_n=after_n)
+        async def append(lines: list[str]) -> None:
+            data = "".join(line + "\n" for line in lines).encode()
+            await asyncio.to_thread(_append, path, data)
+
+        return buffered_writer(append, step=step, attempt=attempt)
+
+    def tail(self, tenant_id: str, run_id: str, step: int, after_n: int = 0) -> FileDeltaTail:
+        return FileDeltaTail(self.path(tenant_id, run_id, step), after_n=after_n)
+
+    async def aclose(self) -> None:
+        return None
+
+
+Append = Callable[[list[str]], Awaitable[None]]
+"""Writes a batch of records (JSON texts, one per delta) in order, as one unit."""
+
+
+@contextlib.asynccontextmanager
+async def buffered_writer(append: Append, *, step: int, attempt: int) -> AsyncIterator[DeltaWriter]:
+    """A :class:`DeltaWriter` flushed every ``FLUSH_SECONDS`` and on exit.
+
+    A failed write is not retried (a write whose outcome is unknown could land twice:
+    a duplicate); the error ends the flushing and is raised on exit, so the model call
+    fails and Temporal retries it as a new attempt, which readers tell apart."""
+    writer = DeltaWriter(append, step=step, attempt=attempt)
+    flusher = asyncio.create_task(writer.flush_periodically())
+    try:
+        yield writer
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await writer.flush()
 
 
 class DeltaWriter:
     """Collects deltas from a provider (it is the ``DeltaSink``) and appends them in batches.
 
-    ``__call__`` never blocks: it only encodes and buffers; the file is written from a
-    thread every ``FLUSH_SECONDS``.
+    ``__call__`` never blocks: it only encodes and buffers; the backend's ``append``
+    writes every ``FLUSH_SECONDS``.
     """
 
-    def __init__(self, path: Path, *, step: int, attempt: int) -> None:
-        self._path = path
+    def __init__(self, append: Append, *, step: int, attempt: int) -> None:
+        self._append = append
         self._step = step
         self._attempt = attempt
         self._buffer: list[str] = []
@@ -97,7 +194,7 @@ class DeltaWriter:
             "name": delta.name,
             "at": datetime.now(UTC).isoformat(),
         }
-        self._buffer.append(json.dumps(record, ensure_ascii=False) + "\n")
+        self._buffer.append(json.dumps(record, ensure_ascii=False))
         self.count += 1
 
     async def flush_periodically(self) -> None:
@@ -108,9 +205,18 @@ class DeltaWriter:
     async def flush(self) -> None:
         if not self._buffer:
             return
-        data = "".join(self._buffer).encode()
+        batch = self._buffer[:]
         self._buffer.clear()
-        await asyncio.to_thread(_append, self._path, data)
+        await self._append(batch)
+
+
+def parse_record(raw: str | bytes, n: int) -> ModelDelta | None:
+    """A stored record as the delta numbered ``n``; None for a damaged one (which keeps
+    its number and yields nothing)."""
+    try:
+        return ModelDelta.model_validate({**json.loads(raw), "n": n})
+    except (ValueError, ValidationError):
+        return None
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -125,11 +231,11 @@ def _append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-class DeltaTail:
-    """Follows one step's delta log, returning each delta once, after delta ``after_n``.
+class FileDeltaTail:
+    """Follows one step's delta log file, returning each delta once, after delta ``after_n``.
 
     Only complete lines are consumed, so a batch caught half-written is read on the
-    next poll. Blocking: call :meth:`poll` from a thread.
+    next poll. :meth:`poll` reads in a thread; :meth:`poll_now` is its blocking part.
     """
 
     def __init__(self, path: Path, *, after_n: int = 0) -> None:
@@ -139,7 +245,10 @@ class DeltaTail:
         """Lines consumed so far (deltas up to ``n`` were returned or skipped)."""
         self._offset = 0
 
-    def poll(self) -> list[ModelDelta]:
+    async def poll(self) -> list[ModelDelta]:
+        return await asyncio.to_thread(self.poll_now)
+
+    def poll_now(self) -> list[ModelDelta]:
         try:
             with self._path.open("rb") as file:
                 file.seek(self._offset)
@@ -155,8 +264,7 @@ class DeltaTail:
             self.n += 1
             if self.n <= self._after_n:
                 continue
-            try:
-                out.append(ModelDelta.model_validate({**json.loads(line), "n": self.n}))
-            except (ValueError, ValidationError):
-                continue  # a damaged line keeps its number and yields nothing
+            delta = parse_record(line, self.n)
+            if delta is not None:
+                out.append(delta)
         return out

@@ -31,6 +31,7 @@ from temporalio.client import Client
 from accounts.roles import Role
 from agentrun.config import Settings, load_settings
 from agentrun.contracts import DELTA_EVENT, RunEvent
+from agentrun.temporal import connect
 from api.app import create_app
 from api.schemas import EventsResponse
 from api.server import uvicorn_config
@@ -176,9 +177,22 @@ async def role_keys(url: str, settings: Settings) -> dict[Role, str]:
 
 
 @contextlib.asynccontextmanager
-async def api_stack(client: Client, state_dir: Path, **overrides: Any) -> AsyncIterator[Stack]:
+async def api_stack(
+    client: Client, state_dir: Path, *, encrypted: bool = False, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """A worker and the API on `client`; with `encrypted`, on production's client
+    instead (`agentrun.temporal.connect` to `client`'s server: payloads encrypted with
+    the state directory's key file), which becomes `Stack.client`."""
     task_queue = f"tq-api-{uuid.uuid4().hex[:10]}"
     settings = api_settings(state_dir, task_queue, **overrides)
+    if encrypted:
+        settings = settings.model_copy(
+            update={
+                "temporal_address": client.service_client.config.target_host,
+                "temporal_namespace": client.namespace,
+            }
+        )
+        client = await connect(settings)
     async with (
         build_worker(client, settings, task_queue=task_queue),
         serve_api(settings, client) as url,

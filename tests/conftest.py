@@ -34,8 +34,16 @@ from agentrun import search_attributes
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fixture modules shared by several test modules (Docker sandbox, model servers,
-# the accounts database on SQLite and PostgreSQL).
-pytest_plugins = ["tests.sandbox_fixtures", "tests.model_fixtures", "tests.db_fixtures"]
+# the accounts database on SQLite and PostgreSQL, an OpenBao server, SeaweedFS S3,
+# Redis for the delta store).
+pytest_plugins = [
+    "tests.sandbox_fixtures",
+    "tests.model_fixtures",
+    "tests.db_fixtures",
+    "tests.vault_fixtures",
+    "tests.s3_fixtures",
+    "tests.redis_fixtures",
+]
 
 
 def _binary(name: str, package: str) -> str:

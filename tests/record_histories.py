@@ -21,18 +21,24 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
+from agentrun.config import load_settings
 from agentrun.contracts import (
     ApprovalDecision,
     ApprovalPolicy,
     ControlRequest,
     Limits,
+    RunSpec,
     RunStatus,
     TerminalReason,
     ToolName,
+    slots_workflow_id,
 )
+from api import launcher
+from api.slots import SlotLimit
 from tests.conftest import start_dev_server
 from tests.workflow_harness import (
     ALICE,
@@ -49,6 +55,7 @@ from tests.workflow_harness import (
     wait_for,
 )
 from workflows.agent_run import AgentRunWorkflow
+from workflows.tenant_slots import TenantSlotsWorkflow
 
 OUT = Path(__file__).parent / "histories"
 
@@ -224,6 +231,58 @@ async def _cancelled_run(client: Client, queue: str) -> str:
     return (await h.fetch_history()).to_json()
 
 
+async def _slots_interplay(client: Client, queue: str) -> dict[str, str]:
+    """A tenant of one slot that queues: `held` runs, `queued` ones waits then runs,
+    `cancelled` is cancelled while it waits; the histories of the three runs and of the
+    tenant's slots workflow."""
+    tenant = f"slots-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(task_queue=queue)
+    slot = SlotLimit(1, wait=True)
+
+    async def launch(spec: RunSpec) -> WorkflowHandle[Any, Any]:
+        started = await launcher.start_run(client, settings, tenant, spec, ALICE, slots=slot)
+        return client.get_workflow_handle(started.workflow_id)
+
+    held = await launch(scripted_spec(turn(call("finish"), delay_seconds=1.0), finish("held")))
+    queued = await launch(scripted_spec(finish("queued")))
+    cancelled = await launch(scripted_spec(finish("never")))
+    await wait_for(cancelled, lambda v: v.status == RunStatus.QUEUED)
+    await cancelled.execute_update(AgentRunWorkflow.cancel, ControlRequest(actor=ALICE))
+    for handle in (held, queued, cancelled):
+        await outcome(handle)
+    slots = client.get_workflow_handle(slots_workflow_id(tenant))
+    for _ in range(100):  # the last release is a signal: wait until it has landed
+        if not (await slots.query(TenantSlotsWorkflow.view)).holders:
+            break
+        await asyncio.sleep(0.1)
+    return {
+        "held": (await held.fetch_history()).to_json(),
+        "queued": (await queued.fetch_history()).to_json(),
+        "cancelled": (await cancelled.fetch_history()).to_json(),
+        "slots": (await slots.fetch_history()).to_json(),
+    }
+
+
+async def _queued_run(client: Client, queue: str) -> str:
+    # a run started `queued`: enqueue, slot_granted, then the loop, then release
+    return (await _slots_interplay(client, queue))["queued"]
+
+
+async def _queued_cancelled(client: Client, queue: str) -> str:
+    # a run cancelled while it waits for a slot
+    return (await _slots_interplay(client, queue))["cancelled"]
+
+
+async def _held_slot(client: Client, queue: str) -> str:
+    # a run started `held`: releases its slot at its end
+    return (await _slots_interplay(client, queue))["held"]
+
+
+async def _tenant_slots(client: Client, queue: str) -> str:
+    # the slots workflow: acquire (granted, queued x2), enqueue, release, slot_granted
+    return (await _slots_interplay(client, queue))["slots"]
+
+
 SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "happy_path": _happy_path,
     "approval": _approval,
@@ -236,6 +295,10 @@ SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "turn_resumed": _turn_resumed,
     "failed_run": _failed_run,
     "cancelled_run": _cancelled_run,
+    "held_slot": _held_slot,
+    "queued_run": _queued_run,
+    "queued_cancelled": _queued_cancelled,
+    "tenant_slots": _tenant_slots,
 }
 
 SERVER_FLAGS: dict[str, list[str]] = {

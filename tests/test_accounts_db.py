@@ -3,6 +3,7 @@ and PostgreSQL, from an empty database; upgrading again is a no-op."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -23,7 +24,7 @@ def test_migrations_take_an_empty_database_to_head_matching_the_orm(database_url
                 MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
             )
             assert diff == [], f"the migrations and accounts/models.py disagree: {diff}"
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
             head = conn.execute(text("SELECT id, seq, hash FROM audit_head")).one()
             assert tuple(head) == (1, 0, GENESIS_HASH)
         db.upgrade()  # a second start migrates nothing and keeps the head row single
@@ -66,3 +67,18 @@ def test_a_postgresql_url_without_a_driver_means_psycopg_3() -> None:
         assert db.dialect == "postgresql"
     finally:
         db.close()
+
+
+def test_two_threads_migrating_two_databases_at_once_both_succeed(tmp_path: Path) -> None:
+    # Alembic's `context` is process-global: the API's start-up and a worker opening
+    # the secret store in the same process once tore it from under each other.
+    dbs = [Database(f"sqlite:///{tmp_path / f'{i}.db'}") for i in range(8)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda db: db.upgrade(), dbs))
+        for db in dbs:
+            with db.engine.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    finally:
+        for db in dbs:
+            db.close()

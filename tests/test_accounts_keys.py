@@ -4,6 +4,8 @@ every kind of wrong (malformed, unknown, wrong secret, revoked, expired)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -160,3 +162,24 @@ def test_creating_a_key_checks_tenant_role_subject_and_expiry(acme: Database) ->
     with pytest.raises(InvalidInput, match="future"):
         keys.create("acme", Role.ADMIN, "x", expires_at=T0 - timedelta(seconds=1))
     assert keys.list("acme") == []
+
+
+def test_a_burst_of_authentications_that_each_record_last_use_never_fails(
+    acme: Database,
+) -> None:
+    # Each call is a minute after the last use, so each one writes: on SQLite a
+    # read-then-write transaction failed with "database is locked" under a burst
+    # (seen as HTTP 500s when 100 launches arrived at once).
+    clock = Clock()
+    keys = ApiKeys(acme, clock=lambda: clock.now)
+    _, plaintext = keys.create("acme", Role.OPERATOR, "burst")
+    ticks = itertools.count()
+
+    def use(_: int) -> Principal | None:
+        clock.now = T0 + timedelta(minutes=next(ticks))
+        return keys.authenticate(plaintext)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(use, range(400)))
+    assert all(a is not None and a.subject == "burst" for a in answers)
+    assert keys.get(plaintext.split("_")[1]).last_used_at is not None  # type: ignore[union-attr]

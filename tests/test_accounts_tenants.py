@@ -73,7 +73,13 @@ def test_a_quota_refuses_nonsense_limits() -> None:
         (Role.ADMIN, set(Permission)),
         (
             Role.OPERATOR,
-            {Permission.READ, Permission.LAUNCH, Permission.CONTROL, Permission.DECIDE},
+            {
+                Permission.READ,
+                Permission.LAUNCH,
+                Permission.CONTROL,
+                Permission.DECIDE,
+                Permission.SECRETS,
+            },
         ),
         (Role.APPROVER, {Permission.READ, Permission.DECIDE}),
         (Role.VIEWER, {Permission.READ}),

@@ -165,3 +165,26 @@ def test_a_deployment_default_over_its_maximum_is_a_configuration_error(tmp_path
 
     with pytest.raises(ConfigError, match="AGENTRUN_SANDBOX_MAX_MEMORY_MB"):
         _settings(tmp_path, sandbox_memory_mb=4096)
+
+
+async def test_an_egress_rule_to_loopback_the_operator_did_not_allow_is_422(
+    api: tuple[httpx.AsyncClient, Settings],
+) -> None:
+    http, _ = api
+    spec = scripted(finish_turn(), egress=[{"host": "127.0.0.1", "scheme": "http"}])
+    resp = await http.post("/v1/runs", json=spec)
+    assert resp.status_code == 422, resp.text
+    (error,) = resp.json()["errors"]
+    assert error["loc"] == ["body", "egress", "0", "host"]
+    assert error["type"] == "egress_destination_refused"
+    assert "AGENTRUN_EGRESS_ALLOW_NETWORKS" in error["msg"]
+
+
+async def test_an_egress_credential_from_a_secret_not_granted_is_422_naming_it(
+    api: tuple[httpx.AsyncClient, Settings],
+) -> None:
+    http, _ = api
+    rule = {"host": "api.example.com", "inject": {"secret": "GH", "header": "Authorization"}}
+    resp = await http.post("/v1/runs", json=scripted(finish_turn(), egress=[rule]))
+    assert resp.status_code == 422, resp.text
+    assert "must be listed in secrets: GH" in resp.text

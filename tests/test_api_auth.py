@@ -38,11 +38,15 @@ from tests.api_fixtures import (
     events_in,
     finish_turn,
     scripted,
+    serve_api,
     unique,
     wait_until,
 )
 
 FAKE_DIGEST = "0" * 64
+MATRIX_SECRET = "MATRIX_SECRET"
+"""The secret name the matrices put, list and delete (`/v1/secrets/{name}`)."""
+MATRIX_VALUE = "matrix-secret-value-4b1d"
 PROBLEM = "application/problem+json"
 
 
@@ -120,6 +124,7 @@ class Fixture:
             "digest": FAKE_DIGEST,
             "tenant": tenant,
             "key_id": key,
+            "name": MATRIX_SECRET,
         }
 
     def url(self, path: str) -> str:
@@ -139,6 +144,8 @@ class Fixture:
             return {}
         if path.endswith("/keys") and method == "POST":
             return {"role": "viewer", "subject": "matrix"}
+        if path == "/v1/secrets/{name}" and method == "PUT":
+            return {"value": MATRIX_VALUE}
         return {} if method in ("POST", "PUT") else None
 
 
@@ -177,6 +184,9 @@ async def test_every_operation_answers_each_role_as_its_rule_says(stack: Stack) 
 async def test_another_tenants_key_never_reaches_this_tenants_data(stack: Stack) -> None:
     run_id = await launch(stack, scripted(finish_turn("secret answer")))
     await wait_status(stack, run_id, "completed")
+    stored = await stack.http.put(f"/v1/secrets/{MATRIX_SECRET}", json={"value": MATRIX_VALUE})
+    assert stored.status_code in (200, 201), stored.text
+    version = stored.json()["version"]
     other = unique("other")
     other_admin = await stack.new_tenant(other)
     own_keys = [key_id(k) for k in stack.keys.values()]
@@ -189,19 +199,31 @@ async def test_another_tenants_key_never_reaches_this_tenants_data(stack: Stack)
         )
         where = f"{method} {path}: {resp.status_code} {resp.text[:300]}"
         assert resp.status_code < 500, where
-        if "{" in path:
+        if (method, path) == ("PUT", "/v1/secrets/{name}"):
+            # Secrets are named within the caller's tenant: this stores the other
+            # tenant's own secret of that name (ours is checked below); drop it so
+            # the DELETE that follows has nothing of its own to delete.
+            assert resp.status_code == 201 and resp.json()["version"] == 1, where
+            gone = await stack.http.delete(ids.url(path), headers=bearer(other_admin))
+            assert gone.status_code == 204, gone.text
+        elif "{" in path:
             assert resp.status_code in (403, 404), where
         if path == "/v1/audit":
             # Its own entries only (they name what it tried: this tenant's ids, refused).
             assert {e["tenant_id"] for e in resp.json()["entries"]} == {other}, where
             continue
         url = ids.url(path)
-        secrets = (run_id, "secret answer", key_id(victim), *own_keys)
+        secrets = (run_id, "secret answer", key_id(victim), MATRIX_VALUE, *own_keys)
         # An id the caller sent may come back in the problem (as for a missing one).
         for secret in (s for s in secrets if s not in url):
             assert secret not in resp.text, where
         # The victim key was not revoked by the other tenant's admin.
         assert (await stack.http.get("/v1/runs", headers=bearer(victim))).status_code == 200
+    # Nor was this tenant's secret touched.
+    listed = (await stack.http.get("/v1/secrets")).json()["secrets"]
+    assert [(s["name"], s["version"]) for s in listed if s["name"] == MATRIX_SECRET] == [
+        (MATRIX_SECRET, version)
+    ]
 
 
 async def test_missing_bad_revoked_and_expired_keys_are_401(stack: Stack) -> None:
@@ -341,13 +363,10 @@ async def test_quota_refuses_concurrent_runs_with_429_and_steps_with_422(stack: 
     blocking = scripted(*[slow] * 4, finish_turn(), limits={"max_steps": 5})
     first = await launch(stack, blocking, bearer(admin))
 
-    async def refused() -> httpx.Response | None:
-        quick = scripted(finish_turn(), limits={"max_steps": 1})
-        resp = await stack.http.post("/v1/runs", json=quick, headers=bearer(admin))
-        assert resp.status_code in (201, 429), resp.text  # 201 until visibility shows it
-        return resp if resp.status_code == 429 else None
-
-    resp = await wait_until(refused, timeout=30, interval=0.3)
+    # Counted exactly (the tenant's slots workflow): the very next launch is refused.
+    quick = scripted(finish_turn(), limits={"max_steps": 1})
+    resp = await stack.http.post("/v1/runs", json=quick, headers=bearer(admin))
+    assert resp.status_code == 429, resp.text
     assert resp.json()["type"].endswith("/quota-exceeded")
     assert int(resp.headers["retry-after"]) > 0
     await stack.http.post(f"/v1/runs/{first}/cancel", json={}, headers=bearer(admin))
@@ -357,7 +376,13 @@ async def test_quota_refuses_concurrent_runs_with_429_and_steps_with_422(stack: 
         json={"max_concurrent_runs": 1, "queue_when_busy": True},
         headers=stack.auth(Role.ADMIN),
     )
-    assert queueing.status_code == 422 and "not supported yet" in queueing.json()["detail"]
+    assert queueing.status_code == 200 and queueing.json()["quota"]["queue_when_busy"] is True
+    not_a_bool = await stack.http.put(
+        f"/v1/admin/tenants/{tenant}/quota",
+        json={"max_concurrent_runs": 1, "queue_when_busy": 1},
+        headers=stack.auth(Role.ADMIN),
+    )
+    assert not_a_bool.status_code == 422
     own_quota = await stack.http.put(
         f"/v1/admin/tenants/{tenant}/quota", json={}, headers=bearer(admin)
     )
@@ -390,7 +415,8 @@ async def test_usage_adds_up_across_runs_and_a_spent_budget_refuses_launches(
     assert usage["input_tokens"] == sum(v["usage"]["input_tokens"] for v in views) == 49
     assert usage["output_tokens"] == sum(v["usage"]["output_tokens"] for v in views) == 32
     assert usage["input_tokens"] == sum(r["input_tokens"] for r in usage["by_run"])
-    assert usage["tool_seconds"] is None and usage["sandbox_seconds"] is None
+    # No tool executed anything (finish only): measured, and nothing to count.
+    assert usage["tool_seconds"] == usage["sandbox_seconds"] == 0.0
     # The other tenants' runs are not in it.
     stack_usage = (await stack.http.get("/v1/usage")).json()
     assert not set(run_ids) & {r["run_id"] for r in stack_usage["by_run"]}
@@ -432,6 +458,63 @@ async def test_every_state_change_is_audited_whatever_its_outcome(stack: Stack) 
     assert viewer.status_code == 403
     verify = await stack.http.get("/v1/audit/verify", headers=stack.auth(Role.ADMIN))
     assert verify.json() == {"ok": True, "first_broken_seq": None}
+
+
+async def test_refused_state_changes_are_audited_as_attempts_and_refused_reads_are_not(
+    stack: Stack,
+) -> None:
+    target = f"/v1/runs/{unique('gone')}/cancel"
+    operator = stack.keys[Role.OPERATOR]
+    wrong_secret = operator[: operator.rindex("_") + 1] + "x" * 43
+    tries = [
+        ({}, 401),  # no key
+        (bearer(wrong_secret), 401),  # a real key id, not its secret
+        ({"X-Agentrun-Actor": "admin", **stack.auth(Role.OPERATOR)}, 400),
+        ({"Origin": "https://evil.example"}, 403),
+    ]
+    for headers, status in tries:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as bare:
+            resp = await bare.post(target, json={}, headers=headers)
+        assert resp.status_code == status, resp.text
+        assert resp.headers["x-request-id"]
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as bare:
+        assert (await bare.get(target.removesuffix("/cancel"))).status_code == 401
+    entries = (
+        await stack.http.get(
+            "/v1/audit",
+            params={"actor": "anonymous", "limit": 1000},
+            headers=stack.auth(Role.ADMIN),
+        )
+    ).json()["entries"]
+    attempts = [e for e in entries if target.removesuffix("/cancel") in e["target"]]
+    assert all(e["actor"] == "anonymous" and e["tenant_id"] == stack.tenant for e in attempts)
+    got = sorted((e["action"], e["outcome"], e["key_id"] or "") for e in attempts)
+    assert got == sorted(
+        [
+            ("run.cancel", "401 unauthenticated", ""),
+            ("run.cancel", "401 unauthenticated", key_id(operator)),
+            ("run.cancel", "400 actor-header-not-accepted", key_id(operator)),
+            ("request.refused", "403 origin-not-allowed", ""),
+        ]
+    ), got
+    assert all(e["target"] == f"POST {target}" for e in attempts)
+
+
+async def test_the_api_documentation_needs_a_key_unless_made_public(
+    stack: Stack, client: Client, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as bare:
+        for page in ("/openapi.json", "/docs", "/redoc"):
+            assert (await bare.get(page)).status_code == 401, page
+        assets = await bare.get("/docs/assets/swagger-ui.css")
+        assert assets.status_code == 200  # the bundled library files hold no data
+    viewer = await stack.http.get("/openapi.json", headers=stack.auth(Role.VIEWER))
+    assert viewer.status_code == 200 and "/v1/runs" in viewer.json()["paths"]
+    settings = api_settings(tmp_path, "tq-public-docs", api_public_docs=True)
+    async with serve_api(settings, client) as url, httpx.AsyncClient(base_url=url) as bare:
+        for page in ("/openapi.json", "/docs", "/redoc"):
+            assert (await bare.get(page)).status_code == 200, page
+        assert (await bare.get("/v1/runs")).status_code == 401
 
 
 async def test_an_altered_audit_entry_fails_verification_naming_it(

@@ -7,13 +7,21 @@ Temporal. `test_api_runs.py` covers the same answers over real HTTP with a serve
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 
 from api.app import create_app
-from api.errors import PROBLEM_CONTENT_TYPE, PayloadTooLarge, render_problem
+from api.errors import (
+    PROBLEM_CONTENT_TYPE,
+    PayloadTooLarge,
+    install_error_handlers,
+    render_problem,
+)
 from tests.api_fixtures import api_settings
 
 LIMIT = 1024
@@ -79,3 +87,24 @@ async def test_a_405_names_every_method_the_path_serves(tmp_path: Path) -> None:
     assert resp.status_code == 405
     assert resp.headers["allow"] == "GET, POST"
     assert resp.json()["detail"] == "/v1/runs supports GET, POST, not DELETE"
+
+
+async def test_a_locked_or_unreachable_accounts_database_is_503_with_retry_after() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/locked")
+    async def locked() -> None:
+        raise OperationalError(
+            "UPDATE api_keys SET last_used_at=? WHERE key_id=?",
+            ("2030-01-01", "0123456789ab"),
+            sqlite3.OperationalError("database is locked"),
+        )
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        resp = await http.get("/locked")
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] == "1"
+    assert resp.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert "api_keys" not in resp.text and "0123456789ab" not in resp.text

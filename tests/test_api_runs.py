@@ -116,7 +116,14 @@ async def test_post_run_returns_201_with_links_and_run_completes(stack: Stack) -
     assert view["final_answer"] == "forty-two"
     assert view["reason"] == "completed"
     assert view["steps"] == 1
-    assert view["usage"] == {"input_tokens": 10, "output_tokens": 10, "estimated": False}
+    # `finish` executes nothing and no sandbox was used: no tool or sandbox seconds.
+    assert view["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 10,
+        "estimated": False,
+        "tool_seconds": 0.0,
+        "sandbox_seconds": 0.0,
+    }
     assert view["source"] == "query"
     assert view["created_by"] == "alice"
     assert view["labels"] == {"suite": "api"}

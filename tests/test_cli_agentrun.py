@@ -537,6 +537,8 @@ async def test_usage_prints_the_totals_of_the_tenants_ended_runs(
     assert code == 0
     assert f"runs:       {totals['runs']}" in shown
     assert f"tokens:     {totals['input_tokens']} in, {totals['output_tokens']} out" in shown
+    seconds = f"{totals['tool_seconds']:.1f} s   sandbox time: {totals['sandbox_seconds']:.1f} s"
+    assert f"tool time:  {seconds}" in shown
     assert any(line.startswith(run_id) for line in shown.splitlines())
 
 
@@ -614,6 +616,7 @@ def test_console_script_is_installed_and_lists_every_command() -> None:
         "keys",
         "audit",
         "usage",
+        "secrets",
     ):
         assert command in result.stdout
 

@@ -18,13 +18,44 @@ FLOORS: dict[str, frozenset[str]] = {
     "agentrun": frozenset(),
     "accounts": frozenset({"agentrun"}),
     "store": frozenset({"agentrun"}),
-    "sandbox": frozenset({"agentrun"}),
-    "activities": frozenset({"agentrun", "store", "sandbox"}),
+    # The sandbox records its pool's size, claims and cold starts (`telemetry.metrics`).
+    "sandbox": frozenset({"agentrun", "telemetry"}),
+    # Tenants' secrets: the embedded backend keeps its ciphertext in the accounts
+    # database (its table and migration live there).
+    "secretstore": frozenset({"agentrun", "accounts"}),
+    # Observability (traces, metrics, logs): the OpenTelemetry setup every process's
+    # edge installs and the span/metric helpers activities and the API record with.
+    "telemetry": frozenset({"agentrun"}),
+    # Activities resolve a run's granted secrets in the worker (egress broker,
+    # redaction): never as activity input or output.
+    "activities": frozenset({"agentrun", "store", "sandbox", "secretstore", "telemetry"}),
     "workflows": frozenset({"agentrun", "activities"}),
-    "api": frozenset({"agentrun", "accounts", "store", "workflows"}),
-    "worker": frozenset({"agentrun", "accounts", "store", "sandbox", "activities", "workflows"}),
+    "api": frozenset({"agentrun", "accounts", "store", "workflows", "secretstore", "telemetry"}),
+    "worker": frozenset(
+        {
+            "agentrun",
+            "accounts",
+            "store",
+            "sandbox",
+            "activities",
+            "workflows",
+            "secretstore",
+            "telemetry",
+        }
+    ),
     "cli": frozenset(
-        {"agentrun", "accounts", "store", "sandbox", "activities", "workflows", "api", "worker"}
+        {
+            "agentrun",
+            "accounts",
+            "store",
+            "sandbox",
+            "activities",
+            "workflows",
+            "api",
+            "worker",
+            "secretstore",
+            "telemetry",
+        }
     ),
 }
 """`worker` is `worker.py`; `tests` and `bench` stand outside the house and import anything."""
@@ -98,3 +129,14 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
         "store/blob.py:2 (store) imports api",
         "sandbox/image/executor.py:1 (sandbox) imports sandbox",
     ]
+
+
+def test_the_application_image_copies_every_floor() -> None:
+    # The Dockerfile lists the floors one by one; a new floor it misses builds an
+    # image that fails at its first import (`accounts` once did).
+    copied = {
+        line.split()[1].rstrip("/").removesuffix(".py")
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    }
+    assert set(FLOORS) - copied == set()

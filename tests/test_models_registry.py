@@ -15,11 +15,18 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.models.base import ModelRequest
 from activities.models.errors import SERVER_ERROR_ATTEMPTS
-from activities.models.registry import OPENAI_DEFAULT_MODEL, build_providers, openai_endpoint
+from activities.models.registry import (
+    OPENAI_DEFAULT_MODEL,
+    build_providers,
+    openai_endpoint,
+    with_stored_keys,
+)
+from activities.secret_values import SecretValues
 from activities.tools import tool_schemas
 from agentrun.config import Settings
 from agentrun.contracts import Message, ModelRef, ScriptedTurn
 from cli.devstack import DevStack
+from secretstore import open_secret_store
 from tests.model_fixtures import FakeProvider
 
 OK_CHAT = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
@@ -280,3 +287,34 @@ def test_devstack_starts_the_embedded_model_exactly_when_the_worker_calls_it(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key-0001")
     # The key alone sends the worker to OpenAI; nothing calls the embedded model.
     assert not DevStack(settings(state_dir=tmp_path)).embedded_model_needed()
+
+
+async def test_provider_keys_named_in_the_secret_store_are_sent_and_redacted_from_logs(
+    fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    name = fake_provider.scenario(200, OK_CHAT)
+    cfg = settings(
+        openai_base_url=fake_provider.url(name, "/v1"),
+        openai_api_key_secret="openai-key",
+        state_dir=tmp_path,
+    )
+    stored = "sk-from-the-store-0003-abcdef"
+    store = open_secret_store(cfg)
+    try:
+        store.put(cfg.dev_tenant, "openai-key", stored)
+    finally:
+        store.close()
+    values = SecretValues(lambda tenant, secret: _reveal(cfg, tenant, secret))
+    keyed = with_stored_keys(cfg, values.value)
+    headers, _ = await call(fake_provider, name, keyed, {}, ModelRef())
+    assert headers["authorization"] == f"Bearer {stored}"
+    assert values.active_redactor().redact(f"key={stored}") == "key=[REDACTED:openai-key]"
+    assert with_stored_keys(settings(), values.value).openai_api_key is None  # none named
+
+
+def _reveal(cfg: Settings, tenant: str, secret: str) -> str:
+    store = open_secret_store(cfg)
+    try:
+        return store.get(tenant, secret).reveal()
+    finally:
+        store.close()

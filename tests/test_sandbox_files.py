@@ -103,6 +103,16 @@ def test_collect_returns_regular_files_and_skips_hidden_dirs(
     assert [f.path for f in only] == ["out/a.txt"]
 
 
+def test_collect_skips_a_file_nobody_may_read_and_keeps_the_others(
+    docker_sandbox: DockerSandbox, run_ref: RunRef
+) -> None:
+    # A command can make a file unreadable; the run still gets its other artifacts
+    # (an error here would cost it all of them, its transcript too).
+    sh(docker_sandbox, run_ref, "mkdir -p out; echo a > out/a; echo b > out/b; chmod 000 out/b")
+    files = {f.path: f.data for f in docker_sandbox.collect(run_ref, [])}
+    assert files == {"out/a": b"a\n"}
+
+
 def test_full_call_output_is_readable_beyond_max_output_bytes(
     docker_sandbox: DockerSandbox, run_ref: RunRef
 ) -> None:

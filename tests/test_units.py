@@ -210,18 +210,18 @@ async def test_delta_writer_flushes_on_exit_and_the_tail_returns_each_delta_once
         sink(Delta("text", ""))  # nothing to show: not logged
         sink(Delta("tool_call", "", index=0, name="shell"))  # a name alone is news
     tail = log.tail("t1", "run-1", 3)
-    first = tail.poll()
+    first = await tail.poll()
     assert [(d.n, d.kind, d.text, d.name) for d in first] == [
         (1, "text", "Hel", None),
         (2, "tool_call", "", "shell"),
     ]
-    assert tail.poll() == []
+    assert await tail.poll() == []
     async with log.writer("t1", "run-1", 3, attempt=2) as sink:
         sink(Delta("text", "lo"))
-    assert [(d.n, d.attempt, d.text) for d in tail.poll()] == [(3, 2, "lo")]
+    assert [(d.n, d.attempt, d.text) for d in await tail.poll()] == [(3, 2, "lo")]
     # A reader resuming after delta 2 starts at 3; other steps have their own logs.
-    assert [d.n for d in log.tail("t1", "run-1", 3, after_n=2).poll()] == [3]
-    assert log.tail("t1", "run-1", 4).poll() == []
+    assert [d.n for d in await log.tail("t1", "run-1", 3, after_n=2).poll()] == [3]
+    assert await log.tail("t1", "run-1", 4).poll() == []
 
 
 def test_delta_tail_waits_for_whole_lines_and_skips_damaged_ones(tmp_path: Path) -> None:
@@ -233,10 +233,10 @@ def test_delta_tail_waits_for_whole_lines_and_skips_damaged_ones(tmp_path: Path)
     )
     path.write_text(good + "\n{not json}\n" + good[:10])  # a batch caught half-written
     tail = log.tail("t1", "run-1", 1)
-    assert [d.n for d in tail.poll()] == [1]  # line 2 is damaged but keeps its number
+    assert [d.n for d in tail.poll_now()] == [1]  # line 2 is damaged but keeps its number
     with path.open("a") as file:
         file.write(good[10:] + "\n")
-    assert [d.n for d in tail.poll()] == [3]
+    assert [d.n for d in tail.poll_now()] == [3]
 
 
 @pytest.mark.parametrize("name", ["..", "../x", "a/b", "", ".hidden", "x" * 200])

@@ -14,6 +14,9 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from temporalio.client import Client
 
 from tests.conftest import ROOT
 
@@ -66,3 +69,27 @@ def test_the_worker_process_ends_without_finalizing_the_interpreter() -> None:
     assert proc.returncode == 1, proc.stderr
     assert "AGENTRUN_TEMPORAL_ADDRESS" in proc.stderr
     assert "finalized" not in proc.stderr
+
+
+def test_a_provider_key_missing_from_the_secret_store_stops_the_worker_naming_it(
+    client: Client, tmp_path: Path
+) -> None:
+    address = client.service_client.config.target_host
+    env = {
+        "AGENTRUN_TEMPORAL_ADDRESS": address,
+        "AGENTRUN_STATE_DIR": str(tmp_path),
+        "AGENTRUN_OPENAI_API_KEY_SECRET": "no-such-key",
+        "AGENTRUN_PAYLOAD_ENCRYPTION": "off",
+        "PATH": "",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot read a model provider key from the secret store" in proc.stderr
+    assert "'no-such-key'" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,6 +25,7 @@ from store.conversation import ConversationStore
 from tests.record_histories import SCENARIOS
 from tests.workflow_harness import finish, outcome, running_worker, scripted_spec, start_run, status
 from workflows.agent_run import AgentRunWorkflow
+from workflows.tenant_slots import TenantSlotsWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 STEPS = 100
@@ -92,7 +93,9 @@ def _recorded() -> list[Path]:
 @pytest.mark.parametrize("path", _recorded(), ids=lambda p: p.stem)
 async def test_committed_history_replays_deterministically(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[AgentRunWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[AgentRunWorkflow, TenantSlotsWorkflow], data_converter=pydantic_data_converter
+    )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
 

@@ -304,7 +304,7 @@ async def test_each_model_call_opens_a_delta_stream_the_events_query_reports(
         result = await outcome(handle)
         events = await all_events(handle)
         log = DeltaLog(settings.deltas_path)
-        logged = [log.tail("test", result.run_id, step).poll() for step in (1, 2)]
+        logged = [await log.tail("test", result.run_id, step).poll() for step in (1, 2)]
         final = await handle.query(AgentRunWorkflow.events, EventsQuery())
 
     started = {e.payload.step: e.seq for e in events if isinstance(e, ModelStartedEvent)}

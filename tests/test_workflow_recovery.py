@@ -61,6 +61,9 @@ def _spawn_worker(
         # Both workers share one sandbox namespace (they serve the same runs), and it is
         # this test's own, so no other test's janitor or pool can touch it.
         "AGENTRUN_SANDBOX_NAMESPACE": namespace,
+        # The test's clients (and its in-process worker) use the session's plain
+        # pydantic converter; a worker must share its clients' codec.
+        "AGENTRUN_PAYLOAD_ENCRYPTION": "off",
     }
     return subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py")],

@@ -16,7 +16,10 @@ its updates, signals and queries. The parts live beside it:
 - `workflows.errors`: how an exception ends the run;
 - `workflows.outcome` and `workflows.cancel_parent`: how the run's end shows in
   Temporal (`Completed`, `Failed` with the result in the failure, `Canceled` with it
-  in the memo), read back the same way by the API.
+  in the memo), read back the same way by the API;
+- `workflows.tenant_slots`: the tenant's concurrent-run quota. A run started
+  `queued` (`RunInput.slot`) waits for `slot_granted` before its first step; every
+  run with a slot releases it at its end, whatever the outcome.
 
 State: the loop's state is one model, `LoopState` (`self._state`), carried whole on
 continue-as-new; what one Temporal run holds beside it is `RunLocal` (`self._local`).
@@ -43,7 +46,7 @@ from typing import Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     # Safe to pass through: pure pydantic models and constants (no I/O, no mutable
@@ -64,11 +67,14 @@ with workflow.unsafe.imports_passed_through():
         MessageReceivedPayload,
         RunInput,
         RunResult,
+        RunSlot,
         RunStatus,
         RunStatusView,
+        SlotRelease,
         StatusChangedPayload,
         TerminalReason,
         UserMessage,
+        slots_workflow_id,
     )
 
 from workflows import transitions
@@ -82,7 +88,10 @@ from workflows.policies import (
     PATCH_DECISION_STATUS,
     PATCH_TEMPORAL_OUTCOME,
 )
+from workflows.run_metrics import RunMetrics
 from workflows.state import RunLocal
+from workflows.step_trace import StepTrace
+from workflows.tenant_slots import SLOT_GRANTED, TenantSlotsWorkflow
 
 __all__ = ["AgentRunWorkflow"]
 
@@ -96,6 +105,8 @@ class AgentRunWorkflow(AgentLoop):
         self._inp = inp
         self._state = inp.carried.model_copy(deep=True) if inp.carried else LoopState()
         self._local = RunLocal()
+        self._metrics = RunMetrics()  # replay-safe recordings (workflow.metric_meter)
+        self._steps = StepTrace()  # a span per step when the run is traced
         if inp.carried is not None:
             # The previous Temporal run's answered pause / cancel (defaults for runs
             # continued before they were carried).
@@ -106,6 +117,7 @@ class AgentRunWorkflow(AgentLoop):
     async def run(self, inp: RunInput) -> RunResult:
         try:
             if inp.carried is None:
+                await self._await_slot()
                 await self._start()
             result = await self._loop()
         except (Abort, ActivityError, ApplicationError) as err:
@@ -118,10 +130,49 @@ class AgentRunWorkflow(AgentLoop):
                 actor=SYSTEM_ACTOR, reason="cancelled"
             )
             result = await self._finish(TerminalReason.CANCELLED)
+            await self._release_slot()
             if workflow.patched(PATCH_TEMPORAL_OUTCOME):
                 workflow.upsert_memo({MEMO_RESULT: result})
             raise
+        await self._release_slot()
         return await self._end(result)
+
+    # ------------------------------------------------------------ tenant slot
+    #
+    # A run of a tenant with a concurrency quota holds one of its slots
+    # (`workflows.tenant_slots`): the API acquired it (`held`), or the run waits for
+    # it (`queued`). Runs without `slot` (no quota; every recorded history) issue
+    # none of these commands. Continue-as-new keeps the slot (same workflow id).
+
+    async def _await_slot(self) -> None:
+        """A `queued` run: join the tenant's queue and wait (status `queued`) for a
+        slot, or for a cancel (which ends the run `cancelled` and leaves the queue)."""
+        if self._inp.slot != RunSlot.QUEUED:
+            return
+        local = self._local
+        if not await self._tell_slots(TenantSlotsWorkflow.enqueue):
+            return  # nobody counts the tenant's runs any more: start
+        await workflow.wait_condition(lambda: local.slot_granted or local.cancel is not None)
+        if not local.slot_granted:
+            raise Abort(TerminalReason.CANCELLED)
+
+    async def _release_slot(self) -> None:
+        """At the run's end, whatever its outcome: hand the slot (or the place) on."""
+        if self._inp.slot is not None:
+            await self._tell_slots(TenantSlotsWorkflow.release)
+
+    async def _tell_slots(self, signal: Callable[[TenantSlotsWorkflow, SlotRelease], None]) -> bool:
+        slots = workflow.get_external_workflow_handle_for(
+            TenantSlotsWorkflow.run, slots_workflow_id(self._inp.tenant_id)
+        )
+        try:
+            await slots.signal(signal, SlotRelease(workflow_id=workflow.info().workflow_id))
+        except FailureError as err:
+            # The slots workflow is gone (terminated by hand): the next launch starts
+            # a new one, which counts from zero.
+            workflow.logger.warning("tenant slots unreachable: %s", err)
+            return False
+        return True
 
     async def _end(self, result: RunResult) -> RunResult:
         """End the Temporal run as its outcome says (`workflows.outcome`): return a
@@ -258,6 +309,11 @@ class AgentRunWorkflow(AgentLoop):
     @workflow.signal(name="deny")
     def deny_signal(self, raw: RawValue) -> None:
         self._decide_by_signal("deny", raw)
+
+    @workflow.signal(name=SLOT_GRANTED)
+    def slot_granted_signal(self) -> None:
+        """From the tenant's slots workflow: a `queued` run may start."""
+        self._local.slot_granted = True
 
     @workflow.signal(name="message")
     def message_signal(self, raw: RawValue) -> None:

@@ -75,3 +75,10 @@ def denial_reason(approved: bool, decision: ApprovalDecision) -> str | None:
     if approved:
         return None
     return f"denied by {decision.actor.subject}: {decision.reason or 'no reason given'}"
+
+
+def decision_label(approved: bool, decision: ApprovalDecision) -> str:
+    """The `decision` attribute of `agentrun_approval_wait_seconds`."""
+    if decision.actor == SYSTEM_ACTOR and decision.reason == EXPIRED_REASON:
+        return "expired"
+    return "approved" if approved else "denied"

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     # (their I/O never runs inside the workflow), and contracts is pure pydantic.
     from activities.model_activities import ModelActivities
     from activities.run_activities import RunActivities
+    from activities.slot_activities import SlotActivities
     from activities.tool_activities import ToolActivities
     from agentrun.contracts import (
         ArtifactRef,
@@ -40,6 +41,8 @@ with workflow.unsafe.imports_passed_through():
         InitRunOutput,
         ModelCallInput,
         ModelCallOutput,
+        ProbeRunsInput,
+        ProbeRunsOutput,
         SandboxControlInput,
         StoreArtifactInput,
         StoreEventsInput,
@@ -55,6 +58,8 @@ from workflows.policies import (
     INIT_RUN_TIMEOUT,
     MODEL_CALL_TIMEOUT,
     MODEL_RETRY,
+    PROBE_RETRY,
+    PROBE_TIMEOUT,
     SANDBOX_CONTROL_TIMEOUT,
     STORE_EVENTS_TIMEOUT,
     STORE_RETRY,
@@ -153,3 +158,18 @@ async def deliver_webhook(inp: WebhookInput) -> WebhookDeliveredPayload:
     except ActivityError as err:
         return WebhookDeliveredPayload(for_seq=seq, ok=False, error=describe(err))
     return WebhookDeliveredPayload(for_seq=seq, ok=True, status_code=out.status_code)
+
+
+async def probe_runs(inp: ProbeRunsInput) -> ProbeRunsOutput | None:
+    """The runs of `inp` that have ended or that Temporal does not know; None if the
+    probe failed (the slots workflow tries again at its next sweep)."""
+    try:
+        return await workflow.execute_activity_method(
+            SlotActivities.probe_runs,
+            inp,
+            start_to_close_timeout=PROBE_TIMEOUT,
+            retry_policy=PROBE_RETRY,
+        )
+    except ActivityError as err:
+        workflow.logger.warning("probing slot holders failed: %s", describe(err))
+        return None

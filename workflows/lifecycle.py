@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         StoreArtifactInput,
         StoreEventsInput,
         TerminalReason,
+        Usage,
         WebhookInput,
         new_event,
     )
@@ -43,7 +44,9 @@ with workflow.unsafe.imports_passed_through():
 from workflows import calls, transitions
 from workflows.errors import Abort, internal_error
 from workflows.policies import PATCH_TURN_CONTINUE_AS_NEW
+from workflows.run_metrics import RunMetrics
 from workflows.state import RunLocal
+from workflows.step_trace import StepTrace
 
 T = TypeVar("T")
 PREVIEW_CHARS = 300
@@ -51,11 +54,13 @@ PREVIEW_CHARS = 300
 
 
 class RunLifecycle:
-    """Waiting, ending and handing over; `AgentRunWorkflow` sets the three attributes."""
+    """Waiting, ending and handing over; `AgentRunWorkflow` sets the attributes."""
 
     _inp: RunInput
     _state: LoopState
     _local: RunLocal
+    _metrics: RunMetrics
+    _steps: StepTrace
 
     # ------------------------------------------------------------ boundaries
 
@@ -114,20 +119,24 @@ class RunLifecycle:
     async def _finish(self, reason: TerminalReason, error: str | None = None) -> RunResult:
         local, state = self._local, self._state
         local.reason, local.error, local.pending = reason, error, None
+        self._steps.ended()  # the finishing activities are the run's, not the last step's
         for ref in await calls.collect_artifacts(
             StoreArtifactInput(
                 run_id=self._inp.run_id,
                 tenant_id=self._inp.tenant_id,
                 collect_workspace=state.sandbox_started,
                 conversation_head=state.conversation_head,
+                secrets=self._inp.spec.secrets,
             )
         ):
             state.artifacts.append(ref)
             self._emit(ArtifactStoredPayload(name=ref.name, digest=ref.digest, size=ref.size))
         if state.sandbox_started:
             await self._sandbox("destroy", keep_workspace=self._inp.spec.sandbox.keep_workspace)
+            self._count_sandbox_time()
         status = transitions.terminal_status(reason)
         local.finished_at = workflow.now()
+        self._metrics.run_finished(status.value, reason.value)
         local.paused = False
         self._set_phase(status)
         cancelled = local.cancel is not None and reason == TerminalReason.CANCELLED
@@ -159,6 +168,16 @@ class RunLifecycle:
             usage=state.usage,
             artifacts=state.artifacts,
         )
+
+    def _count_sandbox_time(self) -> None:
+        """Add the time the run held its sandbox to its usage, once: from the first
+        sandbox tool call to now, the removal (paused time included). Workflow time,
+        so a replay adds the same number."""
+        state = self._state
+        if state.sandbox_since is not None:
+            held = round(max((workflow.now() - state.sandbox_since).total_seconds(), 0.0), 3)
+            state.usage = state.usage + Usage(sandbox_seconds=held)
+            state.sandbox_since = None
 
     async def _sandbox(
         self, action: Literal["pause", "resume", "destroy"], keep_workspace: bool | None = None

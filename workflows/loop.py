@@ -14,9 +14,11 @@ do I/O except through `workflows.calls`, or decide a transition's validity
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     # Safe to pass through: pure pydantic models and constants (no I/O, no mutable
@@ -25,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRequestedPayload,
         ApprovalResolvedPayload,
         DispatchToolInput,
+        EgressRequestPayload,
         InitRunInput,
         ModelCalledPayload,
         ModelCallInFlight,
@@ -40,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         ToolName,
         ToolResult,
         ToolResultPayload,
+        Usage,
     )
     from agentrun.search_attributes import (
         SA_AGENT,
@@ -83,6 +87,7 @@ class AgentLoop(RunLifecycle):
             ]
         )
         self._set_phase(RunStatus.RUNNING)
+        self._metrics.run_started()
         self._emit(
             RunStartedPayload(
                 goal=spec.goal[:PREVIEW_CHARS],
@@ -110,6 +115,8 @@ class AgentLoop(RunLifecycle):
             if finished is not None:
                 return finished
         while True:
+            self._metrics.step_ended()  # the previous step's model call and tools are done
+            self._steps.ended()
             await self._boundary()
             limit = transitions.limit_reached(state.step, state.usage, spec.limits)
             if limit is not None:
@@ -118,6 +125,8 @@ class AgentLoop(RunLifecycle):
                 await self._continue_as_new()
             state.step += 1
             self._local.steps_this_run += 1
+            self._metrics.step_started()
+            self._steps.started(state.step, self._inp.run_id, self._inp.tenant_id)
             # Messages that arrive while the model call is in flight wait for the next one.
             consumed = len(state.user_messages)
             if workflow.patched(PATCH_MODEL_STARTED):
@@ -209,6 +218,7 @@ class AgentLoop(RunLifecycle):
                     user_messages=list(state.user_messages[:consumed]),
                     tools=[t.value for t in spec.tools],
                     max_tool_calls=spec.limits.max_tool_calls_per_turn,
+                    secrets=spec.secrets,
                 )
             )
         )
@@ -219,24 +229,55 @@ class AgentLoop(RunLifecycle):
         if spec.approval.requires_approval(call.name):
             denied = await self._await_approval(call)
         self._emit(ToolCalledPayload(call_id=call.id, tool=call.name, arguments=call.preview))
-        if call.name in SANDBOX_TOOLS and denied is None:
+        if call.name in SANDBOX_TOOLS and denied is None and not self._state.sandbox_started:
+            # The run holds a sandbox from here until `_finish` removes it.
             self._state.sandbox_started = True
-        result = await self._race(
-            calls.start_tool(
-                DispatchToolInput(
-                    run_id=self._inp.run_id,
-                    tenant_id=self._inp.tenant_id,
-                    call=call,
-                    sandbox=spec.sandbox,
-                    secrets=spec.secrets,
-                    timeout_seconds=spec.limits.tool_timeout_seconds,
-                    max_output_bytes=spec.limits.max_tool_output_bytes,
-                    denied_reason=denied,
+            self._state.sandbox_since = workflow.now()
+        started = workflow.now()
+        try:
+            result = await self._race(
+                calls.start_tool(
+                    DispatchToolInput(
+                        run_id=self._inp.run_id,
+                        tenant_id=self._inp.tenant_id,
+                        call=call,
+                        sandbox=spec.sandbox,
+                        secrets=spec.secrets,
+                        timeout_seconds=spec.limits.tool_timeout_seconds,
+                        max_output_bytes=spec.limits.max_tool_output_bytes,
+                        denied_reason=denied,
+                        step=self._state.step,
+                        egress=spec.egress,
+                        exec_env=spec.exec_env,
+                    )
                 )
             )
-        )
+        except (Abort, ActivityError, asyncio.CancelledError):
+            # No result to say how long it ran (abandoned on deadline or cancel, or
+            # failed): counted until now, in workflow time.
+            self._add_tool_seconds((workflow.now() - started).total_seconds())
+            raise
         if result.output_artifact is not None:
             self._state.artifacts.append(result.output_artifact)
+        # Measured by the activity (in its result, so a replay adds the same number).
+        self._add_tool_seconds(result.tool_seconds)
+        for audit in result.egress:
+            # The broker's audit records, as they stand in history (replay emits the same).
+            self._emit(
+                EgressRequestPayload(
+                    step=audit.step,
+                    call_id=audit.call_id,
+                    tool=audit.tool,
+                    method=audit.method,
+                    host=audit.host,
+                    port=audit.port,
+                    allowed=audit.allowed,
+                    secret=audit.secret,
+                    status=audit.status,
+                    error=audit.error,
+                ),
+                attempt=result.attempt,
+            )
         self._emit(
             ToolResultPayload(
                 call_id=call.id,
@@ -250,6 +291,9 @@ class AgentLoop(RunLifecycle):
             attempt=result.attempt,
         )
         return result
+
+    def _add_tool_seconds(self, seconds: float) -> None:
+        self._state.usage = self._state.usage + Usage(tool_seconds=max(seconds, 0.0))
 
     async def _await_approval(self, call: ToolCall) -> str | None:
         """Wait for a decision; return None when approved, the denial reason otherwise."""
@@ -268,6 +312,7 @@ class AgentLoop(RunLifecycle):
                 expires_at=pending.expires_at,
             )
         )
+        self._metrics.approval_requested()
         webhook = self._inp.spec.webhook
         if webhook is not None and webhook.on_approval_request:
             self._spawn_webhook(webhook.url, self._state.events[-1])
@@ -287,6 +332,9 @@ class AgentLoop(RunLifecycle):
             raise Abort(TerminalReason.CANCELLED)
         approved, decision = local.decision
         local.decision = None
+        self._metrics.approval_decided(
+            approvals.decision_label(approved, decision), pending.requested_at
+        )
         self._set_phase(RunStatus.RUNNING)
         self._emit(
             ApprovalResolvedPayload(

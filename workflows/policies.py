@@ -104,3 +104,23 @@ PATCH_FINISH_MODE = "finish-mode"
 """Runs started before it took any reply without tool calls as the final answer; newer
 ones take it only in `finish: text` mode and when it is not empty, and otherwise ask the
 model to call a tool. Asked only when a reply calls no tool."""
+
+# --- tenant slots (`workflows.tenant_slots`): the leak probe and its rhythm.
+PROBE_RETRY = RetryPolicy(
+    # A few describe calls to Temporal; the `acquire` update waits on it, so it gives up
+    # soon (the next sweep tries again) rather than hold a launch for minutes.
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=2),
+    maximum_attempts=3,
+)
+PROBE_TIMEOUT = timedelta(seconds=10)
+"""Describing a tenant's holders and waiters (a few RPCs to the local Temporal)."""
+SLOTS_SWEEP_MIN_INTERVAL = timedelta(seconds=5)
+"""A full tenant's launch probes for leaked holders at most this often (a launch storm
+probes once, not once per launch)."""
+SLOTS_SWEEP_PERIOD = timedelta(seconds=15)
+"""While runs wait for a slot, leaked holders are probed this often, so a terminated
+holder's slot goes to the next waiter within about this long."""
+SLOTS_MISSING_GRACE = timedelta(seconds=60)
+"""A holder or waiter Temporal does not know is dropped only this long after its grant:
+the API acquires the slot first and starts the run after."""

@@ -56,3 +56,5 @@ class RunLocal:
     """The `AgentRunStatus` search attribute as last upserted by this run."""
     model_call: ModelCallInFlight | None = None
     done: bool = False
+    slot_granted: bool = False
+    """A run started `queued`: its tenant's slots workflow granted it a slot."""

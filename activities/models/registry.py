@@ -25,6 +25,10 @@ Where the values come from (first match wins; :func:`openai_endpoint`):
   ``https://api.anthropic.com``.
 * Anthropic API key: ``AGENTRUN_ANTHROPIC_API_KEY`` → ``ANTHROPIC_API_KEY`` (same
   pairing rule as OpenAI's).
+* Either key may instead live in the secret store (``AGENTRUN_OPENAI_API_KEY_SECRET``,
+  ``AGENTRUN_ANTHROPIC_API_KEY_SECRET``: a secret of the system tenant), read by the
+  worker at start (:func:`with_stored_keys`); it then counts as the ``AGENTRUN_…``
+  setting.
 * Model name: ``ModelRef.name`` → ``AGENTRUN_DEFAULT_MODEL``, the latter only for
   the default provider (a smollm2 default means nothing to Anthropic).
 * Tool choice: ``ModelRef.tool_choice`` → ``AGENTRUN_TOOL_CHOICE``.
@@ -41,7 +45,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
@@ -55,6 +60,7 @@ from activities.models.openai_compat import OpenAICompatProvider
 from activities.models.scripted import ScriptedProvider
 from agentrun.config import Settings
 from agentrun.contracts import ModelRef
+from telemetry.metrics import record_model_call
 
 __all__ = [
     "ModelProviders",
@@ -190,10 +196,13 @@ class ModelProviders:
                 "tool_choice": request.model.tool_choice or self.default_tool_choice,
             }
         )
+        # The model's latency and tokens (`telemetry.metrics`), per attempt.
+        label, started = f"{name}:{model or ''}", time.perf_counter()
         try:
-            return await self.provider(request.model).complete(replace(request, model=resolved))
+            reply = await self.provider(request.model).complete(replace(request, model=resolved))
         except ApplicationError as exc:
             error = bounded_attempts(exc, request.attempt)
+            record_model_call(label, time.perf_counter() - started, error.type or "error")
             # One line per failed attempt; the BENIGN category keeps Temporal from
             # logging the whole cause chain as a warning on every retry.
             log.warning(
@@ -211,6 +220,14 @@ class ModelProviders:
                 next_retry_delay=error.next_retry_delay,
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc.__cause__
+        record_model_call(
+            label,
+            time.perf_counter() - started,
+            "ok",
+            input_tokens=reply.usage.input_tokens,
+            output_tokens=reply.usage.output_tokens,
+        )
+        return reply
 
     async def aclose(self) -> None:
         """Close every client, even when one of them fails to close."""
@@ -222,6 +239,22 @@ class ModelProviders:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def with_stored_keys(settings: Settings, resolve: Callable[[str, str], str]) -> Settings:
+    """`settings` with the provider keys its `*_api_key_secret` settings name, read
+    from the secret store (`resolve(tenant, name)`, the system tenant's secrets).
+
+    The worker calls it once at start, before :func:`build_providers`; resolving
+    through the worker's `SecretValues` also puts the keys under log redaction."""
+    keys: dict[str, str] = {}
+    for field, secret in (
+        ("openai_api_key", settings.openai_api_key_secret),
+        ("anthropic_api_key", settings.anthropic_api_key_secret),
+    ):
+        if secret:
+            keys[field] = resolve(settings.dev_tenant, secret)
+    return settings.model_copy(update=keys) if keys else settings
 
 
 def _host(url: str) -> str:

@@ -8,7 +8,7 @@ new field always gets a default and no field is ever renamed or retyped.
 This package must stay dependency-free (pydantic and the standard library only): it
 is imported inside Temporal's workflow sandbox. Import from the package, never from
 its private modules (`_ids`, `_spec`, `_records`, `_events`, `_activities`,
-`_control`), which only keep each part a readable size.
+`_control`, `_slots`), which only keep each part a readable size.
 
 Large data never travels in these models. Conversations, tool arguments, tool
 output and files live in the content-addressed artifact store and are referred to
@@ -56,6 +56,8 @@ from agentrun.contracts._events import (
     ControlRejectedPayload,
     Delta,
     DeltaSink,
+    EgressRequestEvent,
+    EgressRequestPayload,
     EventPayload,
     EventSegment,
     EventsPage,
@@ -102,6 +104,7 @@ from agentrun.contracts._ids import (
 from agentrun.contracts._json_typed import JsonTyped
 from agentrun.contracts._records import (
     ArtifactRef,
+    EgressAudit,
     Message,
     PendingApproval,
     RawToolCall,
@@ -109,10 +112,26 @@ from agentrun.contracts._records import (
     ToolResult,
     Usage,
 )
+from agentrun.contracts._slots import (
+    ProbeRunsInput,
+    ProbeRunsOutput,
+    RunSlot,
+    SlotEntry,
+    SlotGrant,
+    SlotOutcome,
+    SlotRelease,
+    SlotRequest,
+    SlotsInput,
+    SlotsState,
+    SlotsView,
+    slots_workflow_id,
+)
 from agentrun.contracts._spec import (
     SYSTEM_ACTOR,
     Actor,
     ApprovalPolicy,
+    EgressInjection,
+    EgressRule,
     Limits,
     ModelRef,
     RunSpec,
@@ -149,6 +168,11 @@ __all__ = [
     "DeltaSink",
     "Digest",
     "DispatchToolInput",
+    "EgressAudit",
+    "EgressInjection",
+    "EgressRequestEvent",
+    "EgressRequestPayload",
+    "EgressRule",
     "ErrorKind",
     "EventPayload",
     "EventSegment",
@@ -174,12 +198,15 @@ __all__ = [
     "ModelStartedEvent",
     "ModelStartedPayload",
     "PendingApproval",
+    "ProbeRunsInput",
+    "ProbeRunsOutput",
     "RawToolCall",
     "RunEvent",
     "RunFinishedEvent",
     "RunFinishedPayload",
     "RunInput",
     "RunResult",
+    "RunSlot",
     "RunSpec",
     "RunStartedEvent",
     "RunStartedPayload",
@@ -190,6 +217,14 @@ __all__ = [
     "ScriptedToolCall",
     "ScriptedTurn",
     "SecretName",
+    "SlotEntry",
+    "SlotGrant",
+    "SlotOutcome",
+    "SlotRelease",
+    "SlotRequest",
+    "SlotsInput",
+    "SlotsState",
+    "SlotsView",
     "StatusChangedEvent",
     "StatusChangedPayload",
     "StoreArtifactInput",
@@ -215,6 +250,7 @@ __all__ = [
     "digest_of",
     "new_event",
     "run_ref_from_workflow_id",
+    "slots_workflow_id",
     "workflow_id_for",
 ]
 

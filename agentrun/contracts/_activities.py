@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from agentrun.contracts._events import RunEvent
 from agentrun.contracts._ids import Digest
 from agentrun.contracts._records import ArtifactRef, ToolCall, Usage
-from agentrun.contracts._spec import ModelRef, SandboxPolicy, ScriptedTurn
+from agentrun.contracts._spec import EgressRule, ModelRef, SandboxPolicy, ScriptedTurn
 
 # ---------------------------------------------------------------------------
 # Activity contracts
@@ -45,6 +45,9 @@ class ModelCallInput(BaseModel):
     max_tool_calls: int | None = None
     """The run's `Limits.max_tool_calls_per_turn`; the activity applies the smaller of
     it and the deployment's cap, and refuses the calls beyond."""
+    secrets: list[str] = Field(default_factory=list)
+    """The run's granted secret names (never values): their values are redacted from
+    the reply. Empty in inputs recorded before redaction."""
 
 
 class ModelCallOutput(BaseModel):
@@ -70,6 +73,12 @@ class DispatchToolInput(BaseModel):
     max_output_bytes: int
     denied_reason: str | None = None
     """When set, the call is not executed: a denial message is recorded for the model."""
+    step: int | None = None
+    """The run's step (for the egress audit records); None in inputs recorded before."""
+    egress: list[EgressRule] = Field(default_factory=list)
+    """The run's egress rules (`RunSpec.egress`): names of secrets, never values."""
+    exec_env: dict[str, str] = Field(default_factory=dict)
+    """`RunSpec.exec_env`: environment variable -> secret name."""
 
 
 class SandboxControlInput(BaseModel):
@@ -89,6 +98,9 @@ class StoreArtifactInput(BaseModel):
     collect_workspace: bool = True
     conversation_head: Digest | None = None
     """When set, the conversation is also stored, as the artifact `transcript.json`."""
+    secrets: list[str] = Field(default_factory=list)
+    """The run's granted secret names (never values): their values are redacted from
+    every file stored. Empty in inputs recorded before redaction."""
 
 
 class StoreArtifactOutput(BaseModel):

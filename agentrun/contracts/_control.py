@@ -10,6 +10,7 @@ from agentrun.contracts._events import EventSegment, RunEvent
 from agentrun.contracts._ids import Digest, RunStatus, TerminalReason
 from agentrun.contracts._json_typed import JsonTyped
 from agentrun.contracts._records import ArtifactRef, PendingApproval, ToolCall, Usage
+from agentrun.contracts._slots import RunSlot
 from agentrun.contracts._spec import Actor, RunSpec
 
 
@@ -89,6 +90,9 @@ class RunInput(BaseModel):
     """Continue-as-new after this many steps in one Temporal run (or when the SDK suggests)."""
     carried: LoopState | None = None
     """The loop state handed over by the previous run (field name kept: durable)."""
+    slot: RunSlot | None = None
+    """The tenant slot the run holds (`held`) or waits for (`queued`); None: the tenant
+    has no concurrency quota (and runs recorded before slots existed)."""
 
 
 class LoopState(BaseModel):
@@ -131,6 +135,10 @@ class LoopState(BaseModel):
     """How many times the run continued-as-new."""
     sandbox_started: bool = False
     """A sandbox tool ran, so there is a container to pause, collect and destroy."""
+    sandbox_since: datetime | None = None
+    """`workflow.now()` at the first sandbox tool call: the run holds a sandbox from
+    then until it is removed (`Usage.sandbox_seconds`). None before that, and for runs
+    whose sandbox started before it was recorded (they count no sandbox time)."""
     turn_calls: list[ToolCall] = Field(default_factory=list)
     """The current turn's tool calls not yet run. Carried only when the run continues
     in the middle of a turn; small, as calls hold their arguments by digest and a

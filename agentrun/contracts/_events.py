@@ -39,6 +39,7 @@ class EventType(StrEnum):
     CONTINUED_AS_NEW = "run.continued_as_new"
     RUN_FINISHED = "run.finished"
     CONTROL_REJECTED = "control.rejected"
+    EGRESS_REQUEST = "egress.request"
 
 
 class ControlAction(StrEnum):
@@ -204,6 +205,23 @@ class ControlRejectedPayload(EventPayload):
     """Why nothing changed, e.g. `InvalidTransition: the run is not paused`."""
 
 
+class EgressRequestPayload(EventPayload):
+    """One request a tool made through the egress broker (the audit record)."""
+
+    event_type = EventType.EGRESS_REQUEST
+    step: int | None = None
+    call_id: str
+    tool: str
+    method: str
+    host: str
+    port: int | None = None
+    allowed: bool
+    secret: str | None = None
+    """The name of the secret injected, never its value."""
+    status: int | None = None
+    error: str | None = None
+
+
 # ---------------------------------------------------------------------------
 # Events (a payload with its place in the run)
 # ---------------------------------------------------------------------------
@@ -288,6 +306,11 @@ class ControlRejectedEvent(_Event):
     payload: ControlRejectedPayload
 
 
+class EgressRequestEvent(_Event):
+    type: Literal[EventType.EGRESS_REQUEST] = EventType.EGRESS_REQUEST
+    payload: EgressRequestPayload
+
+
 RunEvent = Annotated[
     RunStartedEvent
     | StatusChangedEvent
@@ -302,7 +325,8 @@ RunEvent = Annotated[
     | WebhookDeliveredEvent
     | ContinuedAsNewEvent
     | RunFinishedEvent
-    | ControlRejectedEvent,
+    | ControlRejectedEvent
+    | EgressRequestEvent,
     Field(discriminator="type"),
 ]
 """Any run event; `type` selects the model (and so the payload's model)."""
@@ -324,6 +348,7 @@ _EVENT_MODELS: dict[EventType, type[_Event]] = {
         ContinuedAsNewEvent,
         RunFinishedEvent,
         ControlRejectedEvent,
+        EgressRequestEvent,
     )
 }
 

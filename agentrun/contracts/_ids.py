@@ -102,6 +102,8 @@ class ErrorKind(StrEnum):
     OUTPUT = LimitKind.OUTPUT.value
     DISK = LimitKind.DISK.value
     INTERRUPTED = LimitKind.INTERRUPTED.value
+    EGRESS_REFUSED = "egress_refused"
+    """`http_request` to a destination the run's egress rules do not allow."""
 
     @classmethod
     def from_limit(cls, limit: LimitKind) -> ErrorKind:

@@ -15,11 +15,20 @@ from agentrun.contracts._ids import Digest, ErrorKind
 
 
 class Usage(BaseModel):
+    """What a run (or one model call, one tool call) used; runs sum theirs with `+`."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
     """Some of the counts are agentrun's estimate (a server that reported no usage):
     a token budget may trip somewhat early or late on them."""
+    tool_seconds: float = Field(default=0.0, ge=0)
+    """Wall time the run's tool calls took, as measured by the tool activity
+    (`ToolResult.tool_seconds`). Runs recorded before it was measured hold 0."""
+    sandbox_seconds: float = Field(default=0.0, ge=0)
+    """How long the run held a sandbox: from its first sandbox tool call to the
+    container's removal, paused time included (a paused container still holds its
+    memory and workspace). Added when the sandbox is removed, at the run's end."""
 
     @property
     def total(self) -> int:
@@ -30,6 +39,8 @@ class Usage(BaseModel):
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             estimated=self.estimated or other.estimated,
+            tool_seconds=self.tool_seconds + other.tool_seconds,
+            sandbox_seconds=self.sandbox_seconds + other.sandbox_seconds,
         )
 
 
@@ -64,6 +75,29 @@ class ToolCall(BaseModel):
     """At most 300 characters of the arguments, for humans deciding on approvals."""
 
 
+class EgressAudit(BaseModel):
+    """One request the egress broker handled (allowed or refused): the audit record.
+
+    Names the secret it injected, never its value; no path or query either (a query
+    may be where a tool tried to smuggle data out).
+    """
+
+    run_id: str
+    step: int | None = None
+    call_id: str
+    tool: str
+    method: str
+    host: str
+    port: int | None = None
+    allowed: bool
+    secret: str | None = None
+    """The name of the secret the broker injected, if any."""
+    status: int | None = None
+    """The upstream's HTTP status; None when refused or when the upstream failed."""
+    error: str | None = None
+    """Why the request was refused or failed (a fixed sentence, no value)."""
+
+
 class ToolResult(BaseModel):
     call_id: str
     name: str
@@ -81,6 +115,14 @@ class ToolResult(BaseModel):
     """Set by `finish`."""
     attempt: int = 1
     """The activity attempt that produced this result."""
+    egress: list[EgressAudit] = Field(default_factory=list)
+    """The egress broker's audit records of this call's requests, in order (the
+    workflow emits each as an `egress.request` event). Empty before egress existed."""
+    tool_seconds: float = Field(default=0.0, ge=0)
+    """Wall time the tool took in the activity (container start-up included; for a
+    shell command re-attached after a worker crash, at least the command's own run
+    time). 0 for a call that executed nothing (denied, `finish`, unknown tool or
+    arguments that do not parse). Results recorded before it hold 0."""
 
 
 class ArtifactRef(BaseModel):

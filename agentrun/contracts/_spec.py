@@ -6,7 +6,7 @@ import re
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import ConfigDict, Field, JsonValue, field_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from agentrun.contracts._ids import NAME_PATTERN, SecretName, canonical_json, digest_of
 from agentrun.contracts._json_typed import JsonTyped
@@ -22,6 +22,19 @@ class ToolName(StrEnum):
     WRITE_FILE = "write_file"
     LIST_FILES = "list_files"
     FINISH = "finish"
+    HTTP_REQUEST = "http_request"
+    """Executed by the egress broker in the worker, never in the sandbox; a run lists it
+    explicitly (it is not among the default tools) and needs `RunSpec.egress` rules."""
+
+
+DEFAULT_TOOLS = (
+    ToolName.SHELL,
+    ToolName.READ_FILE,
+    ToolName.WRITE_FILE,
+    ToolName.LIST_FILES,
+    ToolName.FINISH,
+)
+"""The tools of a spec that names none (every tool but `http_request`)."""
 
 
 class ScriptedToolCall(JsonTyped):
@@ -154,6 +167,68 @@ class WebhookSpec(JsonTyped):
         return value
 
 
+EGRESS_HOST_PATTERN = (
+    r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?$"
+)
+"""A lower-case DNS name or dotted IPv4 address (no wildcards, ports or schemes)."""
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~\-]{1,100}$"
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class EgressInjection(JsonTyped):
+    """A credential the broker adds to every request to its rule's host.
+
+    Exactly one of `header`, `query` or `basic_username`: a header whose value is
+    `template` with `{value}` replaced by the secret, a query parameter (same
+    template), or HTTP basic auth with the secret as the password. The value is
+    resolved in the worker at request time; neither the sandbox nor the model sees it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    secret: SecretName
+    """A name listed in `RunSpec.secrets`."""
+    header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN)
+    query: str | None = Field(default=None, min_length=1, max_length=100)
+    basic_username: str | None = Field(default=None, max_length=200)
+    template: str = Field(default="{value}", max_length=500, examples=["Bearer {value}"])
+
+    @model_validator(mode="after")
+    def _one_place(self) -> EgressInjection:
+        places = [p for p in (self.header, self.query, self.basic_username) if p is not None]
+        if len(places) != 1:
+            raise ValueError("an injection sets exactly one of header, query, basic_username")
+        if self.template.count("{value}") != 1:
+            raise ValueError("template must contain {value} exactly once")
+        if self.basic_username is not None and ":" in self.basic_username:
+            raise ValueError("basic_username must not contain ':'")
+        return self
+
+
+class EgressRule(JsonTyped):
+    """One destination a run's tools may reach through the egress broker.
+
+    Tools talk plain HTTP to the broker's proxy (`http://host/...`, with
+    `HTTP_PROXY` set for them); the broker speaks `scheme` to `host:port` upstream,
+    so it can add the credential (a CONNECT tunnel could not: it carries TLS the
+    broker cannot read). Everything not matched by a rule is refused (403).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(max_length=253, pattern=EGRESS_HOST_PATTERN, examples=["api.example.com"])
+    scheme: Literal["https", "http"] = "https"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """`None`: 443 for https, 80 for http."""
+    inject: EgressInjection | None = None
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (443 if self.scheme == "https" else 80)
+
+
+SINCE_DIGESTS = ("egress", "exec_env")
+"""`RunSpec` fields newer than its first digests (see `RunSpec.spec_digest`)."""
+
+
 class RunSpec(JsonTyped):
     """What a client asks for when it launches a run."""
 
@@ -175,12 +250,18 @@ class RunSpec(JsonTyped):
     """Extra system instructions appended to the platform's system prompt."""
     agent: str = Field(default="default", pattern=NAME_PATTERN)
     model: ModelRef = Field(default_factory=ModelRef)
-    tools: list[ToolName] = Field(default_factory=lambda: list(ToolName))
+    tools: list[ToolName] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
     limits: Limits = Field(default_factory=Limits)
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
     secrets: list[SecretName] = Field(default_factory=list, max_length=64)
     """Names of secrets the broker may inject into tool executions (never their values)."""
+    egress: list[EgressRule] = Field(default_factory=list, max_length=64)
+    """Destinations the run's tools may reach through the egress broker (default: none;
+    the sandbox itself never has a route). See docs/api.md, "Egress"."""
+    exec_env: dict[str, SecretName] = Field(default_factory=dict, max_length=32)
+    """Environment variable name -> secret name: a `shell` call that lists the variable
+    in its `env_secrets` argument gets the value in its own process environment only."""
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     """Free-form labels, searchable as `key=value` in the API and the Temporal Web UI."""
     webhook: WebhookSpec | None = None
@@ -206,8 +287,38 @@ class RunSpec(JsonTyped):
             value = [*value, ToolName.FINISH]
         return list(dict.fromkeys(value))
 
+    @field_validator("exec_env")
+    @classmethod
+    def _exec_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.match(ENV_VAR_PATTERN, name):
+                raise ValueError(f"exec_env: {name!r} is not an environment variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _grants(self) -> RunSpec:
+        granted = set(self.secrets)
+        named = [r.inject.secret for r in self.egress if r.inject is not None]
+        named += list(self.exec_env.values())
+        missing = sorted({n for n in named if n not in granted})
+        if missing:
+            names = ", ".join(missing)
+            raise ValueError(
+                f"secrets used by egress or exec_env must be listed in secrets: {names}"
+            )
+        if ToolName.HTTP_REQUEST in self.tools and not self.egress:
+            raise ValueError("the http_request tool needs at least one egress rule")
+        return self
+
     def spec_digest(self) -> str:
-        return digest_of(canonical_json(self.model_dump(mode="json")))
+        dumped = self.model_dump(mode="json")
+        # Fields added since digests were first recorded are left out while empty, so
+        # a spec's digest (an idempotent launch's identity, kept in the run's memo)
+        # stays what it was before they existed.
+        for name in SINCE_DIGESTS:
+            if not dumped[name]:
+                del dumped[name]
+        return digest_of(canonical_json(dumped))
 
 
 class Actor(JsonTyped):

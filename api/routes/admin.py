@@ -60,9 +60,8 @@ class QuotaRequest(Quota):
 
     queue_when_busy: bool = Field(
         default=False,
-        description="Not supported yet: must be false (a launch over max_concurrent_runs "
-        "is refused with 429 and Retry-After)",
-        json_schema_extra={"const": False},
+        description="At max_concurrent_runs, queue a launch (202, the run waits `queued` "
+        "and starts when a run ends) instead of refusing it with 429 and Retry-After",
         strict=True,  # `0` is no boolean
     )
 
@@ -150,21 +149,6 @@ async def _call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def _refuse_queueing(quota: Quota | None) -> None:
-    if quota is not None and quota.queue_when_busy:
-        raise BadRequest(
-            "queue_when_busy is not supported yet: a launch over max_concurrent_runs is "
-            "refused with 429 and Retry-After; leave queue_when_busy false",
-            errors=[
-                {
-                    "loc": ["body", "queue_when_busy"],
-                    "msg": "not supported yet",
-                    "type": "not_supported",
-                }
-            ],
-        )
-
-
 @router.post(
     "/tenants",
     status_code=201,
@@ -181,7 +165,6 @@ async def create_tenant(
 ) -> TenantRecord:
     call_record(request).target = body.tenant_id
     _system_only(principal, settings, "create tenants")
-    _refuse_queueing(body.quota)
     return await _call(accounts.tenants.create, body.tenant_id, body.name, body.quota)
 
 
@@ -214,7 +197,6 @@ async def set_quota(
 ) -> TenantRecord:
     _visible(principal, settings, tenant)
     _system_only(principal, settings, "set quotas")
-    _refuse_queueing(quota)
     return await _call(accounts.tenants.set_quota, tenant, quota)
 
 

@@ -10,6 +10,7 @@ browser guess a content type (`nosniff`; downloads are attachments).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -78,11 +79,12 @@ async def download_artifact(
     ref = next((a for a in view.artifacts if a.digest == digest), None)
     if ref is None:
         raise NotFound(f"run {run_id} has no artifact {digest}")
+    # In a thread: with the S3 store these are network calls.
     try:
-        fh = store.open(digest)
+        fh = await asyncio.to_thread(store.open, digest)
+        size = await asyncio.to_thread(store.size, digest)
     except KeyError:
         raise NotFound(f"artifact {digest} is listed but missing from the artifact store") from None
-    size = store.size(digest)
 
     def chunks() -> Iterator[bytes]:
         with fh:

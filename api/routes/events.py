@@ -25,7 +25,7 @@ from api.routes.params import RunId, runs_router
 from api.schemas import SSE_CURSOR_PATTERN, EventsResponse
 from api.service import Handle, RunNotAnswering, describe, fetch_events
 from api.sse import Cursor, TailOpener, event_stream, sse_response
-from store.delta_log import DeltaLog
+from store.delta_log import DeltaStore
 
 router = runs_router()
 
@@ -90,7 +90,7 @@ def _start_cursor(after: int, last_event_id: str) -> Cursor:
         ) from None
 
 
-def _tails(deltas: DeltaLog | None, tenant: str, run_id: str, wanted: bool) -> TailOpener | None:
+def _tails(deltas: DeltaStore | None, tenant: str, run_id: str, wanted: bool) -> TailOpener | None:
     if not wanted or deltas is None:
         return None
     return lambda step, after_n: deltas.tail(tenant, run_id, step, after_n)

@@ -16,14 +16,24 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Body, Header, Query, Request, Response
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from agentrun.contracts import RunSpec, RunStatus
+from agentrun.config import Settings
+from agentrun.contracts import Actor, RunSpec, RunStatus
+from api.accounts_conn import AccountsConnection
 from api.admission import refusals
 from api.auth import call_record
 from api.deps import AccountsDep, ActorDep, ClientDep, SettingsDep, TenantDep
-from api.errors import PROBLEM_RESPONSES, BadRequest, Conflict, NotFound, problems
-from api.launcher import IdempotencyConflict, start_run
+from api.errors import (
+    PROBLEM_RESPONSES,
+    BadRequest,
+    Conflict,
+    NotFound,
+    UpstreamTimeout,
+    problems,
+)
+from api.launcher import IdempotencyConflict, StartedRun, launched_by_key, start_run
 from api.metering import record_view
 from api.queries import (
     CURSOR_PATTERN,
@@ -35,10 +45,13 @@ from api.queries import (
     decode_cursor,
     encode_cursor,
 )
-from api.quotas import check_launch
+from api.quotas import busy, check_launch
 from api.routes.params import RunId, runs_router
 from api.schemas import RunCreated, RunLinks, RunList, RunSummary, RunView
+from api.secret_grants import check_grants
 from api.service import memo_goal, run_view, summary_from_execution
+from api.slots import SlotRefused, SlotsNotAnswering
+from telemetry.metrics import instruments
 
 router = runs_router()
 
@@ -55,13 +68,19 @@ LIST_RPC_TIMEOUT = timedelta(seconds=10)
     summary="Launch a run",
     responses={
         200: {"model": RunCreated, "description": "Idempotent retry: the run this key started"},
-        **problems(409, 413, 422, 503),
+        202: {
+            "model": RunCreated,
+            "description": "The tenant runs its maximum of concurrent runs and queues "
+            "launches (quota `queue_when_busy`): the run is created `queued` and starts "
+            "when a slot frees (`queued: true`)",
+        },
+        **problems(409, 413, 422, 503, 504),
         422: {
             **PROBLEM_RESPONSES[422],
             "description": "Invalid request, or a spec this deployment does not run: a "
             "sandbox value over its maximum, an image outside its allow-list, network where "
             "it is off, a `webhook` without AGENTRUN_WEBHOOK_SECRET, steps or tokens over the "
-            "tenant's quota (`errors` lists each)",
+            "tenant's quota, `secrets` the tenant does not have (`errors` lists each)",
         },
         429: {
             **PROBLEM_RESPONSES[429],
@@ -94,27 +113,61 @@ async def create_run(
     same key with a different body is a 409. A spec over this deployment's limits
     (`api.admission`, also stated in this document's schemas) is a 422 before
     anything starts, and so is one over the tenant's quota (`api.quotas`: steps and
-    tokens 422, concurrent runs and budgets 429)."""
-    refused = refusals(settings, spec)
-    if refused:
-        raise BadRequest("; ".join(r.msg for r in refused), errors=[r.as_error() for r in refused])
-    await check_launch(client, settings, accounts, tenant, spec)
+    tokens 422, concurrent runs and budgets 429). A tenant that queues launches at
+    its maximum of concurrent runs gets 202: the run is created `queued`."""
     try:
-        started = await start_run(client, settings, tenant, spec, actor, idempotency_key)
+        started = (
+            await launched_by_key(client, tenant, spec, idempotency_key)
+            if idempotency_key
+            else None
+        )
+        if started is None:
+            started = await _launch(
+                client, settings, accounts, tenant, spec, actor, idempotency_key
+            )
     except IdempotencyConflict as exc:
         raise Conflict(str(exc), kind="idempotency-key-reused") from None
     call_record(request).target = started.run_id
+    outcome = "queued" if started.queued else "started" if started.created else "existing"
+    instruments().runs_launched.add(1, {"outcome": outcome})
     links = RunLinks.for_run(started.run_id)
     response.headers["Location"] = links.self
     if not started.created:
         response.status_code = 200
+    elif started.queued:
+        response.status_code = 202
     return RunCreated(
         run_id=started.run_id,
         workflow_id=started.workflow_id,
         created=started.created,
         spec_digest=started.spec_digest,
         links=links,
+        queued=started.queued,
     )
+
+
+async def _launch(
+    client: Client,
+    settings: Settings,
+    accounts: AccountsConnection,
+    tenant: str,
+    spec: RunSpec,
+    actor: Actor,
+    idempotency_key: str | None,
+) -> StartedRun:
+    """The launch checks (deployment limits, grants, quota), then the start."""
+    refused = refusals(settings, spec)
+    if refused:
+        raise BadRequest("; ".join(r.msg for r in refused), errors=[r.as_error() for r in refused])
+    # Before any slot is taken: a run never starts without a secret it was granted.
+    await check_grants(accounts, tenant, spec)
+    slots = await check_launch(client, settings, accounts, tenant, spec)
+    try:
+        return await start_run(client, settings, tenant, spec, actor, idempotency_key, slots=slots)
+    except SlotRefused as exc:
+        raise busy(exc) from None
+    except SlotsNotAnswering as exc:
+        raise UpstreamTimeout(str(exc)) from None
 
 
 # --------------------------------------------------------------------- list

@@ -2,7 +2,7 @@
 
 The totals are the sums of the per-run rows (`api.metering` records every ended
 run, reconciling with Temporal before it answers), so they add up to the runs
-listed. Tool and sandbox seconds are not tracked yet and answer null.
+listed. Tool and sandbox seconds are those the runs measured (`agentrun.contracts.Usage`).
 
 This module must not: count a run of another tenant.
 """
@@ -23,7 +23,11 @@ from api.queries import Timestamp
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
-NOT_TRACKED = "Not tracked yet (null): the workflow does not measure it"
+TOOL_SECONDS = "Wall time of the tool calls, as the tool activity measured each"
+SANDBOX_SECONDS = (
+    "Time a sandbox was held: from the first sandbox tool call to the container's "
+    "removal, paused time included (0 for a run that used no sandbox tool)"
+)
 
 
 class RunUsageView(BaseModel):
@@ -31,6 +35,8 @@ class RunUsageView(BaseModel):
     input_tokens: int
     output_tokens: int
     cost_usd: float = Field(description="Estimated from AGENTRUN_PRICE_TABLE (0: unpriced)")
+    tool_seconds: float = Field(description=TOOL_SECONDS)
+    sandbox_seconds: float = Field(description=SANDBOX_SECONDS)
     finished_at: datetime
 
 
@@ -42,8 +48,8 @@ class UsageReport(BaseModel):
     input_tokens: int
     output_tokens: int
     cost_usd: float
-    tool_seconds: float | None = Field(default=None, description=NOT_TRACKED)
-    sandbox_seconds: float | None = Field(default=None, description=NOT_TRACKED)
+    tool_seconds: float = Field(description=TOOL_SECONDS)
+    sandbox_seconds: float = Field(description=SANDBOX_SECONDS)
     by_run: list[RunUsageView] = Field(description="The runs summed, newest first")
 
 
@@ -80,12 +86,17 @@ async def get_usage(
         input_tokens=totals.input_tokens,
         output_tokens=totals.output_tokens,
         cost_usd=totals.cost_usd,
+        # Sums of millisecond values, without the float noise of adding them.
+        tool_seconds=round(totals.tool_seconds, 3),
+        sandbox_seconds=round(totals.sandbox_seconds, 3),
         by_run=[
             RunUsageView(
                 run_id=r.run_id,
                 input_tokens=r.input_tokens,
                 output_tokens=r.output_tokens,
                 cost_usd=r.cost_usd,
+                tool_seconds=r.tool_seconds,
+                sandbox_seconds=r.sandbox_seconds,
                 finished_at=r.finished_at,
             )
             for r in runs

@@ -37,6 +37,16 @@ a write past it fails with ENOSPC. The executor only names the limit: a call tha
 saw the workspace full and either used space or printed ENOSPC's message reports
 ``disk``; a later call that writes nothing is never blamed for it.
 
+Egress. A call whose request says `egress` gets an HTTP proxy of its own, listening
+on 127.0.0.1 in the container's network namespace (which has a loopback and no
+route: the container keeps `--network none`), for as long as the call runs; the
+command finds it in `HTTP_PROXY`/`http_proxy` (and `HTTPS_PROXY`, whose CONNECT
+tunnels are refused with a message saying to use http:// URLs). Each request it
+receives goes to the worker that runs the call as a line on stdout,
+``E <client> <eid> <base64 JSON>``, and waits for the worker's `egress_reply`
+request. The executor decides nothing about where a request may go: the worker's
+broker does (allow-list, credentials), and it never sends a credential back here.
+
 Layout: `STATE` holds what lasts across calls (owner, the running calls); one `Call`
 holds everything about one command. `run_call` takes a call through its steps:
 `begin` (baselines), `spawn`, `pump` (stdout/stderr into capped sinks, deadline,
@@ -64,6 +74,9 @@ from collections.abc import Callable
 from typing import Any
 
 VERSION = 1
+FEATURES = ("egress",)
+"""What this executor supports beyond `VERSION` (in `hello`): the worker checks before
+it relies on one, so an older image fails with "rebuild it", not with silence."""
 WORKSPACE = "/workspace"
 STATE_DIR = os.path.join(WORKSPACE, ".agentrun")
 CALLS_DIR = os.path.join(STATE_DIR, "calls")
@@ -164,6 +177,14 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def send_egress(client: str, eid: str, payload: dict[str, Any]) -> None:
+    body = base64.b64encode(json.dumps(payload).encode()).decode()
+    line = f"E {client} {eid} {body}\n"
+    with _out_lock:
+        sys.stdout.buffer.write(line.encode())
+        sys.stdout.buffer.flush()
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -236,6 +257,9 @@ class Call:
         self.dir = call_dir
         self.req = req
         self.ack: Any = req["_ack"]
+        self.client: str = str(req.get("_client", ""))
+        """The worker that answers this call's egress requests (the latest to ask for it)."""
+        self.proxy: Any = None
         self.done = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.kill_reason: str | None = None
@@ -412,6 +436,11 @@ def begin(call: Call) -> None:
     head = int(req.get("max_output", 16384))
     call.env = dict(BASE_ENV)
     call.env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    if req.get("egress"):
+        call.proxy = start_proxy(call)
+        url = f"http://127.0.0.1:{call.proxy.server_address[1]}"
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            call.env[name] = url
     call.pids0 = counter(PIDS_EVENTS, "max")
     call.oom0 = counter(OOM_CONTROL, "oom_kill")
     call.free0, call.saw_full = workspace_free()
@@ -571,12 +600,14 @@ def run_call(call: Call) -> dict[str, Any]:
     try:
         proc = spawn(call)
     except OSError as exc:
+        stop_proxy(call)
         return spawn_failed(call, exc)
     try:
         pump(call, proc)
     finally:
         # Nothing of a call outlives it, whether it exited, timed out or hit a limit.
         end_processes(call)
+        stop_proxy(call)
     status = reap(call, proc)
     exit_code, limit = attribute_limit(call, status)
     return call.result(exit_code, limit)
@@ -697,6 +728,8 @@ def op_exec(req: dict[str, Any]) -> dict[str, Any]:
         else:
             owner = False
     if not owner:
+        # A retried call (its first worker may be gone): its egress goes to us now.
+        call.client = str(req.get("_client", call.client))
         while not call.done.wait(0.05):
             req["_ack"]()
         return call_result(call_dir, max_output, True)
@@ -844,11 +877,183 @@ def op_walk(req: dict[str, Any]) -> dict[str, Any]:
     return {"files": files[:limit]}
 
 
+# --------------------------------------------------------------------------- egress
+
+EGRESS_WAIT_S = 120.0
+"""How long a proxied request waits for the worker's answer (then 504)."""
+EGRESS_MAX_BODY = 8 << 20
+"""The largest request body a command may send through the proxy (then 413)."""
+EGRESS_IN_FLIGHT = 8
+"""Proxied requests of one call in flight at once (more wait): each is a thread in the
+worker, so a command opening a thousand connections must not become a thousand."""
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
+
+
+class _Reply:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+_egress_lock = threading.Lock()
+_egress_waiting: dict[str, _Reply] = {}
+_egress_ids = iter(range(1, 1 << 62))
+
+
+def egress_roundtrip(call: Call, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Send one proxied request to the call's worker; its reply, or None on timeout."""
+    slot = _Reply()
+    with _egress_lock:
+        eid = f"{os.getpid()}-{next(_egress_ids)}"
+        _egress_waiting[eid] = slot
+    try:
+        send_egress(call.client, eid, {"call": call.req["call"], **payload})
+        slot.event.wait(EGRESS_WAIT_S)
+        return slot.reply
+    finally:
+        with _egress_lock:
+            _egress_waiting.pop(eid, None)
+
+
+def op_egress_reply(req: dict[str, Any]) -> dict[str, Any]:
+    """The worker's answer to a proxied request (idempotent: a resend is ignored)."""
+    with _egress_lock:
+        slot = _egress_waiting.get(str(req.get("id")))
+    if slot is not None and not slot.event.is_set():
+        slot.reply = req
+        slot.event.set()
+    return {}
+
+
+def start_proxy(call: Call) -> Any:
+    """The call's HTTP proxy on the container's loopback (an ephemeral port), serving."""
+    # Imported here: only calls with egress pay for the http.server import.
+    import http.server
+
+    in_flight = threading.BoundedSemaphore(EGRESS_IN_FLIGHT)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "agentrun-egress"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # stderr is the worker's debug channel, not an access log
+
+        def _plain(self, status: int, text: str) -> None:
+            body = (text + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_CONNECT(self) -> None:
+            self._plain(
+                405,
+                "agentrun egress: CONNECT (https through the proxy) is not supported; "
+                "request http://host/... and the broker speaks https to allowed hosts",
+            )
+
+        def _body(self) -> bytes | None:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                out = bytearray()
+                while True:
+                    size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                            pass
+                        return bytes(out)
+                    if len(out) + size > EGRESS_MAX_BODY:
+                        return None
+                    out += self.rfile.read(size)
+                    self.rfile.readline(1024)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > EGRESS_MAX_BODY:
+                return None
+            return self.rfile.read(length) if length > 0 else b""
+
+        def _forward(self) -> None:
+            if not self.path.lower().startswith("http://"):
+                self._plain(
+                    400,
+                    "agentrun egress: send absolute http:// URLs through the proxy "
+                    "(HTTP_PROXY is set for this command)",
+                )
+                return
+            try:
+                body = self._body()
+            except ValueError:
+                self._plain(400, "agentrun egress: malformed chunked body")
+                return
+            if body is None:
+                self._plain(413, f"agentrun egress: request body over {EGRESS_MAX_BODY} bytes")
+                return
+            headers = [[k, v] for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+            with in_flight:
+                reply = egress_roundtrip(
+                    call,
+                    {
+                        "method": self.command,
+                        "url": self.path,
+                        "headers": headers,
+                        "body": b64(body),
+                    },
+                )
+            if reply is None:
+                self._plain(504, "agentrun egress: the broker did not answer in time")
+                return
+            data = base64.b64decode(reply.get("body") or "")
+            self.send_response(int(reply.get("status", 502)))
+            for k, v in reply.get("headers") or []:
+                if str(k).lower() not in HOP_BY_HOP:
+                    self.send_header(str(k), str(v))
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    return server
+
+
+def stop_proxy(call: Call) -> None:
+    if call.proxy is not None:
+        call.proxy.shutdown()
+        call.proxy.server_close()
+        call.proxy = None
+
+
 # --------------------------------------------------------------------------- control
 
 
 def op_hello(req: dict[str, Any]) -> dict[str, Any]:
-    return {"version": VERSION, "pid": os.getpid(), "owner": STATE.owner}
+    return {
+        "version": VERSION,
+        "features": list(FEATURES),
+        "pid": os.getpid(),
+        "owner": STATE.owner,
+    }
 
 
 def op_claim(req: dict[str, Any]) -> dict[str, Any]:
@@ -882,6 +1087,7 @@ OPS = {
     "commit": op_commit,
     "list": op_list,
     "walk": op_walk,
+    "egress_reply": op_egress_reply,
 }
 
 
@@ -899,6 +1105,7 @@ def handle(client: str, rid: str, raw: bytes) -> None:
     try:
         req = json.loads(raw)
         req["_ack"] = ack
+        req["_client"] = client
         name = str(req.get("op"))
         op = OPS.get(name)
         if op is None:
