@@ -37,7 +37,7 @@ from temporalio.worker import Replayer
 
 from accounts.roles import Role
 from agentrun.config import Settings
-from agentrun.contracts import RunStatus
+from agentrun.contracts import RunResult, RunStatus
 from agentrun.payload_codec import (
     ENCRYPTED_ENCODING,
     KEY_ID_METADATA,
@@ -273,7 +273,7 @@ class Deployment:
             resp = await http.post("/v1/runs", json=scripted(finish_turn(answer), goal=goal))
         assert resp.status_code == 201, resp.text
         workflow_id: str = resp.json()["workflow_id"]
-        handle = self.client.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+        handle = self.client.get_workflow_handle(workflow_id, result_type=RunResult)
         result = await handle.result()
         assert result.status == RunStatus.COMPLETED
         return workflow_id
@@ -386,11 +386,11 @@ async def test_raw_history_is_ciphertext_and_the_codec_server_reads_it(
         assert code != 0 and marker not in out
 
         # The Python SDK path: production's client reads the result ...
-        handle = dep.client.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id)
+        handle = dep.client.get_workflow_handle(workflow_id, result_type=RunResult)
         assert answer in ((await handle.result()).final_answer or "")
         # ... a client without the codec cannot.
         with pytest.raises(Exception) as caught:
-            await client.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id).result()
+            await client.get_workflow_handle(workflow_id, result_type=RunResult).result()
         assert answer not in str(caught.value)
 
 
@@ -399,7 +399,9 @@ async def test_recorded_histories_and_an_encrypted_one_replay_with_the_encryptin
 ) -> None:
     async with deployment(temporal_env, tmp_path) as dep:
         workflow_id = await dep.launch("replay me", "replayed")
-        encrypted = await dep.client.get_workflow_handle(workflow_id).fetch_history()
+        encrypted = await dep.client.get_workflow_handle(
+            workflow_id, result_type=RunResult
+        ).fetch_history()
     converter = encrypting_converter(load_key_ring(dep.settings))
     # The workflows the committed histories record (tests/test_workflow_history.py).
     replayer = Replayer(workflows=[AgentRunWorkflow, TenantSlotsWorkflow], data_converter=converter)
@@ -424,7 +426,7 @@ async def test_a_run_written_under_an_old_key_reads_after_rotation_and_not_witho
     # Every process restarts on the rotated file: the old run still reads, new ones
     # are written under the new key.
     async with deployment(temporal_env, tmp_path) as after:
-        handle = after.client.get_workflow_handle_for(AgentRunWorkflow.run, old_run)
+        handle = after.client.get_workflow_handle(old_run, result_type=RunResult)
         assert (await handle.result()).final_answer == "old answer"
         new_run = await after.launch("written under the second key", "new answer")
         raw = json.loads(await show(client, new_run))
@@ -447,7 +449,7 @@ async def test_a_run_written_under_an_old_key_reads_after_rotation_and_not_witho
         data_converter=encrypting_converter(without_old),
     )
     with pytest.raises(PayloadDecryptError) as caught:
-        await lost.get_workflow_handle_for(AgentRunWorkflow.run, old_run).result()
+        await lost.get_workflow_handle(old_run, result_type=RunResult).result()
     assert caught.value.key_id == first.current
     assert f"key {first.current!r}, which is not in the trimmed key file" in str(caught.value)
 
@@ -641,7 +643,7 @@ async def test_a_failed_run_keeps_its_failure_encrypted_and_the_api_still_reads_
         assert resp.status_code == 201, resp.text
         run_id, workflow_id = resp.json()["run_id"], resp.json()["workflow_id"]
         with pytest.raises(WorkflowFailureError):
-            await dep.client.get_workflow_handle(workflow_id).result()
+            await dep.client.get_workflow_handle(workflow_id, result_type=RunResult).result()
         view = (await http.get(f"/v1/runs/{run_id}")).json()
         raw = json.loads(await show(client, workflow_id))
     # The API, on production's client, reads the outcome from the encrypted failure.

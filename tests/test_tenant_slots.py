@@ -165,9 +165,7 @@ QUICK = scripted(finish_turn(), limits={"max_steps": 1})
 
 
 async def slots_view(stack: Stack, tenant: str) -> SlotsView:
-    handle = stack.client.get_workflow_handle_for(
-        TenantSlotsWorkflow.run, slots_workflow_id(tenant)
-    )
+    handle = stack.client.get_workflow_handle(slots_workflow_id(tenant))
     return await handle.query(TenantSlotsWorkflow.view)
 
 
@@ -368,7 +366,7 @@ async def test_the_slots_workflow_continues_as_new_with_its_holders_and_waiters(
         for i in range(SUGGEST_CONTINUE_AS_NEW_AFTER):
             with pytest.raises(SlotRefused):
                 await acquire(f"refused-{i}")
-        handle = client.get_workflow_handle_for(TenantSlotsWorkflow.run, slots_id)
+        handle = client.get_workflow_handle(slots_id)
 
         async def continued() -> bool:
             return (await handle.describe()).run_id != first_run
