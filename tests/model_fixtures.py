@@ -45,6 +45,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A 127.0.0.1 port that refuses connections for the whole test.
+
+    Held bound without `listen()`: a connection gets RST at once, and no server
+    the test starts (nor an outgoing connection's source port) can take it, as
+    could happen with a port that was only free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 @dataclass
 class Canned:
     status: int = 200

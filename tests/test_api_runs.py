@@ -767,8 +767,10 @@ async def test_health_readiness_and_openapi(stack: Stack) -> None:
     assert doc["components"]["schemas"]["RunSpec"]["examples"]
 
 
-async def test_temporal_unreachable_gives_503_but_healthz_stays_up(tmp_path: Path) -> None:
-    settings = api_settings(tmp_path, "tq-x", temporal_address=f"127.0.0.1:{free_port()}")
+async def test_temporal_unreachable_gives_503_but_healthz_stays_up(
+    tmp_path: Path, refused_port: int
+) -> None:
+    settings = api_settings(tmp_path, "tq-x", temporal_address=f"127.0.0.1:{refused_port}")
     async with (
         serve_api(settings, None) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,

@@ -17,7 +17,6 @@ from temporalio.client import Client
 
 from accounts.roles import Role
 from tests.api_fixtures import Stack, api_stack, bearer, finish_turn, scripted, unique
-from tests.model_fixtures import free_port
 from tests.vault_fixtures import OpenBao
 
 VALUE = "sk-live-api-test-7c41e0d9a2"
@@ -194,12 +193,14 @@ async def test_the_api_on_openbao_stores_where_an_operator_finds_it(
         assert not (tmp_path / "state" / "secrets.key").exists()  # no embedded key made
 
 
-async def test_an_unreachable_vault_is_503_not_500(client: Client, tmp_path: Path) -> None:
+async def test_an_unreachable_vault_is_503_not_500(
+    client: Client, tmp_path: Path, refused_port: int
+) -> None:
     async with api_stack(
         client,
         tmp_path / "state",
         secret_backend="vault",
-        vault_addr=f"http://127.0.0.1:{free_port()}",
+        vault_addr=f"http://127.0.0.1:{refused_port}",
         vault_token="unused-token-value",
         vault_timeout_seconds=1,
     ) as down:

@@ -31,7 +31,6 @@ from store.artifacts import (
 from store.backends import open_artifact_store
 from store.conversation import ConversationStore
 from store.s3 import S3ArtifactStore
-from tests.model_fixtures import free_port
 from tests.s3_fixtures import SeaweedS3
 
 
@@ -152,11 +151,13 @@ def test_s3_refused_credentials_are_misconfigured_not_retryable(
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_s3_unreachable_endpoint_is_unavailable_and_retryable(tmp_path: Path) -> None:
+def test_s3_unreachable_endpoint_is_unavailable_and_retryable(
+    tmp_path: Path, refused_port: int
+) -> None:
     settings = load_settings(
         state_dir=tmp_path,
         artifact_store="s3",
-        s3_endpoint=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        s3_endpoint=f"http://127.0.0.1:{refused_port}",  # nothing listens there
         s3_bucket="nowhere",
         s3_access_key_id="k",
         s3_secret_access_key="s",

@@ -45,7 +45,6 @@ from tests.api_fixtures import (
     unique,
     wait_until,
 )
-from tests.model_fixtures import free_port
 from worker import build_worker
 
 AGENTRUN = Path(sys.executable).parent / "agentrun"
@@ -580,10 +579,13 @@ async def test_logs_of_an_ended_run_without_a_worker_prints_its_recorded_outcome
 
 
 async def test_usage_errors_and_unreachable_api(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused_port: int,
 ) -> None:
     monkeypatch.setenv("AGENTRUN_STATE_DIR", str(tmp_path))
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{refused_port}"
     out = io.StringIO()
     code = await asyncio.to_thread(cli.main, ["--api-url", url, "ls"], out)
     assert code == 1 and "cannot reach the agentrun API" in capsys.readouterr().err

@@ -23,7 +23,6 @@ from agentrun.config import ConfigError, Settings, load_settings
 from agentrun.contracts import Delta
 from store.delta_log import DeltaLog, DeltaStore, open_delta_store
 from store.delta_stream import RedisDeltaStore, stream_key
-from tests.model_fixtures import free_port
 from tests.redis_fixtures import RedisServer
 
 BACKENDS = ["local", "redis"]
@@ -238,11 +237,11 @@ async def test_a_damaged_redis_entry_keeps_its_number_and_yields_nothing(
 
 
 async def test_a_redis_write_failure_fails_the_model_call_instead_of_dropping_deltas(
-    tmp_path: Path,
+    tmp_path: Path, refused_port: int
 ) -> None:
     """Nothing listens on the port: the writer's error reaches the caller (the model
     call fails and Temporal retries it as a new attempt), never a silent gap."""
-    store = RedisDeltaStore.from_url(f"redis://127.0.0.1:{free_port()}/0", retention_seconds=60)
+    store = RedisDeltaStore.from_url(f"redis://127.0.0.1:{refused_port}/0", retention_seconds=60)
     try:
         with pytest.raises(RedisConnectionError):
             async with store.writer("t1", run_id(), 1, attempt=1) as sink:

@@ -22,7 +22,7 @@ from activities.models.base import PERMANENT_TYPES, RETRYABLE_TYPES, ModelProvid
 from activities.models.errors import EXCERPT_CHARS, body_excerpt, retry_after
 from activities.models.openai_compat import OpenAICompatProvider
 from agentrun.contracts import Message, ModelRef
-from tests.model_fixtures import FakeProvider, free_port
+from tests.model_fixtures import FakeProvider
 
 API_KEY = "sk-test-Zq8vT3kPw9LmN2xR7sY4"
 
@@ -183,9 +183,11 @@ async def test_a_hanging_provider_times_out_as_retryable_model_timeout(
 
 
 @PROVIDERS
-async def test_connection_refused_is_retryable_unavailable(make: MakeProvider) -> None:
+async def test_connection_refused_is_retryable_unavailable(
+    make: MakeProvider, refused_port: int
+) -> None:
     provider = (OpenAICompatProvider if make is openai else AnthropicProvider)(
-        base_url=f"http://127.0.0.1:{free_port()}", api_key=API_KEY, default_model="m"
+        base_url=f"http://127.0.0.1:{refused_port}", api_key=API_KEY, default_model="m"
     )
     error = await failure(provider)
     assert error.type == "ModelUnavailable"

@@ -66,7 +66,6 @@ from tests.api_fixtures import (
     unique,
 )
 from tests.conftest import ROOT
-from tests.model_fixtures import free_port
 from tests.workflow_harness import temporal
 from worker import build_worker
 from workflows.agent_run import AgentRunWorkflow
@@ -577,8 +576,10 @@ async def test_the_web_ui_origin_gets_cors_on_the_codec_routes_and_nowhere_else(
         assert resp.status_code == 403 and resp.json()["type"].endswith("origin-not-allowed")
 
 
-async def test_with_encryption_off_the_codec_server_answers_404(tmp_path: Path) -> None:
-    unreachable = f"127.0.0.1:{free_port()}"  # the codec server needs no Temporal
+async def test_with_encryption_off_the_codec_server_answers_404(
+    tmp_path: Path, refused_port: int
+) -> None:
+    unreachable = f"127.0.0.1:{refused_port}"  # the codec server needs no Temporal
     settings = api_settings(
         tmp_path, "unused", payload_encryption=False, temporal_address=unreachable
     )
@@ -592,13 +593,13 @@ async def test_with_encryption_off_the_codec_server_answers_404(tmp_path: Path) 
 
 
 async def test_the_codec_routes_are_not_counted_against_the_key_rate_limit(
-    tmp_path: Path,
+    tmp_path: Path, refused_port: int
 ) -> None:
     # `temporal workflow show` calls the codec about five times per run step.
     settings = api_settings(
         tmp_path,
         "unused",
-        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_address=f"127.0.0.1:{refused_port}",
         api_rate_limit_per_minute=1,
         api_rate_limit_burst=2,
     )

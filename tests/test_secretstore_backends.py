@@ -27,7 +27,6 @@ from secretstore import (
     open_secret_store,
 )
 from secretstore._embedded import EmbeddedSecretStore
-from tests.model_fixtures import free_port
 from tests.vault_fixtures import OpenBao
 
 VALUE = "ghp_plaintextMarker_5f3a9c1e7b"
@@ -155,11 +154,13 @@ def test_the_policy_token_cannot_reach_outside_agentrun_paths(openbao: OpenBao) 
     store.close()
 
 
-def test_an_unreachable_server_is_unavailable_and_retryable(tmp_path: Path) -> None:
+def test_an_unreachable_server_is_unavailable_and_retryable(
+    tmp_path: Path, refused_port: int
+) -> None:
     settings = load_settings(
         state_dir=tmp_path,
         secret_backend="vault",
-        vault_addr=f"http://127.0.0.1:{free_port()}",
+        vault_addr=f"http://127.0.0.1:{refused_port}",
         vault_token="whatever-token",
         vault_timeout_seconds=2,
     )

@@ -54,7 +54,9 @@ class SecretPut(BaseModel):
         min_length=MIN_VALUE_CHARS,
         max_length=MAX_VALUE_CHARS,
         description=f"The value ({MIN_VALUE_CHARS}-{MAX_VALUE_CHARS} characters; shorter "
-        "values could not be redacted from tool output). Never returned.",
+        "values could not be redacted from tool output; no NUL). Never returned.",
+        # Documents the NUL rule in the OpenAPI schema (the validator below enforces it).
+        json_schema_extra={"pattern": r"^[^\u0000]*$"},
     )
 
     @field_validator("value", mode="before")
