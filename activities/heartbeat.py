@@ -16,6 +16,10 @@ blob write) cannot heartbeat, so the heartbeat runs *beside* it:
   context (the SDK finds the activity through a context variable) and calls
   `activity.heartbeat`, which the SDK makes safe to call from any thread.
 
+The first beat comes `every` seconds in, not at the start: an activity that ends
+sooner (most steps' do) sends no heartbeat at all, where a beat at the start was
+one more server round trip per activity for nothing the heartbeat timeout needs.
+
 A beat that fails (the worker's event loop busy for seconds, the activity already
 finishing) is skipped, never raised: the next one tries again, and the heartbeat
 timeout is what reports a worker that really stopped beating.
@@ -53,8 +57,8 @@ async def heartbeating(every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
 
     async def beat() -> None:
         while True:
+            await asyncio.sleep(every)  # first beat after `every`: see the module's note
             activity.heartbeat()
-            await asyncio.sleep(every)
 
     task = asyncio.create_task(beat())
     try:
@@ -76,13 +80,11 @@ def heartbeating_in_background(every: float = HEARTBEAT_EVERY) -> Iterator[None]
     context = contextvars.copy_context()
 
     def beat() -> None:
-        while True:
+        while not stop.wait(every):  # first beat after `every`: see the module's note
             try:
                 activity.heartbeat()
             except Exception:  # a missed beat is retried by the next one
                 log.debug("heartbeat skipped", exc_info=True)
-            if stop.wait(every):
-                return
 
     thread = threading.Thread(
         target=context.run, args=(beat,), name="activity-heartbeat", daemon=True

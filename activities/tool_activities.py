@@ -374,6 +374,8 @@ class ToolActivities:
                     self._sandbox.pause(run)
                 elif inp.action == "resume":
                     self._sandbox.resume(run)
+                elif inp.action == "stop":
+                    self._sandbox.stop(run)
                 else:
                     keep = self._keep_default if inp.keep_workspace is None else inp.keep_workspace
                     self._sandbox.destroy(run, keep_workspace=keep)

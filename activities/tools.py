@@ -11,6 +11,8 @@ Providers never import this module: they see the tools only as the `ToolSchema`s
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,16 +96,24 @@ class ToolDef:
     args: type[_Args]
 
     def schema(self) -> ToolSchema:
-        params = self.args.model_json_schema()
-        params.pop("title", None)
-        for prop in params.get("properties", {}).values():
-            prop.pop("title", None)
         return ToolSchema(
             name=self.name.value,
             description=self.description,
-            parameters=params,
+            # A copy: providers may adapt the schema they send.
+            parameters=copy.deepcopy(_parameters(self.args)),
             grammar_safe_patterns=GRAMMAR_SAFE_PATTERNS,
         )
+
+
+@functools.cache
+def _parameters(args: type[_Args]) -> dict[str, Any]:
+    """A tool's JSON schema, built once: pydantic's schema generation is a few
+    milliseconds, and every model call sends every tool's schema."""
+    params = args.model_json_schema()
+    params.pop("title", None)
+    for prop in params.get("properties", {}).values():
+        prop.pop("title", None)
+    return params
 
 
 TOOLS: dict[str, ToolDef] = {

@@ -288,6 +288,9 @@ class Settings(BaseSettings):
     janitor still removes it after `AGENTRUN_SANDBOX_RETENTION_HOURS`."""
     sandbox_retention_hours: float = Field(default=1.0, ge=0)
     """How long the janitor leaves the sandbox of an ended run (kept workspaces included)."""
+    sandbox_idle_stop_seconds: float = Field(default=300.0, ge=0)
+    """A run waiting for an approval, or paused, this long has its sandbox container
+    stopped (its memory freed, the workspace kept) until it goes on; 0: never."""
     sandbox_janitor_seconds: float = Field(default=300.0, ge=0)
     """How often each worker sweeps its Docker host; 0 turns the janitor off."""
     sandbox_namespace: str = Field(default="agentrun", pattern=r"^[a-z0-9][a-z0-9.-]{0,30}$")

@@ -192,6 +192,7 @@ async def start_run(
                 created_by=actor.model_copy(update={"tenant_id": tenant_id}),
                 continue_as_new_every=settings.continue_as_new_after_steps,
                 slot=slot,
+                idle_stop_seconds=settings.sandbox_idle_stop_seconds or None,
             ),
             id=workflow_id,
             task_queue=queue,

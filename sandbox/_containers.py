@@ -294,6 +294,21 @@ class Containers:
             return
         self.make_running(container)
 
+    def stop(self, run: RunRef) -> None:
+        """Stop an idle run's container (a paused one too); the container and its
+        workspace volume stay for `make_running` to start again."""
+        container = self.of_run(run)
+        if container is None:
+            return
+        with docker_errors("stop"):
+            try:
+                if container.attrs["State"].get("Paused"):
+                    container.unpause()
+                if container.attrs["State"].get("Running"):
+                    container.stop(timeout=1)
+            except docker.errors.NotFound:
+                pass
+
     def destroy(self, run: RunRef, *, keep_workspace: bool) -> None:
         """Remove the run's container and volume; with `keep_workspace`, stop and keep both.
 

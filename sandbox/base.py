@@ -180,7 +180,14 @@ class Sandbox(Protocol):
 
     def pause(self, run: RunRef) -> None: ...
 
-    def resume(self, run: RunRef) -> None: ...
+    def resume(self, run: RunRef) -> None:
+        """Unfreeze the run's container, or start it again if it was stopped."""
+        ...
+
+    def stop(self, run: RunRef) -> None:
+        """Stop the run's container (idle): processes and memory go, the workspace
+        stays; its next call (or `resume`) starts it again. Idempotent."""
+        ...
 
     def destroy(self, run: RunRef, *, keep_workspace: bool) -> None:
         """Remove the container (idempotent); keep or remove the workspace volume."""

@@ -178,5 +178,10 @@ class DockerSandbox:
     def resume(self, run: RunRef) -> None:
         self._containers.resume(run)
 
+    def stop(self, run: RunRef) -> None:
+        # This process's attach channel dies with the executor: the next call reconnects.
+        self._connections.forget(run)
+        self._containers.stop(run)
+
     def destroy(self, run: RunRef, *, keep_workspace: bool) -> None:
         self._containers.destroy(run, keep_workspace=keep_workspace)

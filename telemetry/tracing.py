@@ -58,6 +58,7 @@ depend on tracing being on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -308,7 +309,12 @@ def untraced_http() -> AbstractContextManager[None]:
     return suppress_http_instrumentation()
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """agentrun's tracer, made once: `get_tracer` builds a new tracer per call.
+
+    Made before the tracer provider is installed, it is OpenTelemetry's proxy,
+    which hands its spans to the provider installed later."""
     return trace.get_tracer(TRACER_NAME)
 
 

@@ -145,6 +145,61 @@ async def _pause_cancel(client: Client, queue: str) -> str:
     return (await h.fetch_history()).to_json()
 
 
+async def _idle_stop(client: Client, queue: str) -> str:
+    # waits past the idle threshold: the container stopped during an approval wait
+    # (approving starts it again), then during a pause (resume starts it)
+    h = await start_run(
+        client,
+        queue,
+        scripted_spec(
+            turn(call("write_file", path="a.txt", content="a")),
+            shell("cat a.txt"),
+            turn(call("nonexistent"), delay_seconds=1.0),
+            shell("cat a.txt"),
+            finish("ok"),
+            approval=ApprovalPolicy(mode="tools", tools=["shell"], timeout_seconds=None),
+        ),
+        idle_stop_seconds=1,
+    )
+    req = ControlRequest(actor=ALICE)
+    view = await wait_for(h, lambda v: v.pending_approval is not None)
+    await asyncio.sleep(2.5)  # past the threshold: the stop activity ran
+    assert view.pending_approval is not None
+    await h.execute_update(
+        AgentRunWorkflow.approve,
+        ApprovalDecision(
+            approval_id=view.pending_approval.approval_id,
+            arguments_digest=view.pending_approval.call.arguments_digest,
+            actor=ALICE,
+        ),
+    )
+    await wait_for(h, lambda v: v.steps >= 3)
+    await h.execute_update(AgentRunWorkflow.pause, req)
+    await wait_for(h, lambda v: v.status == RunStatus.PAUSED)
+    await asyncio.sleep(2.5)
+    await h.execute_update(AgentRunWorkflow.resume, req)
+    view = await wait_for(h, lambda v: v.pending_approval is not None)
+    assert view.pending_approval is not None
+    await h.execute_update(
+        AgentRunWorkflow.approve,
+        ApprovalDecision(
+            approval_id=view.pending_approval.approval_id,
+            arguments_digest=view.pending_approval.call.arguments_digest,
+            actor=ALICE,
+        ),
+    )
+    await outcome(h)
+    history = await h.fetch_history()
+    stops = [
+        e
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and b'"stop"' in e.activity_task_scheduled_event_attributes.input.payloads[0].data
+    ]
+    assert len(stops) >= 2, "the scenario must stop the container twice"
+    return history.to_json()
+
+
 async def _streamed_retry(client: Client, queue: str) -> str:
     # model.started events (patch "model-started-event") and a streamed attempt that fails
     h = await start_run(
@@ -289,6 +344,7 @@ SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "continue_as_new": _continue_as_new,
     "pause_cancel": _pause_cancel,
     "streamed_retry": _streamed_retry,
+    "idle_stop": _idle_stop,
     # The same approvals after the patch "decision-answers-new-status".
     "approval_answers_status": _approval,
     "turn_continue_as_new": _turn_continue_as_new,

@@ -8,8 +8,9 @@ Real Temporal, real Docker, the scripted model. What they prove:
   tool_seconds`; a run without tools with 0 for both;
 * the ledger's per-run rows are the runs' own usage, and the tenant's totals their sums
   (whether the API recorded a run from its view or by reconciling with Temporal);
-* a paused sandbox still counts (time-skipping server: an hour paused is an hour held),
-  and a tool call abandoned by an aborting cancel counts the time until then.
+* a paused sandbox still counts (time-skipping server: an hour paused is an hour
+  held) unless the idle stop stopped it (then only until the stop), and a tool call
+  abandoned by an aborting cancel counts the time until then.
 """
 
 from __future__ import annotations
@@ -205,17 +206,19 @@ async def test_usage_reports_tool_and_sandbox_seconds_that_add_up_to_the_runs(
 # ------------------------------------------------------------------ the workflow
 
 
-async def test_a_paused_sandbox_still_counts_as_held(
-    time_skipping_env: WorkflowEnvironment, task_queue: str, state_dir: Path
+@pytest.mark.parametrize("idle_stop", [0, 300], ids=["no-idle-stop", "idle-stop-300s"])
+async def test_a_paused_sandbox_counts_as_held_until_an_idle_stop(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, state_dir: Path, idle_stop: int
 ) -> None:
     client = time_skipping_env.client
     spec = scripted_spec(
         shell("echo a > a.txt"),
         turn(call("nonexistent"), delay_seconds=1.0),
+        shell("cat a.txt"),
         finish("resumed"),
     )
     async with running_worker(client, task_queue, state_dir):
-        handle = await start_run(client, task_queue, spec)
+        handle = await start_run(client, task_queue, spec, idle_stop_seconds=idle_stop)
         await wait_for(handle, lambda v: v.steps >= 2)
         await handle.execute_update(AgentRunWorkflow.pause, REQ)
         await wait_for(handle, lambda v: v.status == RunStatus.PAUSED)
@@ -223,8 +226,13 @@ async def test_a_paused_sandbox_still_counts_as_held(
         await handle.execute_update(AgentRunWorkflow.resume, REQ)
         result = await outcome(handle)
     assert result.status == RunStatus.COMPLETED
-    # The container was paused for an hour of workflow time, and held all along.
-    assert result.usage.sandbox_seconds >= 3600
+    if idle_stop:
+        # Paused, then stopped 300 s into the pause: the stopped hour costs nothing,
+        # and the call after the resume ran in the restarted container.
+        assert idle_stop <= result.usage.sandbox_seconds < 3600
+    else:
+        # The container was paused for an hour of workflow time, and held all along.
+        assert result.usage.sandbox_seconds >= 3600
     assert 0 < result.usage.tool_seconds <= result.usage.sandbox_seconds
 
 

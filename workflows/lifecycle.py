@@ -13,6 +13,7 @@ This module must not: define workflow handlers, do I/O except through
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Literal, TypeVar
 
@@ -76,14 +77,14 @@ class RunLifecycle:
             await self._sandbox("pause")
         while local.paused and local.cancel is None:
             try:
-                await workflow.wait_condition(
-                    lambda: not local.paused or local.cancel is not None,
-                    timeout=self._remaining(),
+                await self._wait_idle(
+                    lambda: not local.paused or local.cancel is not None, self._remaining()
                 )
             except TimeoutError:
                 raise Abort(TerminalReason.DEADLINE) from None
         if self._state.sandbox_started:
-            await self._sandbox("resume")
+            await self._sandbox("resume")  # starts it again if it was stopped while idle
+            self._sandbox_up()
         if local.cancel is not None:
             raise Abort(TerminalReason.CANCELLED)
 
@@ -104,6 +105,46 @@ class RunLifecycle:
             handle.cancel()
             raise Abort(TerminalReason.CANCELLED)
         return await handle
+
+    async def _wait_idle(self, condition: Callable[[], bool], bound: timedelta | None) -> None:
+        """`workflow.wait_condition(condition, timeout=bound)` for a run that waits
+        on a human (an approval, a pause): once the wait has lasted the run's
+        `idle_stop_seconds`, its sandbox container is stopped, so an idle run holds no
+        process or memory. Raises `TimeoutError` when `bound` passes, as the wait does.
+
+        Deterministic: the threshold comes with the run's input, and a run without one
+        (or not holding a running sandbox) waits exactly as before it existed."""
+        idle = self._inp.idle_stop_seconds
+        if idle is None or self._state.sandbox_since is None:
+            await workflow.wait_condition(condition, timeout=bound)
+            return
+        threshold = timedelta(seconds=idle)
+        if bound is not None and bound <= threshold:
+            await workflow.wait_condition(condition, timeout=bound)
+            return
+        began = workflow.now()
+        try:
+            await workflow.wait_condition(condition, timeout=threshold)
+            return
+        except TimeoutError:
+            pass
+        await self._sandbox("stop")
+        self._count_sandbox_time()  # a stopped container costs the run nothing
+        if bound is None:
+            await workflow.wait_condition(condition)
+            return
+        rest = bound - (workflow.now() - began)
+        if rest <= timedelta(0):
+            if condition():
+                return
+            raise TimeoutError
+        await workflow.wait_condition(condition, timeout=rest)
+
+    def _sandbox_up(self) -> None:
+        """The run's container runs again (a tool call or a resume after an idle
+        stop): its sandbox time counts again from now."""
+        if self._state.sandbox_started and self._state.sandbox_since is None:
+            self._state.sandbox_since = workflow.now()
 
     def _remaining(self) -> timedelta | None:
         if self._state.deadline is None:
@@ -170,9 +211,10 @@ class RunLifecycle:
         )
 
     def _count_sandbox_time(self) -> None:
-        """Add the time the run held its sandbox to its usage, once: from the first
-        sandbox tool call to now, the removal (paused time included). Workflow time,
-        so a replay adds the same number."""
+        """Add the time the run held its sandbox to its usage: from the first sandbox
+        tool call (or its start again after an idle stop) to now, the removal or an
+        idle stop (paused time included). Workflow time, so a replay adds the same
+        number."""
         state = self._state
         if state.sandbox_since is not None:
             held = round(max((workflow.now() - state.sandbox_since).total_seconds(), 0.0), 3)
@@ -180,7 +222,9 @@ class RunLifecycle:
             state.sandbox_since = None
 
     async def _sandbox(
-        self, action: Literal["pause", "resume", "destroy"], keep_workspace: bool | None = None
+        self,
+        action: Literal["pause", "resume", "destroy", "stop"],
+        keep_workspace: bool | None = None,
     ) -> None:
         await calls.sandbox_control(
             SandboxControlInput(

@@ -229,10 +229,13 @@ class AgentLoop(RunLifecycle):
         if spec.approval.requires_approval(call.name):
             denied = await self._await_approval(call)
         self._emit(ToolCalledPayload(call_id=call.id, tool=call.name, arguments=call.preview))
-        if call.name in SANDBOX_TOOLS and denied is None and not self._state.sandbox_started:
-            # The run holds a sandbox from here until `_finish` removes it.
-            self._state.sandbox_started = True
-            self._state.sandbox_since = workflow.now()
+        if call.name in SANDBOX_TOOLS and denied is None:
+            if not self._state.sandbox_started:
+                # The run holds a sandbox from here until `_finish` removes it.
+                self._state.sandbox_started = True
+                self._state.sandbox_since = workflow.now()
+            else:
+                self._sandbox_up()  # the call starts it again after an idle stop
         started = workflow.now()
         try:
             result = await self._race(
@@ -318,9 +321,9 @@ class AgentLoop(RunLifecycle):
             self._spawn_webhook(webhook.url, self._state.events[-1])
         timeout, remaining = approvals.approval_timeout(policy), self._remaining()
         try:
-            await workflow.wait_condition(
+            await self._wait_idle(
                 lambda: local.decision is not None or local.cancel is not None,
-                timeout=approvals.wait_bound(timeout, remaining),
+                approvals.wait_bound(timeout, remaining),
             )
         except TimeoutError:
             if approvals.deadline_comes_first(timeout, remaining):

@@ -84,7 +84,9 @@ class DispatchToolInput(BaseModel):
 class SandboxControlInput(BaseModel):
     run_id: str
     tenant_id: str
-    action: Literal["pause", "resume", "destroy"]
+    action: Literal["pause", "resume", "destroy", "stop"]
+    """`stop`: stop the container of an idle run (processes and memory gone, the
+    workspace kept); its next tool call or `resume` starts it again."""
     keep_workspace: bool | None = None
 
 

@@ -93,6 +93,11 @@ class RunInput(BaseModel):
     slot: RunSlot | None = None
     """The tenant slot the run holds (`held`) or waits for (`queued`); None: the tenant
     has no concurrency quota (and runs recorded before slots existed)."""
+    idle_stop_seconds: float | None = Field(default=None, gt=0)
+    """Stop the run's sandbox container after waiting this long for an approval or
+    paused (the workspace stays; the next tool call or the resume starts it again).
+    Set at launch from `AGENTRUN_SANDBOX_IDLE_STOP_SECONDS`, in the input so every
+    replay decides alike; None: never (and runs launched before it existed)."""
 
 
 class LoopState(BaseModel):
