@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     """Activity slots per worker (also the threads sandbox calls run in)."""
     max_concurrent_workflow_tasks: int = Field(default=20, ge=1, le=10_000)
     """Workflow task slots per worker."""
+    max_cached_workflows: int = Field(default=1000, ge=0)
+    """Runs the worker keeps in memory between their tasks (Temporal's sticky cache);
+    a run beyond it is replayed from history when it goes on: less memory per waiting
+    run, more CPU when it wakes. 0 turns the cache off."""
     continue_as_new_after_steps: int = Field(default=200, ge=1)
     """Continue-as-new after this many steps even if the SDK does not suggest it yet."""
     max_tool_calls_per_turn: int = Field(default=DEFAULT_MAX_TOOL_CALLS_PER_TURN, ge=1, le=1000)

@@ -76,6 +76,8 @@ class StackOptions:
     max_concurrent_workflow_tasks: int
     sandbox_pool_size: int
     sandbox_image: str = "agentrun-sandbox:latest"
+    extra_env: tuple[tuple[str, str], ...] = ()
+    """More `AGENTRUN_*` settings for the worker and the API (a benchmark's own)."""
 
 
 def free_port() -> int:
@@ -234,6 +236,7 @@ class LocalStack:
             "AGENTRUN_MAX_CONCURRENT_ACTIVITIES": str(o.max_concurrent_activities),
             "AGENTRUN_MAX_CONCURRENT_WORKFLOW_TASKS": str(o.max_concurrent_workflow_tasks),
             "PYTHONUNBUFFERED": "1",
+            **dict(o.extra_env),
         }
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRUN_")}
         return {**inherited, **own}

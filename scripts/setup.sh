@@ -40,6 +40,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
+# docker-compose (v1, Debian) resolves docker-compose.yml in tests/test_compose_file.py.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  log "installing docker-compose (Debian) to check docker-compose.yml"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
+fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   ($SUDO dockerd >/tmp/agentrun-dockerd.log 2>&1 &)
