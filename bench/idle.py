@@ -105,58 +105,59 @@ def mb(kb: int) -> str:
 async def measure(stack: LocalStack, args: argparse.Namespace) -> None:
     pids = stack.pids()
     await asyncio.sleep(SETTLE_S)
-    worker_before = tree_memory_kb(pids["worker"])[0]
-    temporal_before = tree_memory_kb(pids["temporal"])[0]
+    before = {name: tree_memory_kb(pids[name])[0] for name in ("worker", "temporal")}
     async with httpx.AsyncClient(
         base_url=stack.api_url, headers=stack.auth_headers(), timeout=60
     ) as http:
-        bodies = [run_body("waiting", sandboxed=False) for _ in range(args.runs)]
         print(f"launching {args.runs} runs that wait for an approval …", flush=True)
-        started = time.monotonic()
-        errors = await launch_all(http, bodies)
-        if errors:
-            raise SystemExit(f"{len(errors)} launches failed, first: {errors[0]}")
+        await launch_checked(http, [run_body("waiting", sandboxed=False)] * args.runs)
         waited = await until_waiting(http, "waiting", args.runs, args.timeout)
-        print(f"all {args.runs} wait ({time.monotonic() - started:.0f} s)", flush=True)
         await asyncio.sleep(SETTLE_S)
-        worker_after = tree_memory_kb(pids["worker"])[0]
-        temporal_after = tree_memory_kb(pids["temporal"])[0]
+        after = {name: tree_memory_kb(pids[name])[0] for name in ("worker", "temporal")}
+        report_memory(args, before, after, waited)
+        if args.sandboxed:
+            print(f"\nlaunching {args.sandboxed} runs with a sandbox that then wait …")
+            await launch_checked(http, [run_body("sandboxed", sandboxed=True)] * args.sandboxed)
+            await until_waiting(http, "sandboxed", args.sandboxed, args.timeout)
+            await report_containers(stack, args)
 
-        print(f"launching {args.sandboxed} runs with a sandbox that then wait …", flush=True)
-        sandboxed = [run_body("sandboxed", sandboxed=True) for _ in range(args.sandboxed)]
-        errors = await launch_all(http, sandboxed)
-        if errors:
-            raise SystemExit(f"{len(errors)} launches failed, first: {errors[0]}")
-        await until_waiting(http, "sandboxed", args.sandboxed, args.timeout)
-        at_wait = Counter(stack.container_states())
-        wait_began = time.monotonic()
-        stopped_after: float | None = None
-        while time.monotonic() - wait_began < args.idle + 120:
-            states = Counter(stack.container_states())
-            if states["running"] == 0 and states["paused"] == 0:
-                stopped_after = time.monotonic() - wait_began
-                break
-            await asyncio.sleep(0.5)
-        after_idle = Counter(stack.container_states())
 
-    per_run = (worker_after - worker_before) / args.runs
+async def launch_checked(http: httpx.AsyncClient, bodies: list[dict[str, object]]) -> None:
+    errors = await launch_all(http, bodies)
+    if errors:
+        raise SystemExit(f"{len(errors)} launches failed, first: {errors[0]}")
+
+
+def report_memory(
+    args: argparse.Namespace, before: dict[str, int], after: dict[str, int], waited: float
+) -> None:
+    per_run = {name: (after[name] - before[name]) / args.runs for name in before}
     print()
     print(f"{args.runs} runs waiting for an approval (worker cache {args.cached} runs)")
     print(f"{'':<28}{'before':>12}{'waiting':>12}{'per run':>12}")
-    print(
-        f"{'worker RSS':<28}{mb(worker_before):>12}{mb(worker_after):>12}{per_run / 1024:>9.3f} MB"
-    )
-    print(
-        f"{'Temporal dev server RSS':<28}{mb(temporal_before):>12}{mb(temporal_after):>12}"
-        f"{(temporal_after - temporal_before) / args.runs / 1024:>9.3f} MB"
-    )
+    for name, label in (("worker", "worker RSS"), ("temporal", "Temporal dev server RSS")):
+        print(
+            f"{label:<28}{mb(before[name]):>12}{mb(after[name]):>12}{per_run[name] / 1024:>9.3f} MB"
+        )
     print(f"time for all to reach their wait: {waited:.0f} s")
-    goal = "met" if per_run <= 512 else "NOT met"
-    print(f"goal, worker RSS per waiting run <= 0.5 MB: {goal} ({per_run / 1024:.3f} MB)")
-    print()
+    goal = "met" if per_run["worker"] <= 512 else "NOT met"
+    print(f"goal, worker RSS per waiting run <= 0.5 MB: {goal} ({per_run['worker'] / 1024:.3f} MB)")
+
+
+async def report_containers(stack: LocalStack, args: argparse.Namespace) -> None:
+    """The sandboxed runs' containers now (all waiting) and once the threshold passed."""
+    at_wait = Counter(stack.container_states())
+    began = time.monotonic()
+    stopped_after: float | None = None
+    while time.monotonic() - began < args.idle + 120:
+        states = Counter(stack.container_states())
+        if states["running"] == 0 and states["paused"] == 0:
+            stopped_after = time.monotonic() - began
+            break
+        await asyncio.sleep(0.5)
     print(f"{args.sandboxed} runs holding a sandbox, idle threshold {args.idle:.0f} s")
     print(f"containers when they all waited: {dict(at_wait)}")
-    print(f"containers after the threshold:  {dict(after_idle)}")
+    print(f"containers after the threshold:  {dict(Counter(stack.container_states()))}")
     if stopped_after is None:
         print("goal, no running container past the threshold: NOT met")
     else:
