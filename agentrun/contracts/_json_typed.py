@@ -11,6 +11,7 @@ type. Values recorded in histories were produced by these models, so they pass.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from typing import Any
@@ -39,6 +40,18 @@ def _wrong_type(kind: type, value: Any) -> bool:
     return isinstance(value, bool) or not isinstance(value, _NUMBER)
 
 
+@functools.cache
+def _scalar_fields(model: type[BaseModel]) -> tuple[tuple[str, type], ...]:
+    """`(key, scalar type)` of each of `model`'s scalar fields, worked out once per
+    model: every payload Temporal decodes into one of these models runs the check."""
+    found = []
+    for name, field in model.model_fields.items():
+        kind = _scalar_kind(field.annotation)
+        if kind is not None:
+            found.append((field.alias or name, kind))
+    return tuple(found)
+
+
 class JsonTyped(BaseModel):
     """Base of the models clients send: see the module docstring."""
 
@@ -47,10 +60,8 @@ class JsonTyped(BaseModel):
     def _json_scalar_types(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for name, field in cls.model_fields.items():
-            key = field.alias or name
-            kind = _scalar_kind(field.annotation)
-            if kind is not None and key in data and _wrong_type(kind, data[key]):
+        for key, kind in _scalar_fields(cls):
+            if key in data and _wrong_type(kind, data[key]):
                 expected = {bool: "a boolean", int: "an integer", float: "a number"}[kind]
                 raise ValueError(f"{key} must be {expected} (JSON), not {data[key]!r}")
         return data
