@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 
 with workflow.unsafe.imports_passed_through():
     # Safe to pass through: pure pydantic models and constants (no I/O, no mutable
@@ -40,11 +41,15 @@ with workflow.unsafe.imports_passed_through():
         WebhookInput,
         new_event,
     )
-    from agentrun.search_attributes import SA_STATUS
+    from agentrun.search_attributes import SA_STATUS, SA_STEPS
 
 from workflows import calls, transitions
 from workflows.errors import Abort, internal_error
-from workflows.policies import PATCH_TURN_CONTINUE_AS_NEW
+from workflows.policies import (
+    PATCH_STEPS_EVERY,
+    PATCH_TURN_CONTINUE_AS_NEW,
+    STEPS_ATTRIBUTE_EVERY,
+)
 from workflows.run_metrics import RunMetrics
 from workflows.state import RunLocal
 from workflows.step_trace import StepTrace
@@ -309,11 +314,25 @@ class RunLifecycle:
         self._sync_status()
 
     def _sync_status(self) -> None:
-        """Keep the `AgentRunStatus` search attribute equal to the visible status."""
+        """Keep the `AgentRunStatus` search attribute equal to the visible status, and
+        bring `AgentRunSteps` up to date with it (see `PATCH_STEPS_EVERY`)."""
         status = self._status()
         if status != self._local.sa_status:
             self._local.sa_status = status
-            workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+            updates: list[SearchAttributeUpdate[Any]] = [SA_STATUS.value_set(status.value)]
+            step = self._state.step
+            if step and self._local.sa_steps != step and workflow.patched(PATCH_STEPS_EVERY):
+                updates.append(SA_STEPS.value_set(step))
+                self._local.sa_steps = step
+            workflow.upsert_search_attributes(updates)
+
+    def _record_steps(self) -> None:
+        """After a model call: `AgentRunSteps` every `STEPS_ATTRIBUTE_EVERY` steps (every
+        step for runs started before `PATCH_STEPS_EVERY`)."""
+        step = self._state.step
+        if step % STEPS_ATTRIBUTE_EVERY == 0 or not workflow.patched(PATCH_STEPS_EVERY):
+            workflow.upsert_search_attributes([SA_STEPS.value_set(step)])
+            self._local.sa_steps = step
 
     def _emit(self, payload: EventPayload, attempt: int | None = None) -> None:
         self._state.last_seq += 1

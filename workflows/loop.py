@@ -50,7 +50,6 @@ with workflow.unsafe.imports_passed_through():
         SA_CREATED_BY,
         SA_LABELS,
         SA_MODEL,
-        SA_STEPS,
         SA_TENANT,
         label_values,
         model_label,
@@ -143,7 +142,7 @@ class AgentLoop(RunLifecycle):
             state.append = []
             state.user_messages = state.user_messages[consumed:]
             state.usage = state.usage + reply.usage
-            workflow.upsert_search_attributes([SA_STEPS.value_set(state.step)])
+            self._record_steps()
             self._emit(
                 ModelCalledPayload(
                     step=state.step,

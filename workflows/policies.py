@@ -105,6 +105,16 @@ PATCH_FINISH_MODE = "finish-mode"
 ones take it only in `finish: text` mode and when it is not empty, and otherwise ask the
 model to call a tool. Asked only when a reply calls no tool."""
 
+PATCH_STEPS_EVERY = "steps-attribute-every-n"
+"""Runs started before it upserted `AgentRunSteps` after every model call; newer ones
+every `STEPS_ATTRIBUTE_EVERY` steps and with each status change, one visibility
+write per step fewer. Asked at a step that is not a multiple of it, or at a status
+change that finds the attribute behind."""
+STEPS_ATTRIBUTE_EVERY = 10
+"""`AgentRunSteps` of a running run lags its step by at most this minus one (the run
+view's `steps`, from the workflow's query, is exact); it is exact while the run waits
+(awaiting approval, paused) and once it ended."""
+
 # --- tenant slots (`workflows.tenant_slots`): the leak probe and its rhythm.
 PROBE_RETRY = RetryPolicy(
     # A few describe calls to Temporal; the `acquire` update waits on it, so it gives up

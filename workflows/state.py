@@ -54,6 +54,8 @@ class RunLocal:
     steps_this_run: int = 0
     sa_status: RunStatus | None = None
     """The `AgentRunStatus` search attribute as last upserted by this run."""
+    sa_steps: int | None = None
+    """The step count `AgentRunSteps` holds (set by this Temporal run)."""
     model_call: ModelCallInFlight | None = None
     done: bool = False
     slot_granted: bool = False
