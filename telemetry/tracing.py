@@ -319,7 +319,11 @@ def tracer() -> trace.Tracer:
 
 
 def current_trace_id() -> str | None:
-    """The current span's trace id (32 hex digits), None outside a recorded trace."""
+    """The current span's trace id (32 hex digits), None outside a recorded trace
+    or when no exporter is configured: a run is given a trace id only when its
+    trace goes somewhere an operator can open it."""
+    if _setup is None or not _setup.enabled:
+        return None
     context = trace.get_current_span().get_span_context()
     if not context.is_valid or not context.trace_flags.sampled:
         return None

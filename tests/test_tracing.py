@@ -410,6 +410,15 @@ def test_no_trace_id_outside_a_span() -> None:
     assert current_trace_id() is None
 
 
+def test_a_span_without_an_exporter_gives_runs_no_trace_id(tmp_path: Path) -> None:
+    # The run view, search attribute and memo would point at a trace nobody kept.
+    telemetry = setup_telemetry("agentrun-test", load_settings(state_dir=tmp_path))
+    assert not telemetry.tracing.enabled
+    with tracer().start_as_current_span("not exported") as span:
+        assert span.get_span_context().is_valid
+        assert current_trace_id() is None
+
+
 async def test_without_an_exporter_clients_get_no_plugin(tmp_path: Path) -> None:
     telemetry = setup_telemetry("agentrun-test", load_settings(state_dir=tmp_path))
     assert not telemetry.tracing.enabled
