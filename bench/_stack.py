@@ -164,14 +164,26 @@ class LocalStack:
         return containers, volumes, release_loop_devices(self.workdir)
 
     def add_service(
-        self, name: str, command: list[str], ready_line: str, timeout: float = 60.0
+        self,
+        name: str,
+        command: list[str],
+        ready_line: str,
+        timeout: float = 60.0,
+        env: dict[str, str] | None = None,
     ) -> int:
         """Start one more process (say, a benchmark's own worker) like the others: in
-        its own session, with the stack's environment and its log under `logs/`, and
-        stopped first by `close()`. Ready once `ready_line` is in its log; returns its pid."""
-        self._spawn(name, command)
+        its own session, with the stack's environment (plus `env`) and its log under
+        `logs/`, and stopped first by `close()`. Ready once `ready_line` is in its log;
+        returns its pid."""
+        self._spawn(name, command, env)
         self._wait(time.monotonic() + timeout, name, lambda: ready_line in self.tail(name))
         return self._procs[name].pid
+
+    def stop_service(self, name: str) -> None:
+        """Stop one service as `close()` would (SIGTERM, then SIGKILL after the grace)."""
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            _stop_group(proc)
 
     def remove_docker_objects(self) -> tuple[int, int]:
         label = f"label={LABEL_NAMESPACE}={self.namespace}"
@@ -276,14 +288,14 @@ class LocalStack:
             "warning",
         ]
 
-    def _spawn(self, name: str, command: list[str]) -> None:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         with (self.logs / f"{name}.log").open("ab") as log:
             self._procs[name] = subprocess.Popen(
                 command,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 start_new_session=True,  # its own process group: stopped as one
             )
 

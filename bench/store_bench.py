@@ -53,6 +53,21 @@ def measure(store: ArtifactStore, size: int, rounds: int) -> dict[str, list[floa
     return out
 
 
+def print_latency(stores: dict[str, ArtifactStore], rounds: int) -> None:
+    """p50/p95 per size and operation, one column per store (the first is the baseline)."""
+    names = list(stores)
+    head = " | ".join(f"{name + ' p50/p95 ms':>17}" for name in names)
+    print(f"{'size':>7} {'operation':>10} | {head}")
+    for label, size in SIZES.items():
+        results = {name: measure(store, size, rounds) for name, store in stores.items()}
+        for op in ("put", "put again", "get"):
+            cells = [
+                f"{statistics.median(results[n][op]):7.2f}/{pct(results[n][op], 0.95):7.2f}"
+                for n in names
+            ]
+            print(f"{label:>7} {op:>10} | " + " | ".join(f"{c:>17}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
@@ -65,13 +80,7 @@ def main() -> None:
             "local": open_artifact_store(load_settings(state_dir=Path(tmp))),
             "s3": open_artifact_store(s3.settings(Path(tmp), prefix="bench/")),
         }
-        print(f"{'size':>7} {'operation':>10} | {'local p50/p95 ms':>17} | {'s3 p50/p95 ms':>15}")
-        for label, size in SIZES.items():
-            results = {name: measure(store, size, args.rounds) for name, store in stores.items()}
-            for op in ("put", "put again", "get"):
-                samples = [results[name][op] for name in stores]
-                cells = [f"{statistics.median(x):7.2f}/{pct(x, 0.95):7.2f}" for x in samples]
-                print(f"{label:>7} {op:>10} | {cells[0]:>17} | {cells[1]:>15}")
+        print_latency(stores, args.rounds)
 
 
 if __name__ == "__main__":

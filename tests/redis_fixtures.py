@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,25 @@ def _answers(host: str, port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    try:
+        with redis_process() as server:
+            yield server
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc))
+
+
+class RedisUnavailable(RuntimeError):
+    """redis-server is missing or did not start (the message says which and shows its log)."""
+
+
+@contextmanager
+def redis_process() -> Iterator[RedisServer]:
+    """A throw-away redis-server on 127.0.0.1 (also used by bench/), removed on exit."""
     binary = shutil.which(REDIS_SERVER)
     if binary is None:
-        pytest.fail("redis-server is missing: apt-get install redis-server (scripts/setup.sh does)")
+        raise RedisUnavailable(
+            "redis-server is missing: apt-get install redis-server (scripts/setup.sh does)"
+        )
     base = Path(tempfile.mkdtemp(prefix="agentrun-redis-"))
     log = base / "redis.log"
     port = free_port()
@@ -73,7 +90,9 @@ def redis_server() -> Iterator[RedisServer]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 logged = log.read_text() if log.exists() else ""
                 err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"redis-server did not start on 127.0.0.1:{port}: {err}{logged}")
+                raise RedisUnavailable(
+                    f"redis-server did not start on 127.0.0.1:{port}: {err}{logged}"
+                )
             time.sleep(0.05)
         yield RedisServer(host="127.0.0.1", port=port, log=log)
     finally:
