@@ -6,7 +6,7 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy .
-.venv/bin/pytest -m "not own_process" "$@"
+.venv/bin/pytest -m "not own_process" --durations=25 "$@"
 # Tests that need a process of their own (OpenTelemetry's global tracer provider is
 # set once per process); exit code 5 means the arguments selected none of them.
 .venv/bin/pytest -m own_process "$@" || [ $? -eq 5 ]
