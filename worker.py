@@ -52,6 +52,7 @@ from agentrun.payload_codec import KeyFileError
 from agentrun.redaction import install_log_redaction
 from agentrun.temporal import connect
 from agentrun.webhook_destinations import WebhookAllowList
+from agentrun.workflow_runner import workflow_runner
 from sandbox.base import RunRef, Sandbox
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
@@ -191,6 +192,8 @@ def build_worker(
         # CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through it.
         # TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue.
         workflows=[AgentRunWorkflow, CancelParentWorkflow, TenantSlotsWorkflow],
+        # The sandbox, minus a per-payload trip into it (agentrun/workflow_runner.py).
+        workflow_runner=workflow_runner(client.data_converter),
         activities=list({**activities, **(stand_ins or {})}.values()),
         # Artifact store errors (S3) become non-retryable when retrying cannot help.
         interceptors=[StoreErrorInterceptor()],

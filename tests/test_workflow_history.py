@@ -20,6 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from agentrun.contracts import Limits, RunStatus, ScriptedToolCall, ScriptedTurn
+from agentrun.workflow_runner import workflow_runner
 from store.artifacts import LocalArtifactStore
 from store.conversation import ConversationStore
 from tests.record_histories import SCENARIOS
@@ -93,8 +94,11 @@ def _recorded() -> list[Path]:
 @pytest.mark.parametrize("path", _recorded(), ids=lambda p: p.stem)
 async def test_committed_history_replays_deterministically(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
+    # The worker's runner (agentrun/workflow_runner.py), as deployed.
     replayer = Replayer(
-        workflows=[AgentRunWorkflow, TenantSlotsWorkflow], data_converter=pydantic_data_converter
+        workflows=[AgentRunWorkflow, TenantSlotsWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(pydantic_data_converter),
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
