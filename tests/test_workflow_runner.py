@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import uuid
 from datetime import timedelta
 from typing import Any, Self
@@ -54,10 +55,8 @@ class EchoWorkflow:
 @workflow.defn
 class ClockReadingWorkflow:
     @workflow.run
-    async def run(self) -> str:
-        import datetime
-
-        return datetime.date.today().isoformat()  # forbidden in a workflow
+    async def run(self, label: str) -> str:
+        return label + datetime.date.today().isoformat()  # forbidden in a workflow
 
 
 def test_agentrun_converters_take_no_context_so_the_worker_skips_the_detour() -> None:
@@ -123,6 +122,7 @@ async def test_a_workflow_under_the_runner_is_still_sandboxed(client: Client) ->
     async with await _worker(client, task_queue, [ClockReadingWorkflow]):
         handle = await client.start_workflow(
             ClockReadingWorkflow.run,
+            "today: ",
             id=f"wf-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
             execution_timeout=timedelta(seconds=60),
