@@ -6,8 +6,13 @@ names the variable. Run it with `python worker.py` (or `agentrun worker`).
 
 Design (why it looks like this):
 
-* **Exit codes**: 0 stopped by a signal, 1 cannot start (Temporal unreachable: the
-  message names `AGENTRUN_TEMPORAL_ADDRESS`), 2 invalid configuration.
+* **Exit codes**: 0 stopped by a signal after draining, 1 cannot start (Temporal
+  unreachable: the message names `AGENTRUN_TEMPORAL_ADDRESS`), 2 invalid
+  configuration, 3 stopped by a second signal before the drain ended.
+* **Stopping drains** (`AGENTRUN_WORKER_DRAIN_SECONDS`): the first SIGTERM or SIGINT
+  stops polling and lets running activities finish (the SDK's graceful shutdown);
+  what is still running at the deadline is cancelled and Temporal retries it on
+  another worker. A rolling update loses no work and repeats none.
 * **The process ends with `os._exit`** once it has flushed its output. The Temporal
   client's Rust runtime keeps Tokio threads that may still release Python objects
   while the interpreter finalizes, which aborts the process (`Fatal Python error:
@@ -202,6 +207,8 @@ def build_worker(
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
+        # SIGTERM drains: running activities get this long before they are cancelled.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
     )
 
 
@@ -315,10 +322,7 @@ async def run_worker(settings: Settings) -> None:
     worker = build_worker(
         client, settings, sandbox=sandbox, router=router, secrets=values, deltas=deltas
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    signals = Signals(asyncio.get_running_loop())
     janitor = (
         asyncio.create_task(janitor_loop(client, settings, sandbox))
         if settings.sandbox_janitor_seconds > 0
@@ -333,10 +337,30 @@ async def run_worker(settings: Settings) -> None:
         settings.sandbox_pool_size,
         settings.sandbox_namespace,
     )
+    # Not `async with worker`: its exit waits for the whole drain, and a second
+    # signal must be able to cut that short.
+    running = asyncio.create_task(worker.run())
+    first = asyncio.create_task(signals.first.wait())
+    forced = asyncio.create_task(signals.second.wait())
     try:
-        async with worker:
-            await stop.wait()
+        await asyncio.wait({running, first}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()  # the worker failed fatally: raise its error
+            return
+        log.info(
+            "stopping: no new tasks; running activities get up to %gs to finish "
+            "(AGENTRUN_WORKER_DRAIN_SECONDS); a second signal stops at once",
+            settings.worker_drain_seconds,
+        )
+        drained = asyncio.create_task(worker.shutdown())
+        await asyncio.wait({drained, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not drained.done():
+            raise StoppedBeforeDrained
+        await running
+        log.info("drained: every running activity finished or was cancelled")
     finally:
+        first.cancel()
+        forced.cancel()
         if janitor is not None:
             janitor.cancel()
         await router.aclose()
@@ -346,6 +370,23 @@ async def run_worker(settings: Settings) -> None:
         # Batched spans would die with the process (`main` ends it with os._exit).
         await asyncio.to_thread(telemetry.tracing.force_flush)
     log.info("worker stopped")
+
+
+class Signals:
+    """SIGINT/SIGTERM: the first starts the drain, the second cuts it short."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._received)
+
+    def _received(self) -> None:
+        (self.second if self.first.is_set() else self.first).set()
+
+
+class StoppedBeforeDrained(Exception):
+    """A second signal arrived while activities were still draining."""
 
 
 def serve() -> int:
@@ -362,6 +403,10 @@ def serve() -> int:
     except CannotStart as exc:
         print(f"agentrun worker: {exc}", file=sys.stderr)
         return 1
+    except StoppedBeforeDrained:
+        # As a crash would: Temporal retries the cut activities on other workers.
+        print("agentrun worker: stopped by a second signal before the drain ended", file=sys.stderr)
+        return 3
     except RuntimeError as exc:  # the SDK refusing to start the worker (namespace …)
         print(f"agentrun worker: cannot start: {exc}", file=sys.stderr)
         return 1

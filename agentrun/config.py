@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     """Runs the worker keeps in memory between their tasks (Temporal's sticky cache);
     a run beyond it is replayed from history when it goes on: less memory per waiting
     run, more CPU when it wakes. 0 turns the cache off."""
+    worker_drain_seconds: float = Field(default=60.0, ge=0, le=3600)
+    """On SIGTERM or SIGINT the worker stops taking tasks and gives the activities it
+    is running (a model call, a tool call in the sandbox) this long to finish, then
+    cancels what is left, which Temporal retries on another worker (a tool call already
+    started in the sandbox is reattached there, not run again). A second signal stops
+    it at once. Whatever stops workers must wait longer before it kills them:
+    Kubernetes' `terminationGracePeriodSeconds`, Compose's `stop_grace_period`."""
     continue_as_new_after_steps: int = Field(default=200, ge=1)
     """Continue-as-new after this many steps even if the SDK does not suggest it yet."""
     max_tool_calls_per_turn: int = Field(default=DEFAULT_MAX_TOOL_CALLS_PER_TURN, ge=1, le=1000)

@@ -48,8 +48,14 @@ pytestmark = pytest.mark.docker
 
 
 def _spawn_worker(
-    env: WorkflowEnvironment, task_queue: str, state_dir: Path, log: Path, namespace: str
+    env: WorkflowEnvironment,
+    task_queue: str,
+    state_dir: Path,
+    log: Path,
+    namespace: str,
+    **settings: str,
 ) -> subprocess.Popen[bytes]:
+    """A `worker.py` process; `settings` are more `AGENTRUN_*` variables (without the prefix)."""
     environ = {
         **os.environ,
         "AGENTRUN_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
@@ -64,6 +70,7 @@ def _spawn_worker(
         # The test's clients (and its in-process worker) use the session's plain
         # pydantic converter; a worker must share its clients' codec.
         "AGENTRUN_PAYLOAD_ENCRYPTION": "off",
+        **{f"AGENTRUN_{name.upper()}": value for name, value in settings.items()},
     }
     return subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py")],
