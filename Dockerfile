@@ -18,7 +18,9 @@ RUN pip install --no-cache-dir .
 # mkfs.ext4, debugfs and losetup: the workspace quota's ext4 images on loop devices.
 RUN apt-get update && apt-get install -y --no-install-recommends e2fsprogs mount \
     && rm -rf /var/lib/apt/lists/*
-RUN useradd --uid 10002 --create-home agentrun
+RUN useradd --uid 10002 --create-home agentrun \
+    && mkdir -p /var/lib/agentrun && chown agentrun:agentrun /var/lib/agentrun
+# (A named volume mounted on /var/lib/agentrun copies this ownership when it is new.)
 USER agentrun
 ENV AGENTRUN_STATE_DIR=/var/lib/agentrun
 CMD ["python", "worker.py"]

@@ -12,7 +12,14 @@ resolve it; then, on its resolved output:
 * every pipeline names only receivers, processors and exporters the config defines;
 * every `AGENTRUN_*` variable the services set is a setting agentrun knows (a typo
   would be ignored silently at start-up);
-* the search-attribute registration it documents lists exactly agentrun's.
+* the one-shot `temporal-setup` registers exactly agentrun's search attributes;
+* every service a multi-host deployment needs is there, every long-running one has
+  a restart policy and (where its image has a tool to run one) a health check, and
+  every `depends_on` condition can be met;
+* the worker scales (no fixed name or host port) and drains within its stop grace;
+  the API and the worker share S3, Redis, the accounts database and the key file
+  with identical values; the bucket, the database and the sandbox image they name
+  are the ones the setup services create; the files it mounts from the checkout exist.
 """
 
 from __future__ import annotations
@@ -35,7 +42,34 @@ from agentrun.config_docs import env_var
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COLLECTOR = ROOT / "deploy" / "otel-collector.yaml"
-REQUIRED = {"AGENTRUN_VAULT_TOKEN": "test-token-value", "AGENTRUN_WEBHOOK_SECRET": "s" * 32}
+REQUIRED = {
+    "AGENTRUN_VAULT_TOKEN": "test-token-value",
+    "AGENTRUN_WEBHOOK_SECRET": "s" * 32,
+    "AGENTRUN_S3_SECRET_ACCESS_KEY": "test-s3-secret",
+}
+NO_HEALTH_CHECK = {
+    "otel-collector": "distroless image: no shell or client to run a check with",
+    "jaeger": "distroless image: no shell or client to run a check with",
+    "temporal-ui": "nothing depends on it; its state shows in the browser",
+    "llm": "an optional profile; the model server's own image",
+}
+ONE_SHOT = {"temporal-setup", "s3-setup", "sandbox-image"}
+SHARED = (
+    "AGENTRUN_TEMPORAL_ADDRESS",
+    "AGENTRUN_TASK_QUEUE",
+    "AGENTRUN_DATABASE_URL",
+    "AGENTRUN_PAYLOAD_KEYS_FILE",
+    "AGENTRUN_ARTIFACT_STORE",
+    "AGENTRUN_S3_ENDPOINT",
+    "AGENTRUN_S3_BUCKET",
+    "AGENTRUN_S3_ACCESS_KEY_ID",
+    "AGENTRUN_S3_SECRET_ACCESS_KEY",
+    "AGENTRUN_DELTA_STORE",
+    "AGENTRUN_REDIS_URL",
+    "AGENTRUN_SECRET_BACKEND",
+    "AGENTRUN_VAULT_ADDR",
+)
+"""What every API server and worker must agree on (README, "Many workers")."""
 
 
 def _compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -76,7 +110,8 @@ def test_it_refuses_to_resolve_without_a_required_secret_naming_it(missing: str)
 
 def test_the_services_a_deployment_needs_are_there(resolved: dict[str, Any]) -> None:
     services = set(resolved["services"])
-    assert {"temporal", "postgresql", "openbao", "api", "worker"} <= services
+    assert {"temporal", "temporal-ui", "temporal-setup", "postgresql", "openbao"} <= services
+    assert {"seaweedfs", "s3-setup", "redis", "sandbox-image", "api", "worker"} <= services
     assert {"otel-collector", "jaeger"} <= services
 
 
@@ -123,7 +158,101 @@ def test_every_agentrun_variable_set_is_a_known_setting(
     assert used and used <= known, sorted(used - known)
 
 
-def test_the_documented_search_attributes_are_agentruns() -> None:
-    documented = dict(re.findall(r"(AgentRun\w+):(\w+)", COMPOSE.read_text()))
+def test_the_setup_service_registers_exactly_agentruns_search_attributes(
+    resolved: dict[str, Any],
+) -> None:
+    setup = resolved["services"]["temporal-setup"]
+    listed = dict(a.split(":") for a in setup["environment"]["SEARCH_ATTRIBUTES"].split())
     expected = {key.name: search_attributes.index_kind(key) for key in search_attributes.ALL}
+    assert listed == expected
+    assert "search-attribute create" in " ".join(setup["command"])
+    # The comment above the service says the same.
+    documented = dict(re.findall(r"(AgentRun\w+):(\w+)", COMPOSE.read_text()))
     assert documented == expected
+
+
+def _long_running(resolved: dict[str, Any]) -> list[str]:
+    return [name for name in resolved["services"] if name not in ONE_SHOT]
+
+
+def test_every_long_running_service_restarts_and_is_health_checked(
+    resolved: dict[str, Any],
+) -> None:
+    for name in _long_running(resolved):
+        service = resolved["services"][name]
+        assert service.get("restart") in ("always", "unless-stopped"), name
+        if name not in NO_HEALTH_CHECK:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+    for name in ONE_SHOT:  # one-shot services must not be restarted once done
+        assert resolved["services"][name].get("restart", "no") == "no", name
+
+
+def test_every_dependency_condition_can_be_met(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    for name, service in services.items():
+        for target, how in (service.get("depends_on") or {}).items():
+            assert target in services, f"{name} depends on unknown {target}"
+            condition = how["condition"]
+            if condition == "service_healthy":
+                assert services[target].get("healthcheck"), f"{name}: {target} has no check"
+            elif condition == "service_completed_successfully":
+                assert target in ONE_SHOT, f"{name}: {target} never completes"
+
+
+def test_the_worker_scales_and_drains_within_its_stop_grace(resolved: dict[str, Any]) -> None:
+    worker = resolved["services"]["worker"]
+    assert "container_name" not in worker and not worker.get("ports")
+    drain = float(worker["environment"]["AGENTRUN_WORKER_DRAIN_SECONDS"])
+    grace = worker["stop_grace_period"]
+    grace_s = int(grace.rstrip("s")) if grace.endswith("s") else int(grace.rstrip("m")) * 60
+    assert grace_s > drain, (grace, drain)
+
+
+def test_api_and_worker_share_what_every_host_must_share(resolved: dict[str, Any]) -> None:
+    api = resolved["services"]["api"]["environment"]
+    worker = resolved["services"]["worker"]["environment"]
+    for key in SHARED:
+        assert api.get(key) is not None and api.get(key) == worker.get(key), key
+    assert api["AGENTRUN_ARTIFACT_STORE"] == "s3" and api["AGENTRUN_DELTA_STORE"] == "redis"
+    # The key file is the same secret in both.
+    for name in ("api", "worker"):
+        sources = [s["source"] for s in resolved["services"][name]["secrets"]]
+        assert sources == ["payload-keys"], sources
+    assert api["AGENTRUN_PAYLOAD_KEYS_FILE"] == "/run/secrets/payload-keys"
+
+
+def test_the_stores_they_name_are_the_ones_the_setup_creates(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    env = services["api"]["environment"]
+    # The bucket, created by s3-setup on the seaweedfs service the endpoint names.
+    assert urlsplit(env["AGENTRUN_S3_ENDPOINT"]).hostname == "seaweedfs"
+    assert f"-name {env['AGENTRUN_S3_BUCKET']}" in " ".join(services["s3-setup"]["command"])
+    # The S3 identity: the access key in its config, the secret from the same variable.
+    weed = services["seaweedfs"]
+    assert f'"accessKey":"{env["AGENTRUN_S3_ACCESS_KEY_ID"]}"' in " ".join(weed["command"])
+    assert weed["environment"]["S3_SECRET_KEY"] == env["AGENTRUN_S3_SECRET_ACCESS_KEY"]
+    # The accounts database and its user, made by the init script PostgreSQL runs.
+    url = urlsplit(env["AGENTRUN_DATABASE_URL"].replace("postgresql+psycopg", "postgresql"))
+    init = (ROOT / "deploy" / "postgres-init.sql").read_text()
+    assert f"CREATE DATABASE {url.path.lstrip('/')} OWNER {url.username};" in init
+    assert f"CREATE USER {url.username} WITH PASSWORD '{url.password}';" in init
+    assert url.hostname == "postgresql"
+    # Redis and the sandbox image.
+    assert urlsplit(env["AGENTRUN_REDIS_URL"]).hostname == "redis"
+    image = services["worker"]["environment"]["AGENTRUN_SANDBOX_IMAGE"]
+    assert services["sandbox-image"]["image"] == image
+    dockerfile = Path(services["sandbox-image"]["build"]["context"]) / "Dockerfile"
+    assert dockerfile.is_file(), dockerfile
+
+
+def test_every_file_it_mounts_from_the_checkout_exists(resolved: dict[str, Any]) -> None:
+    # docker-compose v1 resolves short-syntax binds to `/abs/source:target[:mode]`.
+    mounted = [
+        str(volume).split(":", 1)[0]
+        for service in resolved["services"].values()
+        for volume in service.get("volumes", [])
+        if str(volume).startswith(str(ROOT / "deploy"))
+    ]
+    assert len(mounted) >= 3, mounted  # the collector, PostgreSQL and Temporal configs
+    for source in mounted:
+        assert Path(source).is_file(), source
