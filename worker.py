@@ -58,9 +58,10 @@ from agentrun.redaction import install_log_redaction
 from agentrun.temporal import connect
 from agentrun.webhook_destinations import WebhookAllowList
 from agentrun.workflow_runner import workflow_runner
-from sandbox.base import RunRef, Sandbox
+from sandbox.base import RunRef, Sandbox, SandboxError
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
+from sandbox.engine import Engine, placement_problem
 from secretstore import SecretStore, SecretStoreError, open_secret_store
 from store.artifacts import ArtifactStore
 from store.backends import open_artifact_store
@@ -106,6 +107,22 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
             else None
         ),
     )
+
+
+def open_sandbox(settings: Settings, engine: Engine) -> DockerSandbox:
+    """The sandbox on the engine `DOCKER_HOST` names (sandbox/engine.py), or why not."""
+    problem = placement_problem(engine, settings.sandbox_workspace_quota)
+    if problem is not None:
+        raise CannotStart(problem)
+    try:
+        sandbox = DockerSandbox(sandbox_config(settings))
+    except SandboxError as exc:
+        raise CannotStart(
+            f"cannot use the Docker engine at {engine.describe()} (DOCKER_HOST, "
+            f"DOCKER_TLS_VERIFY, DOCKER_CERT_PATH): {exc}"
+        ) from None
+    log.info("sandboxes on the Docker engine at %s", engine.describe())
+    return sandbox
 
 
 def secret_resolver(settings: Settings) -> SecretResolver:
@@ -302,7 +319,7 @@ async def run_worker(settings: Settings) -> None:
             f"(AGENTRUN_TEMPORAL_ADDRESS, namespace {settings.temporal_namespace!r}): {exc}"
         ) from None
     serve_worker_metrics(settings)
-    sandbox = DockerSandbox(sandbox_config(settings))
+    sandbox = open_sandbox(settings, Engine.from_environ(os.environ))
     sandbox.refill_pool_async()  # the first run's first tool call skips the cold start
     # The values the worker hands out are redacted from every log line it writes.
     values = SecretValues(secret_resolver(settings))

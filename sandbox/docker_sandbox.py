@@ -33,8 +33,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import docker
-
 from agentrun.contracts import SandboxPolicy
 from sandbox._calls import Calls
 from sandbox._connections import Connections, Handle
@@ -52,6 +50,7 @@ from sandbox.base import (
     RunRef,
 )
 from sandbox.config import SandboxConfig
+from sandbox.engine import engine_client
 from telemetry.metrics import instruments
 
 
@@ -67,7 +66,7 @@ class DockerSandbox:
     def __init__(self, config: SandboxConfig, docker_client: Any = None) -> None:
         self.config = config
         with docker_errors("connect"):
-            client = docker_client or docker.from_env(timeout=60)
+            client = docker_client or engine_client()
         self._connections = Connections(client)
         self._containers = Containers(config, client, self._connections)
         self._pool = WarmPool(self._containers, self._connections)

@@ -43,6 +43,7 @@ pytest_plugins = [
     "tests.vault_fixtures",
     "tests.s3_fixtures",
     "tests.redis_fixtures",
+    "tests.dockerd_fixtures",
     "tests.watchdog",
 ]
 

@@ -53,9 +53,11 @@ def _spawn_worker(
     state_dir: Path,
     log: Path,
     namespace: str,
+    environ: dict[str, str] | None = None,
     **settings: str,
 ) -> subprocess.Popen[bytes]:
-    """A `worker.py` process; `settings` are more `AGENTRUN_*` variables (without the prefix)."""
+    """A `worker.py` process; `settings` are more `AGENTRUN_*` variables (without the
+    prefix), `environ` other variables (`DOCKER_HOST`)."""
     environ = {
         **os.environ,
         "AGENTRUN_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
@@ -71,6 +73,7 @@ def _spawn_worker(
         # pydantic converter; a worker must share its clients' codec.
         "AGENTRUN_PAYLOAD_ENCRYPTION": "off",
         **{f"AGENTRUN_{name.upper()}": value for name, value in settings.items()},
+        **(environ or {}),
     }
     return subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py")],
