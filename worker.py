@@ -38,8 +38,9 @@ from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIServer
 
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.egress_broker import EgressBroker, SecretResolver
 from activities.model_activities import ModelActivities
@@ -72,7 +73,7 @@ from telemetry.metrics import serve_prometheus
 from telemetry.tracing import instrument_httpx
 from workflows.agent_run import AgentRunWorkflow
 from workflows.cancel_parent import CancelParentWorkflow
-from workflows.tenant_slots import TenantSlotsWorkflow
+from workflows.tenant_slots import TenantSlotsWorkflow, VersionedTenantSlotsWorkflow
 
 log = logging.getLogger("agentrun.worker")
 
@@ -213,7 +214,13 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         # CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through it.
         # TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue.
-        workflows=[AgentRunWorkflow, CancelParentWorkflow, TenantSlotsWorkflow],
+        workflows=[
+            AgentRunWorkflow,
+            CancelParentWorkflow,
+            TenantSlotsWorkflow
+            if settings.worker_build_id is None
+            else VersionedTenantSlotsWorkflow,
+        ],
         # The sandbox, minus a per-payload trip into it (agentrun/workflow_runner.py).
         workflow_runner=workflow_runner(client.data_converter),
         activities=list({**activities, **(stand_ins or {})}.values()),
@@ -224,8 +231,29 @@ def build_worker(
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
+        # Versioned (AGENTRUN_WORKER_DEPLOYMENT_NAME): runs stay on the build they began on.
+        deployment_config=deployment_config(settings),
         # SIGTERM drains: running activities get this long before they are cancelled.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
+    )
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """The worker's Temporal Worker Deployment version, when versioning is configured.
+
+    Runs are pinned by default: a run's workflow tasks go to the build it started on
+    until it ends, so code that changes its commands needs no `workflow.patched` for
+    runs of a versioned deployment (unversioned deployments still rely on patches).
+    The tenant-slots workflow, which lives as long as its tenant, upgrades instead
+    (`workflows/tenant_slots.py`): a pinned one would keep the old build alive."""
+    if settings.worker_deployment_name is None or settings.worker_build_id is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(
+            deployment_name=settings.worker_deployment_name, build_id=settings.worker_build_id
+        ),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
     )
 
 
@@ -346,10 +374,13 @@ async def run_worker(settings: Settings) -> None:
         else None
     )
     log.info(
-        "worker polling task queue %r on %s (namespace %s); sandbox pool %s of %d in %s",
+        "worker polling task queue %r on %s (namespace %s, %s); sandbox pool %s of %d in %s",
         settings.task_queue,
         settings.temporal_address,
         settings.temporal_namespace,
+        f"deployment {settings.worker_deployment_name} build {settings.worker_build_id}"
+        if settings.worker_build_id
+        else "unversioned",
         sandbox.config.pool_id,
         settings.sandbox_pool_size,
         settings.sandbox_namespace,

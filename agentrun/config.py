@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     """Runs the worker keeps in memory between their tasks (Temporal's sticky cache);
     a run beyond it is replayed from history when it goes on: less memory per waiting
     run, more CPU when it wakes. 0 turns the cache off."""
+    worker_deployment_name: str | None = Field(default=None, min_length=1, max_length=200)
+    """Temporal worker versioning: the Worker Deployment this worker belongs to (with
+    `AGENTRUN_WORKER_BUILD_ID`). Unset: an unversioned worker, which serves any run.
+    Set: a run stays on the build it started on (pinned) until it ends, so a new
+    build rolls out while old runs finish on the old code (README, "Stopping and
+    upgrading workers"); the build serves runs once it is made the deployment's
+    current version (`temporal worker deployment set-current-version`)."""
+    worker_build_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """The build of this worker's code in `AGENTRUN_WORKER_DEPLOYMENT_NAME` (a release
+    tag or a commit): workers with the same build id run the same code."""
     worker_drain_seconds: float = Field(default=60.0, ge=0, le=3600)
     """On SIGTERM or SIGINT the worker stops taking tasks and gives the activities it
     is running (a model call, a tool call in the sandbox) this long to finish, then
@@ -431,6 +441,11 @@ class Settings(BaseSettings):
             if getattr(self, low) > getattr(self, high)
             or (not allow_equal and getattr(self, low) == getattr(self, high))
         ]
+        if (self.worker_deployment_name is None) != (self.worker_build_id is None):
+            problems.append(
+                f"{_var('worker_deployment_name')} and {_var('worker_build_id')} go together: "
+                "set both for a versioned worker, or neither"
+            )
         kept = 2 * self.sandbox_output_store_bytes  # stdout and stderr, in the workspace
         if kept >= self.sandbox_workspace_mb << 20:
             problems.append(

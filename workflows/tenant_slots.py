@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
+from temporalio.common import VersioningBehavior
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -166,3 +167,14 @@ class TenantSlotsWorkflow:
             # The run is gone (it ended, or was terminated, while it waited).
             workflow.logger.info("%s cannot take its slot (%s); next", workflow_id, err)
             self._tell(self._book.release([workflow_id], workflow.now()))
+
+
+# Lives as long as its tenant: on a versioned deployment (worker.deployment_config) it
+# moves to each new build, since a pinned one would keep the old build's workers alive
+# for ever; its changes are patched as before. A separate definition because the server
+# refuses a versioning behavior from an unversioned worker.
+@workflow.defn(name="TenantSlotsWorkflow", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+class VersionedTenantSlotsWorkflow(TenantSlotsWorkflow):
+    @workflow.run
+    async def run(self, inp: SlotsInput) -> None:
+        await super().run(inp)
