@@ -49,6 +49,9 @@ def api_settings(state_dir: Path, task_queue: str, **overrides: Any) -> Settings
         "webhook_secret": WEBHOOK_SECRET,
         # Test receivers listen on loopback, which webhooks may reach only when allowed.
         "webhook_allow_networks": ["127.0.0.1/32"],
+        # Tests stop their workers mid-call on purpose (a worker that goes away); the
+        # drain on SIGTERM is tests/test_worker_drain.py's.
+        "worker_drain_seconds": 0,
         "sandbox_pool_size": 0,
         "dev_tenant": "apitest",
         "api_sse_poll_seconds": 0.1,

@@ -64,6 +64,9 @@ def worker_settings(state_dir: Path, **overrides: Any) -> Settings:
         "webhook_secret": WEBHOOK_SECRET,
         # Test receivers listen on loopback, which webhooks may reach only when allowed.
         "webhook_allow_networks": ["127.0.0.1/32"],
+        # Tests stop their workers mid-call on purpose (a worker that goes away); the
+        # drain on SIGTERM is tests/test_worker_drain.py's.
+        "worker_drain_seconds": 0,
         "sandbox_pool_size": 0,
         # A namespace per worker: the janitor and pool of one never touch another's.
         "sandbox_namespace": f"t-{uuid.uuid4().hex[:10]}",
