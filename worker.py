@@ -33,10 +33,14 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIServer
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.service import RPCError, RPCStatusCode
@@ -110,13 +114,14 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     )
 
 
-def open_sandbox(settings: Settings, engine: Engine) -> DockerSandbox:
-    """The sandbox on the engine `DOCKER_HOST` names (sandbox/engine.py), or why not."""
+def open_sandbox(settings: Settings, engine: Engine, owner: str) -> DockerSandbox:
+    """The sandbox on the engine `DOCKER_HOST` names (sandbox/engine.py), or why not;
+    `owner` (the worker's Temporal identity) labels what it creates."""
     problem = placement_problem(engine, settings.sandbox_workspace_quota)
     if problem is not None:
         raise CannotStart(problem)
     try:
-        sandbox = DockerSandbox(sandbox_config(settings))
+        sandbox = DockerSandbox(replace(sandbox_config(settings), owner=owner))
     except SandboxError as exc:
         raise CannotStart(
             f"cannot use the Docker engine at {engine.describe()} (DOCKER_HOST, "
@@ -288,14 +293,73 @@ def liveness_checker(
     return is_live
 
 
+OWNER_SILENT_S = 180.0
+"""A worker that has not polled its task queue for this long is gone, and its sandbox
+objects are adopted by the others' janitors. Temporal lists a poller for a few minutes
+after its last poll, and a live worker polls again within a minute (a long poll)."""
+
+
+async def polling_identities(client: Client, task_queue: str) -> set[str] | None:
+    """Identities of the workers that polled `task_queue` (workflow or activity tasks)
+    within `OWNER_SILENT_S`; None when Temporal cannot tell."""
+    now = datetime.now(UTC)
+    found: set[str] = set()
+    try:
+        for kind in (
+            TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        ):
+            described = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=client.namespace,
+                    task_queue=TaskQueue(name=task_queue),
+                    task_queue_type=kind,
+                )
+            )
+            found.update(
+                p.identity
+                for p in described.pollers
+                if (now - p.last_access_time.ToDatetime(UTC)).total_seconds() < OWNER_SILENT_S
+            )
+    except RPCError:
+        return None
+    return found
+
+
+def owner_checker(
+    client: Client, settings: Settings, loop: asyncio.AbstractEventLoop
+) -> Callable[[], Callable[[str], bool]]:
+    """Per sweep, `owner_gone` for the janitor (sandbox/_janitor.py): one look at the
+    task queue's pollers. A creator is gone when it is not among them; when Temporal
+    cannot tell, or does not list this worker itself (then its listing is not to be
+    trusted), nobody is."""
+
+    def for_this_sweep() -> Callable[[str], bool]:
+        try:
+            alive = asyncio.run_coroutine_threadsafe(
+                polling_identities(client, settings.task_queue), loop
+            ).result(timeout=30)
+        except Exception:
+            alive = None
+        if alive is None or client.identity not in alive:
+            log.info("janitor: cannot tell which workers poll; keeping other workers' sandboxes")
+            return lambda owner: False
+        return lambda owner: owner not in alive
+
+    return for_this_sweep
+
+
 async def janitor_loop(client: Client, settings: Settings, sandbox: DockerSandbox) -> None:
-    """Sweep this worker's Docker host for sandboxes of runs that are gone (crashes,
-    terminated workflows), so nothing leaks; also keeps the warm pool at its size."""
-    is_live = liveness_checker(client, settings, asyncio.get_running_loop())
+    """Sweep this worker's Docker engine for sandboxes of runs that are gone (crashes,
+    terminated workflows), so nothing leaks; also keeps the warm pool at its size.
+    Another worker's sandboxes are left to it while it polls (sandbox/_janitor.py)."""
+    loop = asyncio.get_running_loop()
+    is_live = liveness_checker(client, settings, loop)
+    owners = owner_checker(client, settings, loop)
     while True:
         await asyncio.sleep(settings.sandbox_janitor_seconds)
         try:
-            report = await asyncio.to_thread(sandbox.janitor, is_live)
+            report = await asyncio.to_thread(lambda: sandbox.janitor(is_live, owners()))
             if report.removed_containers or report.removed_volumes:
                 log.info(
                     "janitor removed containers %s and volumes %s",
@@ -347,7 +411,7 @@ async def run_worker(settings: Settings) -> None:
             f"(AGENTRUN_TEMPORAL_ADDRESS, namespace {settings.temporal_namespace!r}): {exc}"
         ) from None
     serve_worker_metrics(settings)
-    sandbox = open_sandbox(settings, Engine.from_environ(os.environ))
+    sandbox = open_sandbox(settings, Engine.from_environ(os.environ), client.identity)
     sandbox.refill_pool_async()  # the first run's first tool call skips the cold start
     # The values the worker hands out are redacted from every log line it writes.
     values = SecretValues(secret_resolver(settings))

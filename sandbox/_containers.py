@@ -62,6 +62,8 @@ LABEL_POOL = "agentrun.pool"
 LABEL_VOLUME = "agentrun.volume"
 LABEL_CALL_KEY = "agentrun.callkey"
 LABEL_QUOTA_MB = "agentrun.quota_mb"
+LABEL_OWNER = "agentrun.owner"
+"""The worker that created the object (`SandboxConfig.owner`); Docker cannot relabel."""
 """On a workspace volume that is an image of this many MiB (absent: no quota)."""
 ORPHAN_IMAGE_GRACE_S = 60.0
 """Images without a volume younger than this are left alone (a volume may be on its way)."""
@@ -112,6 +114,9 @@ class Containers:
 
     # ================================================================== creation
 
+    def owner_label(self) -> dict[str, str]:
+        return {LABEL_OWNER: self.config.owner} if self.config.owner else {}
+
     def kwargs(
         self, res: Resources, volume: str, labels: dict[str, str], command: list[str]
     ) -> dict[str, Any]:
@@ -119,7 +124,12 @@ class Containers:
         kwargs: dict[str, Any] = {
             "image": res.image,
             "command": command,
-            "labels": {LABEL_MANAGED: "true", LABEL_NAMESPACE: self.ns, **labels},
+            "labels": {
+                LABEL_MANAGED: "true",
+                LABEL_NAMESPACE: self.ns,
+                **self.owner_label(),
+                **labels,
+            },
             "user": SANDBOX_USER,
             "working_dir": WORKSPACE,
             "hostname": "sandbox",
@@ -171,6 +181,7 @@ class Containers:
                         LABEL_NAMESPACE: self.ns,
                         LABEL_CALL_KEY: secrets.token_hex(32),
                         **({LABEL_QUOTA_MB: str(size)} if quota else {}),
+                        **self.owner_label(),
                         **labels,
                     },
                 )

@@ -30,6 +30,17 @@ Design (why it looks like this):
   already gone, or going, is success.
 * Everything is found through Docker (labels and names), so a janitor in a freshly
   started worker cleans up after one that crashed.
+* **Each worker cleans what it created** (`agentrun.owner`, its Temporal identity;
+  workers on one engine share it, as on one host or one remote `DOCKER_HOST`). A
+  container or volume another worker created is left to that worker while it
+  lives, and adopted, then judged by the rules above, once `owner_gone` says its
+  creator stopped polling Temporal (the caller asks Temporal's task queue for its
+  pollers; when in doubt nothing is gone). Objects without the label (made before
+  it, or by a sandbox without an owner) keep the old rule: any janitor of the
+  namespace judges them. Ownership is the creator's for the object's whole life,
+  because Docker cannot relabel: a pool container claimed by a run on another
+  worker stays its creator's, as does a run container whose later tool calls ran
+  elsewhere.
 
 This module must not: touch objects outside its namespace (every listing filters on
 the namespace label), remove anything of a run it cannot see (`is_live` is expected
@@ -48,7 +59,13 @@ import docker.errors
 from sandbox import _names
 from sandbox._channel import ChannelClosed, ExecutorError
 from sandbox._connections import Connections
-from sandbox._containers import LABEL_MANAGED, LABEL_NAMESPACE, LABEL_VOLUME, Containers
+from sandbox._containers import (
+    LABEL_MANAGED,
+    LABEL_NAMESPACE,
+    LABEL_OWNER,
+    LABEL_VOLUME,
+    Containers,
+)
 from sandbox._docker_errors import docker_errors, removal_raced
 from sandbox._pool import PoolContainer, as_pool_container
 from sandbox.base import JanitorReport, RunRef, SandboxError
@@ -69,6 +86,15 @@ HELLO_TIMEOUT_S = 5.0
 
 IsLive = Callable[[RunRef], bool]
 """The caller's answer to "may this run still need its sandbox?" (True when in doubt)."""
+
+OwnerGone = Callable[[str], bool]
+"""The caller's answer to "has the worker with this identity stopped?" (False when in
+doubt: its objects are then kept)."""
+
+
+def _never_gone(owner: str) -> bool:
+    return False
+
 
 Verdict = Literal["spare", "doomed", "busy"]
 """A pool container is unclaimed, no run's any more, or possibly a run's."""
@@ -115,23 +141,37 @@ class Janitor:
         self._pool = containers.config.pool_id
         self._pool_size = containers.config.pool_size
         self._retired_pool_s = retired_pool_s
+        self._owner = containers.config.owner
 
-    def sweep(self, is_live: IsLive) -> JanitorReport:
-        """Remove this namespace's containers and volumes whose run is not live."""
+    def sweep(self, is_live: IsLive, owner_gone: OwnerGone = _never_gone) -> JanitorReport:
+        """Remove this namespace's containers and volumes whose run is not live, of
+        those this worker created or whose creator is gone (`owner_gone`)."""
         report = JanitorReport()
         with docker_errors("janitor"):
-            in_use = self._sweep_containers(is_live, report)
-            self._sweep_volumes(is_live, in_use, report)
+            in_use = self._sweep_containers(is_live, owner_gone, report)
+            self._sweep_volumes(is_live, owner_gone, in_use, report)
         return report
+
+    def _anothers(self, labels: dict[str, str] | None, owner_gone: OwnerGone) -> bool:
+        """Whether the object is another worker's, which still runs (module docstring)."""
+        owner = (labels or {}).get(LABEL_OWNER, "")
+        return owner not in ("", self._owner) and not owner_gone(owner)
 
     def _filters(self) -> dict[str, list[str]]:
         return {"label": [f"{LABEL_NAMESPACE}={self._ns}", f"{LABEL_MANAGED}=true"]}
 
-    def _sweep_containers(self, is_live: IsLive, report: JanitorReport) -> set[str]:
+    def _sweep_containers(
+        self, is_live: IsLive, owner_gone: OwnerGone, report: JanitorReport
+    ) -> set[str]:
         """Remove the containers nothing needs; returns the volumes of those kept."""
         in_use: set[str] = set()
         spare: list[PoolContainer] = []
         for summary in self._docker.api.containers(all=True, filters=self._filters()):
+            labels = summary.get("Labels") or {}
+            if self._anothers(labels, owner_gone):
+                if labels.get(LABEL_VOLUME):
+                    in_use.add(labels[LABEL_VOLUME])
+                continue
             pool = as_pool_container(self._ns, summary)
             if pool is not None:
                 verdict = self._judge(pool, is_live)
@@ -163,12 +203,14 @@ class Janitor:
                 in_use.add(pool.volume)  # within its pool's size, or a run claimed it first
         return in_use
 
-    def _sweep_volumes(self, is_live: IsLive, in_use: set[str], report: JanitorReport) -> None:
+    def _sweep_volumes(
+        self, is_live: IsLive, owner_gone: OwnerGone, in_use: set[str], report: JanitorReport
+    ) -> None:
         """Remove the volumes of runs that are not live, and pool volumes left behind."""
         listed = self._docker.api.volumes(filters=self._filters()) or {}
         for volume in listed.get("Volumes") or []:
             name = volume["Name"]
-            if name in in_use:
+            if name in in_use or self._anothers(volume.get("Labels"), owner_gone):
                 continue
             run = _names.run_of_volume(self._ns, name)
             if run is not None:

@@ -46,6 +46,10 @@ class SandboxConfig:
     workspace_images: Path | None
     """Absolute directory on the Docker host for the workspace filesystem images (the
     kernel-enforced workspace quota); None runs without a workspace size limit."""
+    owner: str = ""
+    """The worker that creates this sandbox's containers and volumes (its Temporal
+    identity), labelled on each: only its janitor removes them while it polls
+    (`sandbox/_janitor.py`). Empty: unlabelled, any janitor of the namespace may."""
 
     def allowed_images(self) -> list[str]:
         return [self.image, *self.image_allowlist]

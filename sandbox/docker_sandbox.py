@@ -114,13 +114,23 @@ class DockerSandbox:
         """Top the pool up in a background thread (at most one per process)."""
         self._pool.refill_async()
 
-    def janitor(self, is_live: Callable[[RunRef], bool]) -> JanitorReport:
-        """Remove this namespace's containers and volumes whose run is not live.
+    def janitor(
+        self,
+        is_live: Callable[[RunRef], bool],
+        owner_gone: Callable[[str], bool] | None = None,
+    ) -> JanitorReport:
+        """Remove this namespace's containers and volumes whose run is not live, of
+        those this worker created or whose creator is gone (`owner_gone`; unset:
+        another worker's objects are kept). See `sandbox/_janitor.py`.
 
         Then release the workspace filesystems of the volumes that are gone (those
         it removed, and those another process removed or a crash left behind).
         """
-        report = self._janitor.sweep(is_live)
+        report = (
+            self._janitor.sweep(is_live, owner_gone)
+            if owner_gone is not None
+            else self._janitor.sweep(is_live)
+        )
         report.released_workspaces = self._containers.sweep_workspace_images(report.removed_volumes)
         return report
 
