@@ -67,6 +67,7 @@ from sandbox.base import RunRef, Sandbox, SandboxError
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
 from sandbox.engine import Engine, placement_problem
+from sandbox.owners import OwnerGone, OwnerWatch
 from secretstore import SecretStore, SecretStoreError, open_secret_store
 from store.artifacts import ArtifactStore
 from store.backends import open_artifact_store
@@ -294,16 +295,20 @@ def liveness_checker(
 
 
 OWNER_SILENT_S = 180.0
-"""A worker that has not polled its task queue for this long is gone, and its sandbox
-objects are adopted by the others' janitors. Temporal lists a poller for a few minutes
-after its last poll, and a live worker polls again within a minute (a long poll)."""
+"""A worker whose poll stamp on the task queue has not moved for this long is gone,
+and the other workers' janitors adopt its sandboxes (sandbox/owners.py). Temporal
+stamps a poller when a poll starts and when it returns, and an idle poll returns
+after a minute (`matching.longPollExpirationInterval`): three of those, so a live
+worker that is merely idle is never taken for gone. Shorter than Temporal's five
+minutes of poller history, though the watch does not rely on that."""
 
 
-async def polling_identities(client: Client, task_queue: str) -> set[str] | None:
-    """Identities of the workers that polled `task_queue` (workflow or activity tasks)
-    within `OWNER_SILENT_S`; None when Temporal cannot tell."""
-    now = datetime.now(UTC)
-    found: set[str] = set()
+async def poller_stamps(client: Client, task_queue: str) -> dict[str, datetime] | None:
+    """Each worker that polled `task_queue` for workflow or activity tasks in the last
+    few minutes (Temporal's poller history, whose listing includes polls forwarded
+    from the queue's other partitions), with its latest access; None when Temporal
+    cannot tell."""
+    stamps: dict[str, datetime] = {}
     try:
         for kind in (
             TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
@@ -316,35 +321,39 @@ async def polling_identities(client: Client, task_queue: str) -> set[str] | None
                     task_queue_type=kind,
                 )
             )
-            found.update(
-                p.identity
-                for p in described.pollers
-                if (now - p.last_access_time.ToDatetime(UTC)).total_seconds() < OWNER_SILENT_S
-            )
-    except RPCError:
+            for poller in described.pollers:
+                stamp = poller.last_access_time.ToDatetime(UTC)
+                stamps[poller.identity] = max(stamp, stamps.get(poller.identity, stamp))
+    except (RPCError, RuntimeError):  # RuntimeError: the SDK cannot connect at all
         return None
-    return found
+    return stamps
 
 
 def owner_checker(
-    client: Client, settings: Settings, loop: asyncio.AbstractEventLoop
-) -> Callable[[], Callable[[str], bool]]:
-    """Per sweep, `owner_gone` for the janitor (sandbox/_janitor.py): one look at the
-    task queue's pollers. A creator is gone when it is not among them; when Temporal
-    cannot tell, or does not list this worker itself (then its listing is not to be
-    trusted), nobody is."""
+    client: Client,
+    settings: Settings,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    silent_s: float = OWNER_SILENT_S,
+) -> Callable[[], OwnerGone]:
+    """Per sweep, `owner_gone` for the janitor (sandbox/_janitor.py), called from its
+    thread: one look at the task queue's pollers, added to this worker's watch of
+    them (sandbox/owners.py). The owner label of this worker's sandboxes is
+    `client.identity`, which is also how its polls are listed (the Worker takes the
+    client's identity). Temporal unreachable, or not listing this worker's own polls:
+    nobody is gone, and other workers' sandboxes are kept."""
+    watch = OwnerWatch(client.identity, silent_s)
 
-    def for_this_sweep() -> Callable[[str], bool]:
+    def for_this_sweep() -> OwnerGone:
         try:
-            alive = asyncio.run_coroutine_threadsafe(
-                polling_identities(client, settings.task_queue), loop
+            stamps = asyncio.run_coroutine_threadsafe(
+                poller_stamps(client, settings.task_queue), loop
             ).result(timeout=30)
-        except Exception:
-            alive = None
-        if alive is None or client.identity not in alive:
+        except Exception:  # Temporal unreachable, timeout: nobody is gone
+            stamps = None
+        if stamps is None or client.identity not in stamps:
             log.info("janitor: cannot tell which workers poll; keeping other workers' sandboxes")
-            return lambda owner: False
-        return lambda owner: owner not in alive
+        return watch.look(stamps)
 
     return for_this_sweep
 

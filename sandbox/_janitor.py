@@ -30,21 +30,38 @@ Design (why it looks like this):
   already gone, or going, is success.
 * Everything is found through Docker (labels and names), so a janitor in a freshly
   started worker cleans up after one that crashed.
-* **Each worker cleans what it created** (`agentrun.owner`, its Temporal identity;
-  workers on one engine share it, as on one host or one remote `DOCKER_HOST`). A
-  container or volume another worker created is left to that worker while it
-  lives, and adopted, then judged by the rules above, once `owner_gone` says its
-  creator stopped polling Temporal (the caller asks Temporal's task queue for its
-  pollers; when in doubt nothing is gone). Objects without the label (made before
-  it, or by a sandbox without an owner) keep the old rule: any janitor of the
-  namespace judges them. Ownership is the creator's for the object's whole life,
-  because Docker cannot relabel: a pool container claimed by a run on another
-  worker stays its creator's, as does a run container whose later tool calls ran
-  elsewhere.
+* **Each worker cleans what it created**: workers, as on separate hosts, share
+  Temporal and one Docker engine, and each finds and cleans its own sandboxes.
+  Every container and volume is labelled `agentrun.owner` with its creator's
+  Temporal identity (`SandboxConfig.owner`), which is how Temporal names its polls.
+  That is the SDK's `pid@host`, unique among live processes on hosts with distinct
+  names, and deliberately without a random suffix: a worker restarted in place (a
+  container's pid 1 again) takes its former life's objects back at once, and two
+  live processes that share a name (containers on the host's network) merge into
+  one owner, which is the rule before owners: still safe. Docker cannot relabel, so
+  ownership is the creator's for the object's whole life: a pool container claimed
+  by a run on another worker stays its creator's, as does a run container
+  whose later tool calls ran elsewhere. Another worker's object is left alone while
+  that worker lives, and **adopted** once `owner_gone` says it is gone; adopted
+  objects are then judged by the rules above (run not live: removed; pool
+  container: claimed, then removed), so adoption never removes what a live run may
+  use. `owner_gone` is the caller's answer from Temporal's pollers of the task
+  queue (`sandbox/owners.py`: a worker whose poll stamp stopped moving for minutes;
+  nobody when in doubt). An owner that is wrongly called gone (it missed Temporal's
+  listing for minutes) loses nothing either: its objects meet the same rules.
+  - A sandbox is judged through its container: the volume a kept container names is
+    kept, whoever created the volume, and goes with the container's removal.
+  - Objects without the label (made before it, or by a sandbox with no owner) keep
+    the old rule: any janitor of the namespace judges them by the run's liveness.
+  - A worker whose janitor is off (`AGENTRUN_SANDBOX_JANITOR_SECONDS=0`) is still an
+    owner: its ended runs' sandboxes stay until it stops polling. Run the janitor on
+    every worker of an engine, or on none.
 
 This module must not: touch objects outside its namespace (every listing filters on
 the namespace label), remove anything of a run it cannot see (`is_live` is expected
-to answer True when in doubt), or remove a pool container a run may have claimed.
+to answer True when in doubt), remove a pool container a run may have claimed, or
+remove an object another worker created unless `owner_gone` says that worker is gone
+(it is expected to answer False when in doubt).
 """
 
 from __future__ import annotations
@@ -69,6 +86,7 @@ from sandbox._containers import (
 from sandbox._docker_errors import docker_errors, removal_raced
 from sandbox._pool import PoolContainer, as_pool_container
 from sandbox.base import JanitorReport, RunRef, SandboxError
+from sandbox.owners import OwnerGone, nobody_gone
 
 ORPHAN_GRACE_S = 60.0
 """The janitor leaves pool objects younger than this alone (a pool fill may be under way)."""
@@ -86,15 +104,6 @@ HELLO_TIMEOUT_S = 5.0
 
 IsLive = Callable[[RunRef], bool]
 """The caller's answer to "may this run still need its sandbox?" (True when in doubt)."""
-
-OwnerGone = Callable[[str], bool]
-"""The caller's answer to "has the worker with this identity stopped?" (False when in
-doubt: its objects are then kept)."""
-
-
-def _never_gone(owner: str) -> bool:
-    return False
-
 
 Verdict = Literal["spare", "doomed", "busy"]
 """A pool container is unclaimed, no run's any more, or possibly a run's."""
@@ -143,7 +152,7 @@ class Janitor:
         self._retired_pool_s = retired_pool_s
         self._owner = containers.config.owner
 
-    def sweep(self, is_live: IsLive, owner_gone: OwnerGone = _never_gone) -> JanitorReport:
+    def sweep(self, is_live: IsLive, owner_gone: OwnerGone = nobody_gone) -> JanitorReport:
         """Remove this namespace's containers and volumes whose run is not live, of
         those this worker created or whose creator is gone (`owner_gone`)."""
         report = JanitorReport()
