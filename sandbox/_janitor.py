@@ -8,7 +8,8 @@ Design (why it looks like this):
 * **A pool container is removed only when no run can have it**, because a run may be
   claiming it at this very moment (see `sandbox/_pool.py`: the executor's answer to
   `claim` decides, then the winner renames it). So the janitor asks the executor too:
-  - unclaimed and beyond `pool_size`, in this worker's own pool (`pool_id`): the
+  - unclaimed and beyond `pool_size`, in this worker's own pool (`pool_id`; the
+    oldest stay, ranked among the pool's spare containers of every owner): the
     janitor *claims it first* (`JANITOR_OWNER`) and removes it only if it won; a run
     that won keeps it;
   - unclaimed, of another pool (workers with another pool size or other sandbox
@@ -120,6 +121,12 @@ def created_age_s(created: str) -> float:
     return (datetime.now(UTC) - stamp).total_seconds()
 
 
+def _age_order(pool: PoolContainer) -> tuple[float, str]:
+    """Oldest first; ties (one-second `Created` stamps) broken by name, the same in
+    every worker's ranking."""
+    return pool.created, pool.name
+
+
 def claimer_of(namespace: str, owner: str) -> RunRef | None:
     """The run a pool claim was made for, or None when the owner is no run (a janitor).
 
@@ -175,13 +182,16 @@ class Janitor:
         """Remove the containers nothing needs; returns the volumes of those kept."""
         in_use: set[str] = set()
         spare: list[PoolContainer] = []
+        theirs: list[PoolContainer] = []  # another live worker's, in this worker's pool
         for summary in self._docker.api.containers(all=True, filters=self._filters()):
             labels = summary.get("Labels") or {}
+            pool = as_pool_container(self._ns, summary)
             if self._anothers(labels, owner_gone):
                 if labels.get(LABEL_VOLUME):
                     in_use.add(labels[LABEL_VOLUME])
+                if pool is not None and pool.pool == self._pool and pool.state == "running":
+                    theirs.append(pool)  # counted, never touched: see the ranking below
                 continue
-            pool = as_pool_container(self._ns, summary)
             if pool is not None:
                 verdict = self._judge(pool, is_live)
                 if verdict == "spare":
@@ -198,12 +208,17 @@ class Janitor:
                 self._remove(summary["Id"], name, volume, report)
             elif volume:
                 in_use.add(volume)
-        spare.sort(key=lambda c: c.created)  # the oldest stay
-        ours = [c for c in spare if c.pool == self._pool]
+        # One ranking of this pool's spare containers, whoever created them: the oldest
+        # `pool_size` stay and each janitor removes the surplus that is its own, so the
+        # pool all its workers fill shrinks back to its size (counting only their own,
+        # two workers whose refills raced would each keep `pool_size`). Another
+        # worker's are counted as spare unasked: one being claimed keeps one more here
+        # until the next sweep.
+        ranked = sorted([*theirs, *(c for c in spare if c.pool == self._pool)], key=_age_order)
         now = time.time()
         for pool in spare:
             if pool.pool == self._pool:
-                surplus = ours.index(pool) >= self._pool_size
+                surplus = ranked.index(pool) >= self._pool_size
             else:  # another pool's: its workers keep it at its size, unless it is retired
                 surplus = now - pool.created > self._retired_pool_s
             if surplus and self._claim_for_removal(pool):

@@ -4,7 +4,8 @@ Two sandboxes with different owners (as two workers on one Docker engine) share 
 namespace. On real Docker with the caller's answers given directly: B's janitor
 leaves A's container and volume of an ended run while A lives, A's own janitor
 removes them, B removes them once A is gone, a live run's are kept even then,
-and unlabelled objects keep the old rule. On real Docker and a real
+unlabelled objects keep the old rule, and a pool both fill is trimmed back to its
+size by each janitor removing only its own surplus. On real Docker and a real
 Temporal dev server, through the worker's own wiring (`liveness_checker`,
 `owner_checker`): the owners that are alive are those whose polls Temporal lists,
 one that stops polling is adopted after the (here shortened) grace, and with
@@ -20,12 +21,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import docker
 import pytest
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from agentrun.config import load_settings
+from sandbox._containers import LABEL_OWNER
+from sandbox._pool import list_pool
 from sandbox.base import JanitorReport, RunRef
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
@@ -115,6 +119,38 @@ def test_unlabelled_objects_keep_the_rule_that_any_janitor_judges_them(
         assert report.removed_containers == containers
     finally:
         legacy.close()
+
+
+def test_two_live_workers_trim_the_pool_they_share_to_its_size_each_removing_only_its_own(
+    pair: tuple[DockerSandbox, DockerSandbox],
+) -> None:
+    # Both workers have the same settings, so one pool. A filled it; B's refill raced
+    # A's (here: B creates one anyway), so the pool holds one too many. Had each
+    # janitor counted only its own, each would see one, within the size, and the
+    # surplus would stay for good.
+    a, b = (dataclasses.replace(s.config, pool_size=1) for s in pair)
+    a_pool, b_pool = DockerSandbox(a), DockerSandbox(b)
+    client = docker.from_env()
+    try:
+        assert a_pool.warm_pool() == 1
+        b_pool._pool._create_one()  # a refill that raced A's
+        pool = list_pool(client, a.namespace, a.pool_id)
+        assert len(pool) == 2
+        owner = {
+            c.name: client.api.inspect_container(c.id)["Config"]["Labels"][LABEL_OWNER]
+            for c in pool
+        }
+        removed: dict[str, list[str]] = {}
+        for sandbox in (a_pool, b_pool):
+            report = sandbox.janitor(lambda run: True, lambda owner: False)
+            removed[sandbox.config.owner] = report.removed_containers
+        assert len(list_pool(client, a.namespace, a.pool_id)) == 1
+        assert sum(len(names) for names in removed.values()) == 1
+        for who, names in removed.items():
+            assert all(owner[name] == who for name in names), removed
+    finally:
+        a_pool.close()
+        b_pool.close()
 
 
 # ====================================================================== with Temporal
