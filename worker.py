@@ -69,8 +69,8 @@ from sandbox.docker_sandbox import DockerSandbox
 from sandbox.engine import Engine, placement_problem
 from sandbox.owners import OwnerGone, OwnerWatch
 from secretstore import SecretStore, SecretStoreError, open_secret_store
-from store.artifacts import ArtifactStore
-from store.backends import open_artifact_store
+from store.artifacts import TenantStores
+from store.backends import open_tenant_stores
 from store.delta_log import DeltaStore, open_delta_store
 from telemetry import setup_telemetry
 from telemetry.logs import configure_logging
@@ -157,7 +157,7 @@ def build_worker(
     *,
     sandbox: Sandbox | None = None,
     router: ModelProvider | None = None,
-    store: ArtifactStore | None = None,
+    store: TenantStores | None = None,
     task_queue: str | None = None,
     stand_ins: Mapping[str, Callable[..., Any]] | None = None,
     deltas: DeltaStore | None = None,
@@ -169,7 +169,7 @@ def build_worker(
     its cue, as temporalio's samples stand activities in), keeping the others real.
     `deltas` (default: `open_delta_store(settings)`) is closed by whoever opened it.
     """
-    store = store or open_artifact_store(settings)
+    store = store or open_tenant_stores(settings)
     if sandbox is None:
         sandbox = DockerSandbox(sandbox_config(settings))
     if router is None:

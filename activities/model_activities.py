@@ -14,6 +14,10 @@ of them with a refusal the model reads on its next call.
 The values of the run's granted secrets (`ModelCallInput.secrets`, names resolved by
 `activities.secret_values`) are redacted from the reply, its tool calls, the
 streamed deltas and any error before they leave (`agentrun.redaction`).
+
+Every blob (the conversation, the script, tool arguments) is read and written
+through the run's tenant's view of the store (`ModelCallInput.tenant_id`; tenant
+prefixes: `store/artifacts.py`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from agentrun.contracts import (
     ToolCall,
 )
 from agentrun.redaction import Redactor, StreamRedactor
-from store.artifacts import ArtifactStore, get_bytes
+from store.artifacts import TenantStores, get_bytes
 from store.conversation import ConversationStore
 from store.delta_log import DeltaStore
 from telemetry.tracing import capturing_content, model_call_span, record_model_reply
@@ -59,7 +63,7 @@ class ModelActivities:
     def __init__(
         self,
         router: ModelProvider,
-        store: ArtifactStore,
+        store: TenantStores,
         deltas: DeltaStore | None = None,
         *,
         max_tool_calls_per_turn: int = DEFAULT_MAX_TOOL_CALLS_PER_TURN,
@@ -68,11 +72,12 @@ class ModelActivities:
         self._router = router
         # Granted values, redacted from replies; without a store a run granted secrets fails.
         self._secrets = secrets or SecretValues(None)
-        self._store = store
+        self._stores = store
         self._deltas = deltas
         self._max_tool_calls = max_tool_calls_per_turn
         self._conversations = ConversationStore(store)
-        self._scripts: dict[str, list[ScriptedTurn]] = {}
+        self._scripts: dict[tuple[str, str], list[ScriptedTurn]] = {}
+        """Parsed scripts by (tenant, digest), like the conversation cache."""
 
     @activity.defn(name="call_model")
     async def call_model(self, inp: ModelCallInput) -> ModelCallOutput:
@@ -88,19 +93,19 @@ class ModelActivities:
 
     async def _call_model(self, inp: ModelCallInput, redactor: Redactor) -> ModelCallOutput:
         attempt = activity.info().attempt
-        conv = self._conversations
+        conv, tenant = self._conversations, inp.tenant_id
+        store = self._stores.for_tenant(tenant)
         new_digests = list(inp.append)
         for text in inp.user_messages:
-            new_digests.append(
-                await asyncio.to_thread(conv.put_message, Message(role="user", content=text))
-            )
-        history = await asyncio.to_thread(conv.load, inp.conversation_head)
-        appended = [await asyncio.to_thread(conv.get_message, d) for d in new_digests]
+            user = Message(role="user", content=text)
+            new_digests.append(await asyncio.to_thread(conv.put_message, tenant, user))
+        history = await asyncio.to_thread(conv.load, tenant, inp.conversation_head)
+        appended = [await asyncio.to_thread(conv.get_message, tenant, d) for d in new_digests]
         request = ModelRequest(
             model=inp.model,
             messages=history + appended,
             tools=tool_schemas(inp.tools),
-            script=await self._script(inp.script_digest),
+            script=await self._script(tenant, inp.script_digest),
             attempt=attempt,
         )
         reply = await self._complete(inp, request, redactor)
@@ -121,20 +126,20 @@ class ModelActivities:
             ToolCall(
                 id=raw.id,
                 name=raw.name,
-                arguments_digest=await asyncio.to_thread(self._store.put, raw.arguments.encode()),
+                arguments_digest=await asyncio.to_thread(store.put, raw.arguments.encode()),
                 preview=raw.arguments[:PREVIEW_CHARS],
             )
             for raw in kept
         ]
         assistant = Message(role="assistant", content=reply_text, tool_calls=stored_calls)
-        assistant_digest = await asyncio.to_thread(conv.put_message, assistant)
+        assistant_digest = await asyncio.to_thread(conv.put_message, tenant, assistant)
         # The refused calls are answered here, right after the assistant message; the
         # kept calls' results follow with the next model call (in `append`).
         refusals = await asyncio.to_thread(
-            lambda: [conv.put_message(refusal(c, len(stored_calls), cap)) for c in refused]
+            lambda: [conv.put_message(tenant, refusal(c, len(stored_calls), cap)) for c in refused]
         )
         head = await asyncio.to_thread(
-            conv.append, inp.conversation_head, [*new_digests, assistant_digest, *refusals]
+            conv.append, tenant, inp.conversation_head, [*new_digests, assistant_digest, *refusals]
         )
         return ModelCallOutput(
             conversation_head=head,
@@ -187,11 +192,12 @@ class ModelActivities:
             )
         return reply
 
-    async def _script(self, digest: str | None) -> list[ScriptedTurn] | None:
+    async def _script(self, tenant: str, digest: str | None) -> list[ScriptedTurn] | None:
         if digest is None:
             return None
-        if digest not in self._scripts:
-            raw = await asyncio.to_thread(get_bytes, self._store, digest)
+        key = (tenant, digest)
+        if key not in self._scripts:
+            raw = await asyncio.to_thread(get_bytes, self._stores.for_tenant(tenant), digest)
             try:
                 turns = _SCRIPT.validate_json(raw)
             except ValueError as exc:
@@ -200,8 +206,8 @@ class ModelActivities:
                     type="ModelConfigError",
                     non_retryable=True,
                 ) from None
-            self._scripts[digest] = turns
-        return self._scripts[digest]
+            self._scripts[key] = turns
+        return self._scripts[key]
 
 
 class _RedactingSink:

@@ -1,5 +1,9 @@
 """Run bookkeeping activities: conversation start, event segments, webhooks.
 
+The conversation's first node, the script and the event segments are written
+through the run's tenant's view of the store (`store/artifacts.py`, tenant
+prefixes), taken from the input's `tenant_id`.
+
 `deliver_webhook` keeps its activity name here (committed histories name it) and
 hands the work to `activities.webhooks`, which signs the delivery, checks where it
 may go and classifies the outcome.
@@ -25,7 +29,7 @@ from agentrun.contracts import (
     canonical_json,
 )
 from agentrun.webhook_destinations import WebhookAllowList
-from store.artifacts import ArtifactStore
+from store.artifacts import TenantStores
 from store.conversation import ConversationStore
 from telemetry.metrics import bounded, instruments
 
@@ -36,10 +40,10 @@ __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "RunActivities", "sign", "ver
 class RunActivities:
     def __init__(
         self,
-        store: ArtifactStore,
+        store: TenantStores,
         webhooks: WebhookSender | None = None,
     ) -> None:
-        self._store = store
+        self._stores = store
         self._conversations = ConversationStore(store)
         # Without a sender, every delivery fails with `WebhookConfigError` (no secret).
         self._webhooks = webhooks or WebhookSender(None, WebhookAllowList())
@@ -47,17 +51,20 @@ class RunActivities:
     @activity.defn(name="init_run")
     async def init_run(self, inp: InitRunInput) -> InitRunOutput:
         """Store the first two messages (and the script); heartbeats, as blob stores stall."""
-        conv = self._conversations
+        conv, tenant = self._conversations, inp.tenant_id
         async with heartbeating():
             system = await asyncio.to_thread(
-                conv.put_message, Message(role="system", content=inp.system_prompt)
+                conv.put_message, tenant, Message(role="system", content=inp.system_prompt)
             )
-            goal = await asyncio.to_thread(conv.put_message, Message(role="user", content=inp.goal))
-            head = await asyncio.to_thread(conv.append, None, [system, goal])
+            goal = await asyncio.to_thread(
+                conv.put_message, tenant, Message(role="user", content=inp.goal)
+            )
+            head = await asyncio.to_thread(conv.append, tenant, None, [system, goal])
             script_digest = None
             if inp.script is not None:
                 body = canonical_json([t.model_dump(mode="json") for t in inp.script])
-                script_digest = await asyncio.to_thread(self._store.put, body)
+                store = self._stores.for_tenant(tenant)
+                script_digest = await asyncio.to_thread(store.put, body)
         return InitRunOutput(conversation_head=head, script_digest=script_digest)
 
     @activity.defn(name="store_events")
@@ -65,7 +72,8 @@ class RunActivities:
         """One segment of events; heartbeats while the (possibly large) blob is written."""
         async with heartbeating():
             body = canonical_json([e.model_dump(mode="json") for e in inp.events])
-            digest = await asyncio.to_thread(self._store.put, body)
+            store = self._stores.for_tenant(inp.tenant_id)
+            digest = await asyncio.to_thread(store.put, body)
         return EventSegment(first_seq=inp.events[0].seq, last_seq=inp.events[-1].seq, digest=digest)
 
     @activity.defn(name="deliver_webhook")

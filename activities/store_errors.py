@@ -3,11 +3,12 @@
 Every activity reads or writes the artifact store (conversation, tool output,
 segments, workspace files), and the S3 backend raises
 :class:`~store.artifacts.ArtifactStoreError` with a `retryable` flag
-(`store/s3.py`, `_classified`). Left alone, Temporal would retry every such error,
-so a refused credential or a missing bucket would retry until the activity's
-schedule-to-close timeout. This interceptor turns the error into an
-`ApplicationError` of the same type name, non-retryable when the store says
-retrying cannot help; one place instead of a try/except in every activity.
+(`store/s3.py`, `_classified`); every backend refuses a tenant id that could leave
+its prefix the same way (`InvalidTenantId`, never retryable). Left alone,
+Temporal would retry every such error, so a refused credential or a missing bucket
+would retry until the activity's schedule-to-close timeout. This interceptor turns
+the error into an `ApplicationError` of the same type name, non-retryable when the
+store says retrying cannot help; one place instead of a try/except in every activity.
 
 This module must not: change any other exception, or keep the original chain
 (`from None`: the store's message is already the whole story, and the cause may

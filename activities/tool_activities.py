@@ -16,6 +16,10 @@ redacted with the values of the run's `secrets`, resolved in the worker
 (`activities.secret_values`) before the tool runs, so that a store that cannot
 answer fails the call before anything is produced.
 
+Every blob (tool arguments, the tool message, output stored whole, the workspace's
+files, the transcript) is read and written through the run's tenant's view of the
+store (the input's `tenant_id`; tenant prefixes: `store/artifacts.py`).
+
 Each result carries the tool's wall time (`ToolResult.tool_seconds`, measured here
 on the worker's monotonic clock, never in the workflow): the workflow adds it to the
 run's usage as it stands in history, so a replay adds the same number.
@@ -68,7 +72,7 @@ from sandbox.base import (
     SandboxPathError,
     SandboxWorkspaceFull,
 )
-from store.artifacts import ArtifactStore, get_bytes
+from store.artifacts import TenantStores, get_bytes
 from store.conversation import ConversationStore
 from telemetry.metrics import record_tool_call
 from telemetry.tracing import record_tool_result, tool_span
@@ -148,13 +152,13 @@ class ToolActivities:
     def __init__(
         self,
         sandbox: Sandbox,
-        store: ArtifactStore,
+        store: TenantStores,
         keep_workspace_default: bool = False,
         egress: EgressBroker | None = None,
         secrets: SecretValues | None = None,
     ) -> None:
         self._sandbox = sandbox
-        self._store = store
+        self._stores = store
         # Granted values, for redaction (the worker passes the one its broker uses too);
         # else the broker's, so what it injects is redacted; with neither, a run granted
         # secrets fails rather than run unredacted.
@@ -184,13 +188,14 @@ class ToolActivities:
         attempt = activity.info().attempt
         call = inp.call
         run = RunRef(inp.tenant_id, inp.run_id)
+        store = self._stores.for_tenant(inp.tenant_id)
         result = ToolResult(call_id=call.id, name=call.name, ok=False, attempt=attempt)
         view: str
         if inp.denied_reason is not None:
             result.error_type = ErrorKind.DENIED
             view = f"Tool call not executed: {inp.denied_reason}"
         else:
-            raw = _text(get_bytes(self._store, call.arguments_digest))
+            raw = _text(get_bytes(store, call.arguments_digest))
             started: float | None = None
             try:
                 args = parse_arguments(call.name, raw)
@@ -223,7 +228,7 @@ class ToolActivities:
             result.final_answer = redactor.redact(result.final_answer)[:FINAL_ANSWER_CHARS]
         result.summary = view[:SUMMARY_CHARS]
         message = Message(role="tool", tool_call_id=call.id, name=call.name, content=view)
-        result.message_digest = self._conversations.put_message(message)
+        result.message_digest = self._conversations.put_message(inp.tenant_id, message)
         return _redacted(result, redactor)
 
     def _execute(
@@ -347,7 +352,7 @@ class ToolActivities:
             stdout = redactor.redact_head(full, len(stdout)) if full else stdout
             stderr = redactor.redact_head(err, len(stderr)) if err else stderr
             body = redactor.redact_bytes(full + (b"\n--- stderr ---\n" + err if err else b""))
-            digest = self._store.put(body)
+            digest = self._stores.for_tenant(inp.tenant_id).put(body)
             result.output_artifact = ArtifactRef(
                 digest=digest,
                 name=f"{inp.call.id}.output.txt",
@@ -403,7 +408,7 @@ class ToolActivities:
             except SandboxError as exc:
                 raise _translate(exc) from None
         if inp.conversation_head is not None:
-            conversation = self._conversations.load(inp.conversation_head)
+            conversation = self._conversations.load(inp.tenant_id, inp.conversation_head)
             transcript = json.dumps(
                 [m.model_dump(mode="json", exclude_none=True) for m in conversation],
                 indent=1,
@@ -412,9 +417,10 @@ class ToolActivities:
             files.append(CollectedFile(TRANSCRIPT, transcript.encode()))
         out = StoreArtifactOutput()
         now = datetime.now(UTC)
+        store = self._stores.for_tenant(inp.tenant_id)
         for f in files:
             data, path = redactor.redact_bytes(f.data), redactor.redact(f.path)
-            digest = self._store.put(data)
+            digest = store.put(data)
             ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
             out.artifacts.append(
                 ArtifactRef(

@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agentrun.contracts import NAME_PATTERN
 from agentrun.webhook_destinations import allow_list_host
 
 DEFAULT_STATE_DIR = Path(".state")
@@ -160,6 +161,12 @@ class Settings(BaseSettings):
     (`AGENTRUN_ARTIFACT_DIR`, shared by the API and the workers on one machine) or
     `s3` (an S3-compatible bucket: AWS S3, SeaweedFS, MinIO; then nothing reads the
     local artifact directory, and workers and API servers may run on any host)."""
+    artifact_legacy_reads: bool = True
+    """A tenant's blob missing from its own prefix is also looked for where blobs were
+    written before tenant prefixes (`<artifact_dir>/ab/cd/…`, `<s3_prefix>blobs/…`), so
+    runs and artifacts from before still read. Writes never go there. Turn it off
+    when the deployment has no such blobs (new, or retired them): a miss then costs
+    one lookup instead of two, and no tenant reads the shared unscoped area."""
     s3_endpoint: str | None = None
     """S3 store: the endpoint URL (`http://seaweedfs:8333`); unset: AWS S3 in
     `AGENTRUN_S3_REGION`. With an endpoint, buckets are addressed as paths."""
@@ -169,8 +176,8 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     """S3 store: the region to sign requests for."""
     s3_prefix: str = "agentrun/"
-    """S3 store: key prefix, so deployments can share a bucket; blobs go under
-    `<prefix>blobs/<d[:2]>/<d[2:4]>/<sha256>`."""
+    """S3 store: key prefix, so deployments can share a bucket; a tenant's blobs go
+    under `<prefix>tenants/<tenant>/blobs/<d[:2]>/<d[2:4]>/<sha256>`."""
     s3_access_key_id: str | None = Field(default=None, repr=False)
     """S3 store: access key id. Unset (with the secret): boto3's own chain (`AWS_*`
     variables, shared config, an instance or pod role)."""
@@ -363,7 +370,7 @@ class Settings(BaseSettings):
     egress_max_response_bytes: int = Field(default=8 << 20, ge=1024, le=64 << 20)
     """The largest response body the egress broker passes back to a tool (larger: 502);
     it travels to the sandbox over the attach stream, in 2 KiB frames."""
-    dev_tenant: str = "default"
+    dev_tenant: str = Field(default="default", pattern=NAME_PATTERN)
     """Tenant used when the API runs without API keys (local embedded default), and the
     system tenant the first start creates with the bootstrap admin key; its admins
     manage every tenant."""

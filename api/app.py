@@ -80,7 +80,7 @@ from api.routes import (
 from api.routes.codec import CODEC_PATH_PREFIX, CodecCors
 from api.schemas import SseMessage
 from api.service import SegmentReader
-from store.backends import open_artifact_store
+from store.backends import open_tenant_stores
 from store.delta_log import open_delta_store
 from telemetry import setup_telemetry
 from telemetry.tracing import instrument_app
@@ -189,7 +189,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         # Every route: its rule, then (unless public) the key, its rate and its role.
         dependencies=[Depends(authorize)],
     )
-    store = open_artifact_store(settings)
+    store = open_tenant_stores(settings)
     segments = SegmentReader(store)
     deltas = open_delta_store(settings)  # local files, or Redis shared with the workers
     state = ApiState(

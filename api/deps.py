@@ -7,6 +7,10 @@ what they use by type (`SettingsDep`, `ClientDep`, `StoreDep`, `SegmentsDep`,
 `FeedsDep`, `DeltasDep`, `CodecDep`), so a route's signature lists everything it touches and
 a test can build the state without a server.
 
+`StoreDep` is the caller's tenant's view of the artifact store (its own prefix,
+`store/artifacts.py`), never the whole store: a route cannot read another tenant's
+blobs, whatever digest it is given.
+
 Tenancy is resolved here and nowhere else. Every route first runs :func:`authorize`
 (an app-wide dependency): the route's rule in `api.auth.RULES`, then, unless the
 route is public, the caller's API key (`Authorization: Bearer …`, checked by the
@@ -54,7 +58,7 @@ from api.auth import (
 from api.errors import ApiError, BadRequest, Forbidden, Unauthenticated, Unavailable
 from api.feed import RunFeeds
 from api.service import SegmentReader
-from store.artifacts import ArtifactStore
+from store.artifacts import ArtifactStore, TenantStores
 from store.delta_log import DeltaStore
 from telemetry.metrics import temporal_runtime
 from telemetry.tracing import client_plugins
@@ -131,9 +135,10 @@ class ApiState:
 
     settings: Settings
     temporal: TemporalConnection
-    store: ArtifactStore
+    store: TenantStores
+    """Every tenant's blobs; a route gets its caller's tenant's view (`StoreDep`)."""
     segments: SegmentReader
-    """Flushed event segments, cached (they never change)."""
+    """Flushed event segments, read through the run's tenant's view, cached (they never change)."""
     feeds: RunFeeds
     """One events poller per followed run, shared by its SSE connections."""
     deltas: DeltaStore | None
@@ -170,10 +175,6 @@ def get_settings(state: StateDep) -> Settings:
 
 async def get_client(state: StateDep) -> Client:
     return await state.temporal.get()
-
-
-def get_store(state: StateDep) -> ArtifactStore:
-    return state.store
 
 
 def get_segments(state: StateDep) -> SegmentReader:
@@ -245,6 +246,11 @@ def get_principal(request: Request, _: Annotated[None, Depends(authorize)]) -> P
 def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> str:
     """The caller's tenant: its key's (`settings.dev_tenant` with auth off)."""
     return principal.tenant_id
+
+
+def get_store(state: StateDep, tenant: Annotated[str, Depends(get_tenant)]) -> ArtifactStore:
+    """The caller's tenant's view of the artifact store (its own prefix)."""
+    return state.store.for_tenant(tenant)
 
 
 def get_actor(

@@ -47,6 +47,7 @@ from agentrun.contracts import (
     RunStatus,
     RunStatusView,
     TerminalReason,
+    run_ref_from_workflow_id,
 )
 from agentrun.search_attributes import (
     SA_AGENT,
@@ -60,7 +61,7 @@ from agentrun.search_attributes import (
 from api.errors import ApiError, Conflict, NotFound, UpstreamTimeout
 from api.launcher import MEMO_GOAL, run_handle
 from api.schemas import RunLinks, RunSummary, RunView
-from store.artifacts import ArtifactStore, BlobNotFound, get_bytes
+from store.artifacts import BlobNotFound, TenantStores, get_bytes
 from workflows.agent_run import AgentRunWorkflow
 from workflows.outcome import MEMO_RESULT, result_from_failure
 
@@ -285,20 +286,23 @@ async def memo_goal(wf: WorkflowExecution) -> str | None:
 
 
 class SegmentReader:
-    """Reads flushed event segments from the artifact store (cached: they never change)."""
+    """Reads flushed event segments from the run's tenant's view of the artifact store
+    (cached by tenant and digest: they never change, and a tenant reads only its own)."""
 
-    def __init__(self, store: ArtifactStore, capacity: int = 64) -> None:
-        self._store = store
-        self._cache: OrderedDict[str, list[RunEvent]] = OrderedDict()
+    def __init__(self, store: TenantStores, capacity: int = 64) -> None:
+        self._stores = store
+        self._cache: OrderedDict[tuple[str, str], list[RunEvent]] = OrderedDict()
         self._capacity = capacity
 
-    async def read(self, digest: str) -> list[RunEvent]:
-        cached = self._cache.get(digest)
+    async def read(self, tenant: str, digest: str) -> list[RunEvent]:
+        key = (tenant, digest)
+        cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(digest)
+            self._cache.move_to_end(key)
             return cached
+        store = self._stores.for_tenant(tenant)
         try:
-            raw = await asyncio.to_thread(get_bytes, self._store, digest)
+            raw = await asyncio.to_thread(get_bytes, store, digest)
         except BlobNotFound:
             log.error("event segment %s is missing from the artifact store", digest)
             raise ApiError(
@@ -307,7 +311,7 @@ class SegmentReader:
                 "AGENTRUN_ARTIFACT_STORE=s3, AGENTRUN_S3_BUCKET and AGENTRUN_S3_PREFIX)"
             ) from None
         events = _SEGMENT.validate_json(raw)
-        self._cache[digest] = events
+        self._cache[key] = events
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         return events
@@ -316,8 +320,10 @@ class SegmentReader:
 async def fetch_events(
     handle: Handle, reader: SegmentReader, after: int, limit: int, wait_seconds: float
 ) -> tuple[list[RunEvent], EventsPage]:
-    """Events with `seq > after`, in order, at most `limit`: flushed segments first,
-    then the run's in-memory events. Raises :class:`RunNotAnswering`."""
+    """Events with `seq > after`, in order, at most `limit`: flushed segments first
+    (read as the run's tenant, whose id the workflow id holds), then the run's
+    in-memory events. Raises :class:`RunNotAnswering`."""
+    tenant, _ = run_ref_from_workflow_id(handle.id)
     with _query_errors(handle):
         async with asyncio.timeout(wait_seconds):
             page: EventsPage = await handle.query(
@@ -329,7 +335,7 @@ async def fetch_events(
     for segment in sorted(page.segments, key=lambda s: s.first_seq):
         if len(merged) >= limit:
             break
-        for event in await reader.read(segment.digest):
+        for event in await reader.read(tenant, segment.digest):
             if event.seq > after:
                 merged.setdefault(event.seq, event)
     for event in page.events:

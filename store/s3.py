@@ -1,8 +1,9 @@
 """The artifact store on S3-compatible object storage (AWS S3, SeaweedFS, MinIO, …).
 
     store = S3ArtifactStore(S3Config(bucket="agentrun", endpoint="http://seaweed:8333"))
-    digest = store.put(b"...")      # → s3://agentrun/<prefix>blobs/ab/cd/abcd…
-    with store.open(digest) as fh:  # a stream; nothing is written to local disk
+    acme = store.for_tenant("acme")
+    digest = acme.put(b"...")       # → s3://agentrun/<prefix>tenants/acme/blobs/ab/cd/abcd…
+    with acme.open(digest) as fh:   # a stream; nothing is written to local disk
         fh.read()
 
 With it, a worker and an API server share nothing but the bucket: the conversation
@@ -21,14 +22,18 @@ Design (why it looks like this):
   (its own keys, async, one payload per object): it does not give the
   put/open/exists/size by digest that the conversation chain, the segments and the
   artifact routes read, so it does not fit here.
-* **Content-addressed keys** `<prefix>blobs/<d[:2]>/<d[2:4]>/<digest>`: the same
-  bytes land under the same key from any worker, so a retried activity re-putting
-  a blob is a HEAD and nothing more. An S3 PUT (or CompleteMultipartUpload) makes
-  an object visible whole or not at all, so a worker killed mid-upload never
-  leaves a truncated blob under a valid digest, as the local store's rename does.
-  The interface carries no tenant (a message shared by two tenants' runs is one
-  blob): tenancy is enforced above, where the API only serves digests a tenant's
-  own run lists. The prefix separates deployments sharing a bucket.
+* **Content-addressed keys under a tenant prefix**
+  `<prefix>tenants/<tenant>/blobs/<d[:2]>/<d[2:4]>/<digest>` (:meth:`for_tenant`;
+  why tenant prefixes, and the read fallback to the unscoped keys
+  `<prefix>blobs/…` written before them: `store/artifacts.py`). The same bytes of
+  a tenant land under the same key from any worker, so a retried activity
+  re-putting a blob is a HEAD and nothing more. An S3 PUT (or
+  CompleteMultipartUpload) makes an object visible whole or not at all, so a
+  worker killed mid-upload never leaves a truncated blob under a valid digest, as
+  the local store's rename does. One prefix per tenant is what S3's own tools act
+  on: a bucket policy or IAM condition on `<prefix>tenants/acme/*`, a lifecycle
+  rule with that prefix filter, `aws s3 sync` to export it, `aws s3 rm --recursive`
+  to delete it. `AGENTRUN_S3_PREFIX` separates deployments sharing a bucket.
 * **Multipart above a threshold** (`AGENTRUN_S3_MULTIPART_THRESHOLD_MB`): s3transfer
   uploads large workspace files in parts and aborts the upload on failure.
 * **Errors classified in one place** (:func:`_classified`): 404/NoSuchKey → the
@@ -49,7 +54,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, cast
 
 import boto3
@@ -66,9 +71,12 @@ from botocore.exceptions import (
 
 from agentrun.contracts import digest_of
 from store.artifacts import (
+    TENANTS,
     ArtifactStoreMisconfigured,
     ArtifactStoreUnavailable,
     BlobNotFound,
+    TenantArtifactStore,
+    check_tenant_id,
 )
 
 MiB = 1 << 20
@@ -126,11 +134,16 @@ def _client(cfg: S3Config) -> Any:
 
 
 class S3ArtifactStore:
-    """Blobs under `s3://<bucket>/<prefix>blobs/<d[:2]>/<d[2:4]>/<digest>`."""
+    """Tenant `t`'s blobs under `s3://<bucket>/<prefix>tenants/t/blobs/<d[:2]>/<d[2:4]>/<digest>`
+    (:meth:`for_tenant`); its own put/open/exists/size are the unscoped keys
+    `<prefix>blobs/…` that blobs had before tenant prefixes (the legacy fallback)."""
 
-    def __init__(self, cfg: S3Config, client: Any | None = None) -> None:
+    def __init__(
+        self, cfg: S3Config, client: Any | None = None, *, legacy_reads: bool = True
+    ) -> None:
         self._cfg = cfg
         self._client = client if client is not None else _client(cfg)
+        self._legacy_reads = legacy_reads
         self._transfer = TransferConfig(
             multipart_threshold=cfg.multipart_threshold,
             multipart_chunksize=max(cfg.multipart_threshold, 5 * MiB),  # S3's minimum part
@@ -139,6 +152,17 @@ class S3ArtifactStore:
 
     def __repr__(self) -> str:
         return f"S3ArtifactStore(bucket={self._cfg.bucket!r}, prefix={self._cfg.prefix!r})"
+
+    def tenant_prefix(self, tenant_id: str) -> str:
+        """The key prefix holding all of a tenant's blobs (export, delete, policies)."""
+        return f"{self._cfg.prefix}{TENANTS}/{check_tenant_id(tenant_id)}/"
+
+    def for_tenant(self, tenant_id: str) -> TenantArtifactStore:
+        # The same client (thread-safe, one connection pool) for every tenant's view.
+        own = S3ArtifactStore(
+            replace(self._cfg, prefix=self.tenant_prefix(tenant_id)), self._client
+        )
+        return TenantArtifactStore(tenant_id, own, self if self._legacy_reads else None)
 
     def key(self, digest: str) -> str:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):

@@ -184,7 +184,8 @@ def dispatch(
     **arguments: object,
 ) -> tuple[ToolResult, str]:
     """Run one tool call through `dispatch_tool`; its result and the model's view."""
-    digest = store.put(json.dumps(arguments).encode())
+    own = store.for_tenant(run.tenant_id)  # what the run's activity reads and writes
+    digest = own.put(json.dumps(arguments).encode())
     inp = DispatchToolInput(
         run_id=run.run_id,
         tenant_id=run.tenant_id,
@@ -200,7 +201,7 @@ def dispatch(
     tools = ToolActivities(sandbox, store, egress=broker)
     result: ToolResult = ActivityEnvironment().run(tools.dispatch_tool, inp)
     assert result.message_digest is not None
-    view = str(json.loads(get_bytes(store, result.message_digest))["content"])
+    view = str(json.loads(get_bytes(own, result.message_digest))["content"])
     return result, view
 
 

@@ -46,7 +46,7 @@ from agentrun.redaction import Redactor, install_log_redaction, remove_log_redac
 from sandbox.base import RunRef
 from sandbox.docker_sandbox import DockerSandbox
 from secretstore import SecretStore, SecretStoreUnavailable, open_secret_store
-from store.artifacts import LocalArtifactStore, get_bytes
+from store.artifacts import ArtifactStore, LocalArtifactStore, get_bytes, get_model
 from store.conversation import ConversationStore
 from store.delta_log import DeltaLog
 from tests.sandbox_fixtures import docker_sandbox, run_ref, sandbox_config, sandbox_image
@@ -232,11 +232,12 @@ async def test_a_reply_holding_the_value_is_redacted_in_text_arguments_and_delta
     secret_store: SecretStore, tmp_path: Path
 ) -> None:
     secret_store.put("acme", SECRET, VALUE)
-    store = LocalArtifactStore(tmp_path / "artifacts")
+    stores = LocalArtifactStore(tmp_path / "artifacts")
+    store = stores.for_tenant("acme")
     deltas = DeltaLog(tmp_path / "deltas")
-    conversations = ConversationStore(store)
+    conversations = ConversationStore(stores)
     head = conversations.append(
-        None, [conversations.put_message(Message(role="user", content="go"))]
+        "acme", None, [conversations.put_message("acme", Message(role="user", content="go"))]
     )
     b64 = base64.b64encode(VALUE.encode()).decode()
     script = [
@@ -245,7 +246,7 @@ async def test_a_reply_holding_the_value_is_redacted_in_text_arguments_and_delta
             tool_calls=[ScriptedToolCall(name="shell", arguments={"command": f"echo {VALUE}"})],
         )
     ]
-    models = ModelActivities(ScriptedProvider(), store, deltas, secrets=values_of(secret_store))
+    models = ModelActivities(ScriptedProvider(), stores, deltas, secrets=values_of(secret_store))
     inp = ModelCallInput(
         run_id="r-" + uuid.uuid4().hex[:8],
         tenant_id="acme",
@@ -261,7 +262,7 @@ async def test_a_reply_holding_the_value_is_redacted_in_text_arguments_and_delta
     assert out.tool_calls[0].preview == json.dumps({"command": f"echo {MARK}"})
     arguments = get_bytes(store, out.tool_calls[0].arguments_digest)
     assert json.loads(arguments) == {"command": f"echo {MARK}"}
-    stored = conversations.load(out.conversation_head)[-1]
+    stored = conversations.load("acme", out.conversation_head)[-1]
     assert not leaks(stored.model_dump_json()) and MARK in (stored.content or "")
     streamed = deltas.path("acme", inp.run_id, 1).read_text()
     text = "".join(json.loads(line)["text"] for line in streamed.splitlines())
@@ -273,7 +274,7 @@ async def test_a_reply_holding_the_value_is_redacted_in_text_arguments_and_delta
 
 def _dispatch(
     tools: ToolActivities,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     run: RunRef,
     command: str,
     *,
@@ -299,22 +300,23 @@ def _dispatch(
 @pytest.fixture
 def tool_activities(
     docker_sandbox: DockerSandbox, secret_store: SecretStore, run_ref: RunRef, tmp_path: Path
-) -> tuple[ToolActivities, LocalArtifactStore]:
+) -> tuple[ToolActivities, ArtifactStore]:
+    """The activities, and the run's tenant's view of their store."""
     secret_store.put(run_ref.tenant_id, SECRET, VALUE)
     values = values_of(secret_store)
     store = LocalArtifactStore(tmp_path / "artifacts")
     tools = ToolActivities(docker_sandbox, store, egress=EgressBroker(values.value), secrets=values)
-    return tools, store
+    return tools, store.for_tenant(run_ref.tenant_id)
 
 
 def test_a_tool_printing_the_value_in_every_encoding_returns_only_markers(
-    tool_activities: tuple[ToolActivities, LocalArtifactStore], run_ref: RunRef
+    tool_activities: tuple[ToolActivities, ArtifactStore], run_ref: RunRef
 ) -> None:
     tools, store = tool_activities
     result = _dispatch(tools, store, run_ref, LEAKY)
     assert result.ok, result.summary
     assert result.message_digest is not None
-    view = ConversationStore(store).get_message(result.message_digest).content or ""
+    view = get_model(store, result.message_digest, Message).content or ""
     assert not leaks(view) and not leaks(result.model_dump_json())
     # plain, stderr, three base64 lines, hex, HEX: each one replaced, not dropped
     assert view.count(MARK) == 7, view
@@ -329,7 +331,7 @@ def test_a_tool_printing_the_value_in_every_encoding_returns_only_markers(
 
 
 def test_output_stored_whole_as_an_artifact_is_redacted_too(
-    tool_activities: tuple[ToolActivities, LocalArtifactStore], run_ref: RunRef
+    tool_activities: tuple[ToolActivities, ArtifactStore], run_ref: RunRef
 ) -> None:
     tools, store = tool_activities
     command = 'for i in $(seq 200); do printf "%s line %s\\n" "$TOKEN" "$i"; done'
@@ -341,7 +343,7 @@ def test_output_stored_whole_as_an_artifact_is_redacted_too(
 
 
 def test_a_failing_tool_with_the_value_in_its_error_is_redacted(
-    tool_activities: tuple[ToolActivities, LocalArtifactStore], run_ref: RunRef
+    tool_activities: tuple[ToolActivities, ArtifactStore], run_ref: RunRef
 ) -> None:
     tools, store = tool_activities
     result = _dispatch(tools, store, run_ref, 'echo "fatal: bad token $TOKEN" >&2; exit 3')
@@ -379,7 +381,7 @@ async def test_a_run_whose_tool_leaks_the_value_leaves_markers_only(
     assert not leaks(result.model_dump_json())
     dumped = json.dumps([e.model_dump(mode="json") for e in events])
     assert not leaks(dumped) and dumped.count(MARK) >= 8
-    artifacts = LocalArtifactStore(settings.artifacts_path)
+    artifacts = LocalArtifactStore(settings.artifacts_path).for_tenant(TENANT)
     names = {a.name for a in result.artifacts}
     assert {"out/leak.txt", "transcript.json"} <= names
     for ref in result.artifacts:

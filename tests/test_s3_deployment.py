@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,9 @@ from temporalio.client import Client
 
 from accounts.roles import Role
 from agentrun.config import Settings
-from agentrun.contracts import ContinuedAsNewEvent, RunFinishedEvent
+from agentrun.contracts import ContinuedAsNewEvent, RunEvent, RunFinishedEvent
 from api.errors import install_error_handlers
-from store.backends import open_artifact_store
-from store.s3 import S3ArtifactStore
+from store.backends import open_tenant_stores
 from tests.api_fixtures import (
     api_settings,
     bearer,
@@ -52,10 +52,27 @@ def _s3_fields(settings: Settings) -> dict[str, Any]:
     }
 
 
-@pytest.mark.docker
-async def test_an_api_with_an_empty_state_dir_serves_artifacts_and_events_a_worker_wrote_to_s3(
-    client: Client, seaweedfs: SeaweedS3, sandbox_image: str, tmp_path: Path
-) -> None:
+def _keys(s3: SeaweedS3, prefix: str) -> list[str]:
+    """Every key under `prefix` in the bucket, as an operator's listing shows them."""
+    pages = s3.client().get_paginator("list_objects_v2")
+    return [
+        obj["Key"]
+        for page in pages.paginate(Bucket=s3.bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+    ]
+
+
+@dataclass
+class _Deployment:
+    """A worker's and an API's settings: separate state directories, one bucket prefix."""
+
+    prefix: str
+    on_worker: Settings
+    on_api: Settings
+    task_queue: str
+
+
+def _deployment(seaweedfs: SeaweedS3, tmp_path: Path) -> _Deployment:
     task_queue = f"tq-s3-{uuid.uuid4().hex[:10]}"
     prefix = f"deploy-{uuid.uuid4().hex[:10]}/"
     shared: dict[str, Any] = {
@@ -65,52 +82,118 @@ async def test_an_api_with_an_empty_state_dir_serves_artifacts_and_events_a_work
         # Continue as new after every step, so events are flushed to S3 as segments.
         "continue_as_new_after_steps": 1,
     }
-    worker_state, api_state = tmp_path / "worker-state", tmp_path / "api-state"
-    on_worker = api_settings(worker_state, task_queue, **shared)
-    on_api = api_settings(api_state, task_queue, **shared)
-    content = "written on the worker's host\n"
-    spec = scripted(tool_turn("write_file", path="report.txt", content=content), finish_turn("ok"))
+    return _Deployment(
+        prefix=prefix,
+        on_worker=api_settings(tmp_path / "worker-state", task_queue, **shared),
+        on_api=api_settings(tmp_path / "api-state", task_queue, **shared),
+        task_queue=task_queue,
+    )
 
-    async with (
-        build_worker(client, on_worker, task_queue=task_queue),
-        serve_api(on_api, client) as url,
-    ):
-        keys = await role_keys(url, on_api)
-        async with httpx.AsyncClient(
-            base_url=url, timeout=30, headers=bearer(keys[Role.OPERATOR])
-        ) as http:
-            resp = await http.post("/v1/runs", json=spec)
-            assert resp.status_code == 201, resp.text
-            run_id = resp.json()["run_id"]
 
-            async def completed() -> Any:
-                body = (await http.get(f"/v1/runs/{run_id}")).json()
-                return body if body.get("status") == "completed" else None
+CONTENT = "written on the worker's host\n"
 
-            view = await wait_until(completed, timeout=120)
-            assert view["final_answer"] == "ok"
 
-            listing = (await http.get(f"/v1/runs/{run_id}/artifacts")).json()["artifacts"]
-            ref = next(a for a in listing if a["name"].endswith("report.txt"))
-            assert ref["digest"] == hashlib.sha256(content.encode()).hexdigest()
-            download = await http.get(f"/v1/runs/{run_id}/artifacts/{ref['digest']}")
-            assert download.status_code == 200, download.text
-            assert download.content == content.encode()
+async def _completed_run(http: httpx.AsyncClient) -> tuple[str, dict[str, Any]]:
+    """Launch a run writing `report.txt`, wait for it; its id and the file's artifact."""
+    spec = scripted(tool_turn("write_file", path="report.txt", content=CONTENT), finish_turn("ok"))
+    resp = await http.post("/v1/runs", json=spec)
+    assert resp.status_code == 201, resp.text
+    run_id = str(resp.json()["run_id"])
 
-            body = (await http.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()
-            events = events_in(body)
+    async def completed() -> Any:
+        body = (await http.get(f"/v1/runs/{run_id}")).json()
+        return body if body.get("status") == "completed" else None
 
+    view = await wait_until(completed, timeout=120)
+    assert view["final_answer"] == "ok"
+    listing = (await http.get(f"/v1/runs/{run_id}/artifacts")).json()["artifacts"]
+    ref: dict[str, Any] = next(a for a in listing if a["name"].endswith("report.txt"))
+    assert ref["digest"] == hashlib.sha256(CONTENT.encode()).hexdigest()
+    return run_id, ref
+
+
+async def _served(http: httpx.AsyncClient, run_id: str, digest: str) -> list[RunEvent]:
+    """Check the API serves the artifact; every event of the run, from seq 1 on."""
+    download = await http.get(f"/v1/runs/{run_id}/artifacts/{digest}")
+    assert download.status_code == 200, download.text
+    assert download.content == CONTENT.encode()
+    body = (await http.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()
+    events = events_in(body)
     # Every event from seq 1 on, across the continue-as-new: the ones before it
     # could only come from segments in the bucket.
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert any(isinstance(e, ContinuedAsNewEvent) for e in events)
     assert isinstance(events[-1], RunFinishedEvent)
-    # The blobs are in the bucket, under the deployment's prefix.
-    store = open_artifact_store(on_api)
-    assert isinstance(store, S3ArtifactStore) and store.exists(ref["digest"])
+    return events
+
+
+@pytest.mark.docker
+async def test_an_api_with_an_empty_state_dir_serves_artifacts_and_events_a_worker_wrote_to_s3(
+    client: Client, seaweedfs: SeaweedS3, sandbox_image: str, tmp_path: Path
+) -> None:
+    dep = _deployment(seaweedfs, tmp_path)
+    async with (
+        build_worker(client, dep.on_worker, task_queue=dep.task_queue),
+        serve_api(dep.on_api, client) as url,
+    ):
+        keys = await role_keys(url, dep.on_api)
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=bearer(keys[Role.OPERATOR])
+        ) as http:
+            run_id, ref = await _completed_run(http)
+            await _served(http, run_id, ref["digest"])
+
+    # Everything the run stored (its conversation, tool arguments, event segments and
+    # artifacts) is under its tenant's prefix, and nothing where keys went before.
+    tenant = dep.on_api.dev_tenant  # the keys' tenant, so the run's
+    scoped = f"{dep.prefix}tenants/{tenant}/blobs/"
+    keys_stored = _keys(seaweedfs, dep.prefix)
+    assert len(keys_stored) > 5 and all(k.startswith(scoped) for k in keys_stored), keys_stored
+    digest = ref["digest"]
+    assert f"{scoped}{digest[:2]}/{digest[2:4]}/{digest}" in keys_stored
     # Neither process made (let alone read) a local artifact directory.
-    assert not on_api.artifacts_path.exists()
-    assert not on_worker.artifacts_path.exists()
+    assert not dep.on_api.artifacts_path.exists()
+    assert not dep.on_worker.artifacts_path.exists()
+
+
+@pytest.mark.docker
+async def test_an_api_serves_a_run_whose_blobs_were_stored_before_tenant_prefixes(
+    client: Client, seaweedfs: SeaweedS3, sandbox_image: str, tmp_path: Path
+) -> None:
+    """The legacy fallback end to end: the run's blobs are moved to the unscoped keys
+    an older worker wrote (`<prefix>blobs/…`), and a freshly started API (no cached
+    segment) still serves its artifact and every event."""
+    dep = _deployment(seaweedfs, tmp_path)
+    async with build_worker(client, dep.on_worker, task_queue=dep.task_queue):
+        async with serve_api(dep.on_api, client) as url:
+            keys = await role_keys(url, dep.on_api)
+            async with httpx.AsyncClient(
+                base_url=url, timeout=30, headers=bearer(keys[Role.OPERATOR])
+            ) as http:
+                run_id, ref = await _completed_run(http)
+
+        s3 = seaweedfs.client()
+        scoped = f"{dep.prefix}tenants/{dep.on_api.dev_tenant}/"
+        moved = _keys(seaweedfs, scoped)
+        for key in moved:
+            legacy = dep.prefix + key.removeprefix(scoped)
+            s3.copy_object(
+                Bucket=seaweedfs.bucket,
+                Key=legacy,
+                CopySource={"Bucket": seaweedfs.bucket, "Key": key},
+            )
+            s3.delete_object(Bucket=seaweedfs.bucket, Key=key)
+        assert moved and not _keys(seaweedfs, scoped)
+
+        async with (
+            serve_api(dep.on_api, client) as url,
+            httpx.AsyncClient(
+                base_url=url, timeout=30, headers=bearer(keys[Role.OPERATOR])
+            ) as http,
+        ):
+            await _served(http, run_id, ref["digest"])
+        # Reads fall back; nothing was written back under the tenant's prefix.
+        assert not _keys(seaweedfs, scoped)
 
 
 @pytest.mark.docker
@@ -145,7 +228,7 @@ async def test_the_api_answers_503_without_the_secret_when_s3_refuses_it(
 ) -> None:
     """`api.errors`: a store error is a 503 problem naming the bucket, never a 500."""
     settings = seaweedfs.settings(tmp_path, s3_secret_access_key="not-the-secret")
-    store = open_artifact_store(settings)
+    store = open_tenant_stores(settings).for_tenant("acme")
     app = FastAPI()
     install_error_handlers(app)
 

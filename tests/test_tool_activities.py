@@ -34,7 +34,7 @@ def dispatch(
     sandbox: DockerSandbox, run: RunRef, store: LocalArtifactStore, name: str, **arguments: object
 ) -> object:
     raw = json.dumps(arguments).encode()
-    digest = store.put(raw)
+    digest = store.for_tenant(run.tenant_id).put(raw)
     assert digest == digest_of(raw)
     inp = DispatchToolInput(
         run_id=run.run_id,

@@ -469,7 +469,7 @@ def test_egress_destinations_see_no_trace_context_while_tool_spans_record_the_ca
             call=ToolCall(
                 id="s1-c0",
                 name="http_request",
-                arguments_digest=store.put(json.dumps({"url": url}).encode()),
+                arguments_digest=store.for_tenant("t-trace").put(json.dumps({"url": url}).encode()),
             ),
             sandbox=SandboxPolicy(),
             timeout_seconds=30,

@@ -130,7 +130,7 @@ def test_workflow_ids_round_trip_tenant_and_run() -> None:
 
 
 def test_blob_store_is_content_addressed_and_rejects_bad_digests(tmp_path: Path) -> None:
-    store = LocalArtifactStore(tmp_path)
+    store = LocalArtifactStore(tmp_path).for_tenant("acme")
     d1 = store.put(b"hello")
     assert store.put(b"hello") == d1
     assert get_bytes(store, d1) == b"hello"
@@ -145,16 +145,27 @@ def test_blob_store_is_content_addressed_and_rejects_bad_digests(tmp_path: Path)
 def test_conversation_chain_stores_each_message_once_and_loads_in_order(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     conv = ConversationStore(store)
-    system = conv.put_message(Message(role="system", content="s"))
-    head = conv.append(None, [system])
+    system = conv.put_message("acme", Message(role="system", content="s"))
+    head = conv.append("acme", None, [system])
     for i in range(5):
-        msg = conv.put_message(Message(role="user", content=f"m{i}"))
-        head = conv.append(head, [msg, system])  # the same message referenced again
-    cold = ConversationStore(store).load(head)  # fresh cache: walks the chain
+        msg = conv.put_message("acme", Message(role="user", content=f"m{i}"))
+        head = conv.append("acme", head, [msg, system])  # the same message referenced again
+    cold = ConversationStore(store).load("acme", head)  # fresh cache: walks the chain
     assert [m.content for m in cold] == ["s"] + [x for i in range(5) for x in (f"m{i}", "s")]
-    assert conv.load(head) == cold
+    assert conv.load("acme", head) == cold
     blobs = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(blobs) == 1 + 5 + 6  # 6 messages, 6 nodes
+    assert all(p.is_relative_to(tmp_path / "tenants" / "acme") for p in blobs)
+
+
+def test_the_conversation_cache_never_answers_for_another_tenant(tmp_path: Path) -> None:
+    """The cache is keyed by (tenant, head): a head another tenant loaded (and so
+    cached) is still read from the asking tenant's own prefix, where it is not."""
+    conv = ConversationStore(LocalArtifactStore(tmp_path, legacy_reads=False))
+    head = conv.append("acme", None, [conv.put_message("acme", Message(role="user", content="a"))])
+    assert [m.content for m in conv.load("acme", head)] == ["a"]
+    with pytest.raises(BlobNotFound):
+        conv.load("globex", head)
 
 
 def test_constrained_decoding_schema_keeps_the_relative_path_pattern_only() -> None:

@@ -101,7 +101,7 @@ def _dispatch(
     denied: str | None = None,
     **arguments: object,
 ) -> ToolResult:
-    digest = store.put(json.dumps(arguments).encode())
+    digest = store.for_tenant(run.tenant_id).put(json.dumps(arguments).encode())
     inp = DispatchToolInput(
         run_id=run.run_id,
         tenant_id=run.tenant_id,

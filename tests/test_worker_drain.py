@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from agentrun.contracts import RunStatus
 from store.artifacts import LocalArtifactStore, get_bytes
 from tests.test_workflow_recovery import _identity, _spawn_worker, _started_on
-from tests.workflow_harness import finish, outcome, scripted_spec, shell, start_run
+from tests.workflow_harness import TENANT, finish, outcome, scripted_spec, shell, start_run
 
 pytestmark = pytest.mark.docker
 
@@ -85,7 +85,9 @@ async def test_sigterm_lets_the_running_tool_call_finish_and_a_second_signal_cut
                 proc.wait(timeout=30)
     assert result.status == RunStatus.COMPLETED, log.read_text()[-3000:]
     artifacts = {a.name: a for a in result.artifacts}
-    lines = get_bytes(LocalArtifactStore(state_dir / "artifacts"), artifacts["log.txt"].digest)
+    lines = get_bytes(
+        LocalArtifactStore(state_dir / "artifacts").for_tenant(TENANT), artifacts["log.txt"].digest
+    )
     assert lines.decode().splitlines() == ["start", "end"]  # the command ran once
     host = socket.gethostname()
     if second_signal:

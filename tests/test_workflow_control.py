@@ -41,6 +41,7 @@ from store.artifacts import LocalArtifactStore
 from store.conversation import ConversationStore
 from tests.workflow_harness import (
     ALICE,
+    TENANT,
     all_events,
     call,
     finish,
@@ -394,7 +395,7 @@ async def test_steering_message_reaches_the_next_model_call(
     assert received and received[0].text == "please also say hi"
     assert view.conversation_head is not None
     conversation = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(
-        view.conversation_head
+        TENANT, view.conversation_head
     )
     roles = [(m.role, m.content) for m in conversation]
     first_reply = roles.index(next(r for r in roles if r[0] == "assistant"))

@@ -24,7 +24,15 @@ from agentrun.workflow_runner import workflow_runner
 from store.artifacts import LocalArtifactStore
 from store.conversation import ConversationStore
 from tests.record_histories import SCENARIOS
-from tests.workflow_harness import finish, outcome, running_worker, scripted_spec, start_run, status
+from tests.workflow_harness import (
+    TENANT,
+    finish,
+    outcome,
+    running_worker,
+    scripted_spec,
+    start_run,
+    status,
+)
 from workflows.agent_run import AgentRunWorkflow
 from workflows.tenant_slots import TenantSlotsWorkflow
 
@@ -70,7 +78,7 @@ async def test_history_bytes_per_step_stay_flat_over_a_100_step_run(
     late = statistics.mean(per_step[-10:])
     assert view.conversation_head is not None
     conversation = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(
-        view.conversation_head
+        TENANT, view.conversation_head
     )
     conv_bytes = sum(len(m.model_dump_json()) for m in conversation)
     figures(

@@ -27,6 +27,7 @@ from store.artifacts import LocalArtifactStore, get_bytes
 from store.conversation import ConversationStore
 from store.delta_log import DeltaLog
 from tests.workflow_harness import (
+    TENANT,
     all_events,
     call,
     finish,
@@ -78,7 +79,7 @@ async def test_happy_path_runs_a_sandboxed_tool_stores_an_artifact_and_completes
     assert "10001" in shell_result.summary
     stored = {a.name: a for a in result.artifacts}
     assert "notes/hello.txt" in stored
-    store = LocalArtifactStore(settings.artifacts_path)
+    store = LocalArtifactStore(settings.artifacts_path).for_tenant(TENANT)
     assert get_bytes(store, stored["notes/hello.txt"].digest) == b"hello from the agent\n"
     assert EventType.ARTIFACT_STORED in kinds
 
@@ -95,7 +96,7 @@ async def test_a_text_reply_without_tool_calls_is_the_final_answer(
 
 def _conversation(settings: Settings, head: str | None) -> list[tuple[str, str | None]]:
     assert head is not None
-    messages = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(head)
+    messages = ConversationStore(LocalArtifactStore(settings.artifacts_path)).load(TENANT, head)
     return [(m.role, m.content) for m in messages]
 
 

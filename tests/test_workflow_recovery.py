@@ -30,6 +30,7 @@ from agentrun.contracts import EventType, RunStatus
 from store.artifacts import LocalArtifactStore, get_bytes
 from tests.conftest import ROOT
 from tests.workflow_harness import (
+    TENANT,
     WEBHOOK_SECRET,
     all_events,
     finish,
@@ -118,7 +119,10 @@ async def test_run_survives_worker_sigkill_without_losing_or_repeating_a_tool_ca
     assert result.status == RunStatus.COMPLETED, log.read_text()[-3000:]
     assert result.final_answer == "counted"
     artifacts = {a.name: a for a in result.artifacts}
-    count = get_bytes(LocalArtifactStore(state_dir / "artifacts"), artifacts["count.txt"].digest)
+    count = get_bytes(
+        LocalArtifactStore(state_dir / "artifacts").for_tenant(TENANT),
+        artifacts["count.txt"].digest,
+    )
     assert count.decode().splitlines() == ["step1", "step2", "step3"]
     tool_results = [e for e in events if e.type == EventType.TOOL_RESULT]
     assert len(tool_results) == 4  # three shell calls and finish, each recorded once

@@ -36,6 +36,7 @@ from store.conversation import ConversationStore
 from tests.conftest import start_dev_server
 from tests.workflow_harness import (
     SUGGEST_CONTINUE_AS_NEW_AFTER,
+    TENANT,
     all_events,
     call,
     early_continue_as_new_args,
@@ -57,7 +58,7 @@ TOOLS = [ToolName.SHELL, ToolName.FINISH]
 
 def _conversation(root: Path, head: str | None) -> list[Message]:
     assert head is not None
-    return ConversationStore(LocalArtifactStore(root)).load(head)
+    return ConversationStore(LocalArtifactStore(root)).load(TENANT, head)
 
 
 # ------------------------------------------------------------------ pure rules
@@ -109,7 +110,7 @@ async def test_a_turn_over_the_run_cap_runs_the_first_calls_and_the_model_sees_t
     assert first.refused_tool_calls == 2
     called = [p.call_id for p in payloads(events, ToolCalledPayload)]
     assert called == ["s1-c0", "s1-c1", "s1-c2", "s2-c0"]  # the refused ones never ran
-    store = LocalArtifactStore(settings.artifacts_path)
+    store = LocalArtifactStore(settings.artifacts_path).for_tenant(TENANT)
     workspace = {a.name: a for a in result.artifacts}
     assert get_bytes(store, workspace["calls.txt"].digest) == b"c0\nc1\nc2\n"
 
@@ -201,7 +202,7 @@ async def test_a_long_turn_continues_as_new_between_two_calls_and_runs_each_call
     ids = [f"s1-c{i}" for i in range(calls)]
     assert [p.call_id for p in payloads(events, ToolCalledPayload)][:calls] == ids
     assert [p.call_id for p in payloads(events, ToolResultPayload)][:calls] == ids
-    store = LocalArtifactStore(settings.artifacts_path)
+    store = LocalArtifactStore(settings.artifacts_path).for_tenant(TENANT)
     workspace = {a.name: a for a in result.artifacts}
     expected = "".join(f"c{i}\n" for i in range(calls)).encode()
     assert get_bytes(store, workspace["calls.txt"].digest) == expected

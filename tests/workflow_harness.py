@@ -42,6 +42,7 @@ from agentrun.contracts import (
     RunStatusView,
     ScriptedToolCall,
     ScriptedTurn,
+    run_ref_from_workflow_id,
 )
 from api import launcher
 from api.service import recorded_result
@@ -248,14 +249,16 @@ _SEGMENT: TypeAdapter[list[RunEvent]] = TypeAdapter(list[RunEvent])
 async def all_events(
     handle: WorkflowHandle[Any, Any], store_root: Path | None = None
 ) -> list[RunEvent]:
-    """Every event of the run: flushed segments (from the store) then in-memory ones."""
+    """Every event of the run: flushed segments (from the run's tenant's view of the
+    local store at `store_root`) then in-memory ones."""
     page: EventsPage = await handle.query(
         AgentRunWorkflow.events, EventsQuery(after_seq=0, limit=5000)
     )
     events: list[RunEvent] = []
     if page.segments:
         assert store_root is not None, "segments present: pass the artifact store root"
-        store = LocalArtifactStore(store_root)
+        tenant, _ = run_ref_from_workflow_id(handle.id)
+        store = LocalArtifactStore(store_root).for_tenant(tenant)
         for seg in page.segments:
             events.extend(_SEGMENT.validate_json(get_bytes(store, seg.digest)))
     events.extend(page.events)

@@ -1,8 +1,10 @@
 """`/v1/runs/{run_id}/artifacts`: list a run's artifacts and download one.
 
-Artifacts are served from the content-addressed artifact store, but only the
-digests the run itself lists: a digest is not a capability, so knowing one from
-another run (or another tenant) gets a 404 here.
+Artifacts are served from the caller's tenant's view of the content-addressed
+artifact store (`StoreDep`: the tenant's own prefix), and only the digests the
+run itself lists: a digest is not a capability, so knowing one from another run
+(or another tenant) gets a 404 here, and another tenant's blob is not in the view
+to begin with.
 
 This module must not: serve a digest the run's view does not list, or let the
 browser guess a content type (`nosniff`; downloads are attachments).
