@@ -18,6 +18,15 @@ Design (why it looks like this):
   the process at once (exit 3) without waiting: the cut activities are retried once
   their heartbeat timeout notices, as after a crash. So a rolling update loses no
   work and repeats none, and an operator who cannot wait still has a way out.
+* **Versioning** (`AGENTRUN_WORKER_DEPLOYMENT_NAME`, `AGENTRUN_WORKER_BUILD_ID`;
+  unset: unversioned, every worker serves every run). A versioned worker polls as
+  one version of a Temporal Worker Deployment and serves runs once an operator
+  makes that version current (README, "Stopping and upgrading workers"). Agent runs
+  and their cancel-parent child are PINNED: a run ends on the build it started on,
+  across continue-as-new too, so a new build needs no `workflow.patched` for runs
+  already open. The tenant-slots workflow lives as long as its tenant and
+  AUTO_UPGRADEs instead, so its changes still go behind patches, as do all changes
+  for unversioned deployments.
 * **The process ends with `os._exit`** once it has flushed its output. The Temporal
   client's Rust runtime keeps Tokio threads that may still release Python objects
   while the interpreter finalizes, which aborts the process (`Fatal Python error:
@@ -226,15 +235,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        # CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through it.
-        # TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue.
-        workflows=[
-            AgentRunWorkflow,
-            CancelParentWorkflow,
-            TenantSlotsWorkflow
-            if settings.worker_build_id is None
-            else VersionedTenantSlotsWorkflow,
-        ],
+        workflows=registered_workflows(versioned=settings.worker_build_id is not None),
         # The sandbox, minus a per-payload trip into it (agentrun/workflow_runner.py).
         workflow_runner=workflow_runner(client.data_converter),
         activities=list({**activities, **(stand_ins or {})}.values()),
@@ -251,6 +252,19 @@ def build_worker(
         # SIGTERM drains: running activities get this long before they are cancelled.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
     )
+
+
+def registered_workflows(*, versioned: bool) -> list[type]:
+    """The workflow definitions a worker registers (and the replay test replays).
+
+    CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through
+    it; on a versioned worker it is pinned like its parent, whose build it starts on
+    (a child on its parent's task queue inherits the parent's pinned version).
+    TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue; a
+    versioned worker registers its auto-upgrading definition (`deployment_config`).
+    """
+    slots = VersionedTenantSlotsWorkflow if versioned else TenantSlotsWorkflow
+    return [AgentRunWorkflow, CancelParentWorkflow, slots]
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
