@@ -10,9 +10,23 @@ Design (why it looks like this):
   unreachable: the message names `AGENTRUN_TEMPORAL_ADDRESS`), 2 invalid
   configuration, 3 stopped by a second signal before the drain ended.
 * **Stopping drains** (`AGENTRUN_WORKER_DRAIN_SECONDS`): the first SIGTERM or SIGINT
-  stops polling and lets running activities finish (the SDK's graceful shutdown);
-  what is still running at the deadline is cancelled and Temporal retries it on
-  another worker. A rolling update loses no work and repeats none.
+  stops polling and lets running activities finish (the SDK's graceful shutdown,
+  logged as "draining N activities …" and "drained in …: F finished, C cancelled at
+  the deadline"); what is still running at the deadline is cancelled (a sync
+  activity sees it raised in its thread) and Temporal retries it on another worker,
+  where a tool call reattaches to its command in the sandbox. A second signal ends
+  the process at once (exit 3) without waiting: the cut activities are retried once
+  their heartbeat timeout notices, as after a crash. So a rolling update loses no
+  work and repeats none, and an operator who cannot wait still has a way out.
+* **Versioning** (`AGENTRUN_WORKER_DEPLOYMENT_NAME`, `AGENTRUN_WORKER_BUILD_ID`;
+  unset: unversioned, every worker serves every run). A versioned worker polls as
+  one version of a Temporal Worker Deployment and serves runs once an operator
+  makes that version current (README, "Stopping and upgrading workers"). Agent runs
+  and their cancel-parent child are PINNED: a run ends on the build it started on,
+  across continue-as-new too, so a new build needs no `workflow.patched` for runs
+  already open. The tenant-slots workflow lives as long as its tenant and
+  AUTO_UPGRADEs instead, so its changes still go behind patches, as do all changes
+  for unversioned deployments.
 * **The process ends with `os._exit`** once it has flushed its output. The Temporal
   client's Rust runtime keeps Tokio threads that may still release Python objects
   while the interpreter finalizes, which aborts the process (`Fatal Python error:
@@ -31,6 +45,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -47,6 +62,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.egress_broker import EgressBroker, SecretResolver
+from activities.in_flight import InFlightActivities
 from activities.model_activities import ModelActivities
 from activities.models.base import ModelProvider
 from activities.models.registry import build_providers, with_stored_keys
@@ -162,12 +178,14 @@ def build_worker(
     stand_ins: Mapping[str, Callable[..., Any]] | None = None,
     deltas: DeltaStore | None = None,
     secrets: SecretResolver | SecretValues | None = None,
+    in_flight: InFlightActivities | None = None,
 ) -> Worker:
     """Wire the workflow and all activities; tests pass their own queue and parts.
 
     `stand_ins` replaces activities by name (a test's `store_events` that waits for
     its cue, as temporalio's samples stand activities in), keeping the others real.
     `deltas` (default: `open_delta_store(settings)`) is closed by whoever opened it.
+    `in_flight` counts the running activities for the drain's log lines.
     """
     store = store or open_tenant_stores(settings)
     if sandbox is None:
@@ -218,20 +236,13 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        # CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through it.
-        # TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue.
-        workflows=[
-            AgentRunWorkflow,
-            CancelParentWorkflow,
-            TenantSlotsWorkflow
-            if settings.worker_build_id is None
-            else VersionedTenantSlotsWorkflow,
-        ],
+        workflows=registered_workflows(versioned=settings.worker_build_id is not None),
         # The sandbox, minus a per-payload trip into it (agentrun/workflow_runner.py).
         workflow_runner=workflow_runner(client.data_converter),
         activities=list({**activities, **(stand_ins or {})}.values()),
-        # Artifact store errors (S3) become non-retryable when retrying cannot help.
-        interceptors=[StoreErrorInterceptor()],
+        # Counting running activities for the drain's log (outermost: it sees how each
+        # ended); artifact store errors (S3) become non-retryable when retrying cannot help.
+        interceptors=[*([in_flight] if in_flight else []), StoreErrorInterceptor()],
         # Sync activities (Docker SDK) run here; one thread per concurrent activity slot.
         activity_executor=ThreadPoolExecutor(settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
@@ -242,6 +253,19 @@ def build_worker(
         # SIGTERM drains: running activities get this long before they are cancelled.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
     )
+
+
+def registered_workflows(*, versioned: bool) -> list[type]:
+    """The workflow definitions a worker registers (and the replay test replays).
+
+    CancelParentWorkflow: a run cancelled by update or signal ends `Canceled` through
+    it; on a versioned worker it is pinned like its parent, whose build it starts on
+    (a child on its parent's task queue inherits the parent's pinned version).
+    TenantSlotsWorkflow: a tenant's concurrent-run quota, on the runs' own queue; a
+    versioned worker registers its auto-upgrading definition (`deployment_config`).
+    """
+    slots = VersionedTenantSlotsWorkflow if versioned else TenantSlotsWorkflow
+    return [AgentRunWorkflow, CancelParentWorkflow, slots]
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
@@ -437,8 +461,15 @@ async def run_worker(settings: Settings) -> None:
     # Built here, not in build_worker, so that shutdown closes the providers' HTTP clients.
     router = build_providers(settings)
     deltas = open_delta_store(settings)  # local files, or Redis shared with the API servers
+    in_flight = InFlightActivities()
     worker = build_worker(
-        client, settings, sandbox=sandbox, router=router, secrets=values, deltas=deltas
+        client,
+        settings,
+        sandbox=sandbox,
+        router=router,
+        secrets=values,
+        deltas=deltas,
+        in_flight=in_flight,
     )
     signals = Signals(asyncio.get_running_loop())
     janitor = (
@@ -468,17 +499,7 @@ async def run_worker(settings: Settings) -> None:
         if running.done():
             running.result()  # the worker failed fatally: raise its error
             return
-        log.info(
-            "stopping: no new tasks; running activities get up to %gs to finish "
-            "(AGENTRUN_WORKER_DRAIN_SECONDS); a second signal stops at once",
-            settings.worker_drain_seconds,
-        )
-        drained = asyncio.create_task(worker.shutdown())
-        await asyncio.wait({drained, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not drained.done():
-            raise StoppedBeforeDrained
-        await running
-        log.info("drained: every running activity finished or was cancelled")
+        await drain(worker, running, forced, in_flight, settings.worker_drain_seconds)
     finally:
         first.cancel()
         forced.cancel()
@@ -491,6 +512,44 @@ async def run_worker(settings: Settings) -> None:
         # Batched spans would die with the process (`main` ends it with os._exit).
         await asyncio.to_thread(telemetry.tracing.force_flush)
     log.info("worker stopped")
+
+
+async def drain(
+    worker: Worker,
+    running: asyncio.Task[None],
+    forced: asyncio.Task[Any],
+    in_flight: InFlightActivities,
+    seconds: float,
+) -> None:
+    """Stop taking tasks and let the running activities finish for up to `seconds`;
+    the SDK cancels what is left then (a sync activity sees it in its thread, as an
+    exception raised there). Raises :class:`StoppedBeforeDrained` if `forced` (a
+    second signal) completes first."""
+    began = time.monotonic()
+    in_flight.drain_started()
+    running_now = in_flight.running()
+    log.info(
+        "draining %d %s%s for up to %gs (AGENTRUN_WORKER_DRAIN_SECONDS); no new tasks; "
+        "a second signal stops at once",
+        len(running_now),
+        "activity" if len(running_now) == 1 else "activities",
+        f" ({', '.join(running_now)})" if running_now else "",
+        seconds,
+    )
+    drained = asyncio.create_task(worker.shutdown())
+    await asyncio.wait({drained, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if not drained.done():
+        log.warning("stopping at once: %s still running", ", ".join(in_flight.running()) or "none")
+        raise StoppedBeforeDrained
+    await running
+    tally = in_flight.tally()
+    log.info(
+        "drained in %.1fs: %d finished, %d cancelled at the deadline%s",
+        time.monotonic() - began,
+        tally.finished,
+        tally.cancelled,
+        " (Temporal retries them on other workers)" if tally.cancelled else "",
+    )
 
 
 class Signals:

@@ -79,9 +79,20 @@ async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
     )
 
 
+VERSION_DRAINAGE_FAST = [
+    "--dynamic-config-value",
+    'matching.wv.VersionDrainageStatusRefreshInterval="1s"',
+    "--dynamic-config-value",
+    'matching.wv.VersionDrainageStatusVisibilityGracePeriod="1s"',
+]
+"""A Worker Deployment version no longer current reports `drained` within seconds of
+its last pinned run ending (tests/test_worker_versioning.py); Temporal's defaults
+(3 minutes each) are a production server's. Nothing else reads these settings."""
+
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server()
+    env = await start_dev_server(*VERSION_DRAINAGE_FAST)
     try:
         yield env
     finally:

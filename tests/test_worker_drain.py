@@ -3,7 +3,9 @@
 A `worker.py` process runs a `shell` call that takes seconds when it gets SIGTERM.
 It stops taking tasks, lets that call finish (its result is recorded as the first
 and only attempt, by that worker), exits 0, and the run goes on on another worker.
-A second signal during the drain stops it at once (exit 3): the cut call is
+A drain shorter than the call cancels it at the deadline (the sync activity sees
+the cancellation in its thread, the worker still exits 0), and a second signal
+during the drain stops the worker at once (exit 3): either way the cut call is
 retried on the other worker, which reattaches to it in the sandbox, so its command
 still ran once.
 """
@@ -53,18 +55,23 @@ async def _dispatch_attempts(handle: WorkflowHandle[object, object]) -> list[tup
     return starts
 
 
-@pytest.mark.parametrize("second_signal", [False, True], ids=["drain", "second-signal"])
-async def test_sigterm_lets_the_running_tool_call_finish_and_a_second_signal_cuts_it(
+@pytest.mark.parametrize(
+    ("stop", "drain_seconds"),
+    [("drain", "60"), ("deadline", "1"), ("second-signal", "60")],
+    ids=["drain", "deadline", "second-signal"],
+)
+async def test_sigterm_lets_the_running_call_finish_and_the_deadline_or_a_second_signal_cuts_it(
     temporal_env: WorkflowEnvironment,
     client: Client,
     task_queue: str,
     state_dir: Path,
-    second_signal: bool,
+    stop: str,
+    drain_seconds: str,
 ) -> None:
     namespace = f"drain-{uuid.uuid4().hex[:10]}"
     log = state_dir / "worker.log"
     first = _spawn_worker(
-        temporal_env, task_queue, state_dir, log, namespace, worker_drain_seconds="60"
+        temporal_env, task_queue, state_dir, log, namespace, worker_drain_seconds=drain_seconds
     )
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -72,7 +79,7 @@ async def test_sigterm_lets_the_running_tool_call_finish_and_a_second_signal_cut
         await _started_on(handle, "dispatch_tool", _identity(first))
         first.send_signal(signal.SIGTERM)
         second = _spawn_worker(temporal_env, task_queue, state_dir, log, namespace)
-        if second_signal:
+        if stop == "second-signal":
             await _wait_for_line(log, "a second signal stops at once")
             first.send_signal(signal.SIGTERM)
         code = first.wait(timeout=90)
@@ -90,17 +97,21 @@ async def test_sigterm_lets_the_running_tool_call_finish_and_a_second_signal_cut
     )
     assert lines.decode().splitlines() == ["start", "end"]  # the command ran once
     host = socket.gethostname()
-    if second_signal:
-        assert code == 3, log.read_text()[-3000:]
+    told = log.read_text()
+    assert "draining 1 activity (dispatch_tool)" in told, told[-3000:]
+    if stop == "drain":
+        assert code == 0, told[-3000:]
+        assert "1 finished, 0 cancelled at the deadline" in told, told[-3000:]
+        # Drained: one attempt, finished by the worker that was stopping.
+        assert attempts == [(1, f"{first.pid}@{host}")], attempts
+    else:
+        assert code == (0 if stop == "deadline" else 3), told[-3000:]
+        if stop == "deadline":
+            assert "0 finished, 1 cancelled at the deadline" in told, told[-3000:]
         # Cut: retried by the other worker, which reattached to the running call
         # (history records only the attempt that ended it).
         assert second is not None
         assert attempts == [(2, f"{second.pid}@{host}")], attempts
-    else:
-        assert code == 0, log.read_text()[-3000:]
-        assert "drained: every running activity finished" in log.read_text()
-        # Drained: one attempt, finished by the worker that was stopping.
-        assert attempts == [(1, f"{first.pid}@{host}")], attempts
 
 
 async def _wait_for_line(log: Path, text: str) -> None:

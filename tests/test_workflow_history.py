@@ -33,8 +33,7 @@ from tests.workflow_harness import (
     start_run,
     status,
 )
-from workflows.agent_run import AgentRunWorkflow
-from workflows.tenant_slots import TenantSlotsWorkflow
+from worker import registered_workflows
 
 HISTORIES = Path(__file__).parent / "histories"
 STEPS = 100
@@ -99,12 +98,15 @@ def _recorded() -> list[Path]:
     return sorted(HISTORIES.glob("*.json"))
 
 
+@pytest.mark.parametrize("versioned", [False, True], ids=["unversioned", "versioned"])
 @pytest.mark.parametrize("path", _recorded(), ids=lambda p: p.stem)
-async def test_committed_history_replays_deterministically(path: Path) -> None:
+async def test_committed_history_replays_deterministically(path: Path, versioned: bool) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    # The worker's runner (agentrun/workflow_runner.py), as deployed.
+    # The definitions and runner (agentrun/workflow_runner.py) a worker registers, as
+    # deployed: a versioned one's (AGENTRUN_WORKER_BUILD_ID) declare versioning
+    # behaviors, which must not change what a history replays to.
     replayer = Replayer(
-        workflows=[AgentRunWorkflow, TenantSlotsWorkflow],
+        workflows=registered_workflows(versioned=versioned),
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(pydantic_data_converter),
     )
