@@ -82,7 +82,7 @@ from agentrun.workflow_runner import workflow_runner
 from sandbox.base import RunRef, Sandbox, SandboxError
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
-from sandbox.engine import Engine, placement_problem
+from sandbox.engine import Engine, placement_problem, tls_refusal
 from sandbox.owners import OwnerGone, OwnerWatch
 from secretstore import SecretStore, SecretStoreError, open_secret_store
 from store.artifacts import TenantStores
@@ -133,18 +133,31 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
 
 def open_sandbox(settings: Settings, engine: Engine, owner: str) -> DockerSandbox:
     """The sandbox on the engine `DOCKER_HOST` names (sandbox/engine.py), or why not;
-    `owner` (the worker's Temporal identity) labels what it creates."""
+    `owner` (the worker's Temporal identity) labels what it creates.
+
+    Refused before connecting when `DOCKER_HOST` alone shows it cannot work; then
+    connected, the engine must hold the sandbox image and, with workspace quotas on,
+    mount a probe workspace of this worker's (sandbox/_quota_probe.py). Each refusal
+    is one line naming the setting to change."""
     problem = placement_problem(engine, settings.sandbox_workspace_quota)
     if problem is not None:
         raise CannotStart(problem)
     try:
         sandbox = DockerSandbox(replace(sandbox_config(settings), owner=owner))
+        described = sandbox.describe_engine()
     except SandboxError as exc:
+        refusal = tls_refusal(exc)
         raise CannotStart(
             f"cannot use the Docker engine at {engine.describe()} (DOCKER_HOST, "
-            f"DOCKER_TLS_VERIFY, DOCKER_CERT_PATH): {exc}"
+            f"DOCKER_TLS_VERIFY, DOCKER_CERT_PATH): {refusal + '; ' if refusal else ''}{exc}"
         ) from None
-    log.info("sandboxes on the Docker engine at %s", engine.describe())
+    try:
+        sandbox.check_image()
+        sandbox.check_workspace_quota()
+    except SandboxError as exc:
+        sandbox.close()
+        raise CannotStart(f"the Docker engine at {engine.describe()}: {exc}") from None
+    log.info("sandboxes on the Docker engine at %s: %s", engine.describe(), described)
     return sandbox
 
 
@@ -581,7 +594,8 @@ def serve() -> int:
     try:
         asyncio.run(run_worker(settings))
     except CannotStart as exc:
-        print(f"agentrun worker: {exc}", file=sys.stderr)
+        # One line, whatever the cause's text holds (an engine's multi-line answer).
+        print(f"agentrun worker: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except StoppedBeforeDrained:
         # As a crash would: Temporal retries the cut activities on other workers.

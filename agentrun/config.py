@@ -332,7 +332,9 @@ class Settings(BaseSettings):
     """`loop`: each workspace is an ext4 image of its size on a loop device, so the
     kernel refuses writes past it (needs a root worker on the Docker host). `off`: no
     workspace size limit at all (for Docker Desktop or a remote engine). `loop` needs
-    `losetup`, `mkfs.ext4` and `debugfs` on the worker's host."""
+    `losetup`, `mkfs.ext4` and `debugfs` on the worker's host; the worker checks at
+    start that its engine mounts a probe workspace, and stops naming this setting
+    when it cannot (README, "Remote sandbox hosts")."""
     sandbox_workspace_dir: Path | None = None
     """Where the workspace images live on the Docker host (sparse files, each at most
     its workspace's size); defaults to `<state_dir>/workspaces`."""

@@ -37,11 +37,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from sandbox.base import SandboxPolicyError, SandboxUnavailable
@@ -54,6 +55,7 @@ LINK = ".dev"
 MOUNT_OPTIONS = "nosuid,nodev"
 SYS_BLOCK = Path("/sys/block")
 DELETED = " (deleted)"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 SETUP_HINT = (
     "the workspace quota needs the worker to run as root on the Docker host, with "
@@ -115,14 +117,14 @@ def _tool(name: str) -> str | None:
     return shutil.which(name, path=TOOL_PATH)
 
 
-def _run(*argv: str) -> str:
+def _run(*argv: str, cwd: Path | None = None) -> str:
     """Run a host tool; its failure is a transient sandbox failure, with its message."""
     tool = _tool(argv[0])
     if tool is None:
         raise SandboxPolicyError(f"{argv[0]} is missing: {SETUP_HINT}")
     try:
         done = subprocess.run(
-            [tool, *argv[1:]], capture_output=True, text=True, timeout=60, check=False
+            [tool, *argv[1:]], capture_output=True, text=True, timeout=60, check=False, cwd=cwd
         )
     except OSError as exc:
         raise SandboxPolicyError(f"{argv[0]} cannot run ({exc}): {SETUP_HINT}") from exc
@@ -230,8 +232,14 @@ class WorkspaceImages:
             )
         self._checked = True
 
-    def provision(self, volume: str, size_mb: int) -> None:
-        """Create the volume's image (once) and attach it; idempotent across processes."""
+    def provision(
+        self, volume: str, size_mb: int, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Create the volume's image (once) and attach it; idempotent across processes.
+
+        `files` (plain names) are written into a new image's root before it is
+        attached, owned by root: the quota probe's token (`sandbox/_quota_probe.py`).
+        """
         self._preflight()
         link = self.link_for(volume)
         image = link.with_suffix(IMAGE)
@@ -245,11 +253,26 @@ class WorkspaceImages:
                 _run("mkfs.ext4", *mkfs_arguments(size_mb, self._owner), str(tmp))
                 # The root of the workspace starts empty, like a fresh Docker volume.
                 _run("debugfs", "-w", "-R", "rmdir lost+found", str(tmp))
+                for name, data in (files or {}).items():
+                    self._write_into(tmp, name, data)
                 with contextlib.suppress(FileExistsError):  # another worker was first
                     os.link(tmp, image)
             finally:
                 tmp.unlink(missing_ok=True)
         attach(link)
+
+    def _write_into(self, image: Path, name: str, data: bytes) -> None:
+        """Copy `data` into the root of an unattached image as `name` (with debugfs,
+        which parses its request: so a plain name, and a source named relative to
+        this directory, whatever characters the directory's path holds)."""
+        if not _PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"not a plain file name: {name!r}")
+        source = image.with_name(f"{image.name}.{name}")  # a dot file: swept if it leaks
+        try:
+            source.write_bytes(data)
+            _run("debugfs", "-w", "-R", f"write {source.name} {name}", image.name, cwd=image.parent)
+        finally:
+            source.unlink(missing_ok=True)
 
     def sweep(self, live_volumes: set[str], grace_s: float) -> list[str]:
         """Release the images of this namespace's volumes that no longer exist.

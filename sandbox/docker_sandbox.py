@@ -10,6 +10,8 @@ its first use; each part says in its own docstring why it looks the way it does.
   paused, stopped, removed).
 * `sandbox/_workspace_images.py`: the workspace as an ext4 image of its size on a
   loop device, so the kernel enforces the workspace quota.
+* `sandbox/engine.py`, `sandbox/_quota_probe.py`: which engine (`DOCKER_HOST`), and
+  whether it can mount this worker's workspace images (checked at worker start).
 * `sandbox/_pool.py`: the warm pool of started, unassigned containers.
 * `sandbox/_janitor.py`: removes what no live run needs.
 * `sandbox/_calls.py`: the requests to a run's executor (exec, output, files).
@@ -33,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import docker.errors
+
 from agentrun.contracts import SandboxPolicy
 from sandbox._calls import Calls
 from sandbox._connections import Connections, Handle
@@ -40,6 +44,7 @@ from sandbox._containers import Containers
 from sandbox._docker_errors import docker_errors
 from sandbox._janitor import Janitor
 from sandbox._pool import WarmPool
+from sandbox._quota_probe import check_workspace_mounts
 from sandbox._resources import Resources
 from sandbox.base import (
     CollectedFile,
@@ -48,6 +53,7 @@ from sandbox.base import (
     FileEntry,
     JanitorReport,
     RunRef,
+    SandboxPolicyError,
 )
 from sandbox.config import SandboxConfig
 from sandbox.engine import engine_client
@@ -67,11 +73,42 @@ class DockerSandbox:
         self.config = config
         with docker_errors("connect"):
             client = docker_client or engine_client()
+        self._client = client
         self._connections = Connections(client)
         self._containers = Containers(config, client, self._connections)
         self._pool = WarmPool(self._containers, self._connections)
         self._janitor = Janitor(self._containers, self._connections)
         self._calls = Calls(config, self._connections, self._handle)
+
+    def describe_engine(self) -> str:
+        """What the engine says it is (version, host name, CPUs), for the start-up log."""
+        with docker_errors("engine info"):
+            version = self._client.version()
+            info = self._client.info()
+        return (
+            f"Docker {version.get('Version', '?')} on host {info.get('Name', '?')!r} "
+            f"({info.get('NCPU', '?')} CPUs, {info.get('OperatingSystem', '?')})"
+        )
+
+    def check_image(self) -> None:
+        """The default image must be on this engine (another host's engine has its own
+        images, and the sandbox never pulls); raises `SandboxPolicyError` saying how."""
+        image = self.config.image
+        with docker_errors("inspect image"):
+            try:
+                self._client.api.inspect_image(image)
+            except docker.errors.ImageNotFound:
+                raise SandboxPolicyError(
+                    f"the sandbox image {image} is not on this Docker engine: build it there "
+                    f"(scripts/build-sandbox-image.sh), copy it (docker save {image} | "
+                    "docker -H <engine> load), or fix AGENTRUN_SANDBOX_IMAGE"
+                ) from None
+
+    def check_workspace_quota(self) -> None:
+        """With the workspace quota on, prove the engine mounts this worker's workspace
+        images (`sandbox/_quota_probe.py`); raises `SandboxPolicyError` naming the
+        setting to change when it cannot. For the worker's start, not per run."""
+        check_workspace_mounts(self._containers)
 
     def close(self) -> None:
         """Stop the pool filler and drop attach channels (containers keep running)."""
