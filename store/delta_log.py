@@ -156,15 +156,21 @@ async def buffered_writer(append: Append, *, step: int, attempt: int) -> AsyncIt
 
     A failed write is not retried (a write whose outcome is unknown could land twice:
     a duplicate); the error ends the flushing and is raised on exit, so the model call
-    fails and Temporal retries it as a new attempt, which readers tell apart."""
+    fails and Temporal retries it as a new attempt, which readers tell apart.
+
+    On exit the flusher is asked to stop, not cancelled: a write it has begun ends
+    first. Cancelling a client in the middle of a request is what leaves a
+    connection with an unread reply (redis-py's asyncio client has had such bugs),
+    and the batch it held would be lost or doubled; the backend's own timeouts bound
+    how long a write can take."""
     writer = DeltaWriter(append, step=step, attempt=attempt)
-    flusher = asyncio.create_task(writer.flush_periodically())
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(writer.flush_until(stop))
     try:
         yield writer
     finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        stop.set()
+        await flusher  # its write error, if it had one, is raised here
         await writer.flush()
 
 
@@ -197,9 +203,12 @@ class DeltaWriter:
         self._buffer.append(json.dumps(record, ensure_ascii=False))
         self.count += 1
 
-    async def flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+    async def flush_until(self, stop: asyncio.Event) -> None:
+        """Flush every ``FLUSH_SECONDS`` until `stop` is set (the caller flushes last)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_SECONDS):
+                    await stop.wait()
             await self.flush()
 
     async def flush(self) -> None:

@@ -52,6 +52,10 @@ KEY_PREFIX = "agentrun:deltas:"
 PAGE = 1000
 """Entries per ``XRANGE`` call; a tail pages until the stream has no more."""
 _FIELD = "d"
+SOCKET_TIMEOUT_S = 10.0
+"""Connecting and every reply: a Redis that stops answering fails the write (the
+model call is retried) or the tail's read, instead of holding them for ever. No
+command here blocks on the server's side, so any reply is due within milliseconds."""
 
 
 def stream_key(tenant_id: str, run_id: str, step: int) -> str:
@@ -70,7 +74,15 @@ class RedisDeltaStore:
     def from_url(cls, url: str, *, retention_seconds: int) -> RedisDeltaStore:
         """A store on `url` (``redis://host:6379/0``, ``rediss://`` for TLS); connects
         on first use, in the event loop that uses it."""
-        return cls(Redis.from_url(url, decode_responses=True), retention_seconds=retention_seconds)
+        return cls(
+            Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=SOCKET_TIMEOUT_S,
+                socket_timeout=SOCKET_TIMEOUT_S,
+            ),
+            retention_seconds=retention_seconds,
+        )
 
     def writer(
         self, tenant_id: str, run_id: str, step: int, attempt: int
