@@ -76,6 +76,7 @@ from agentrun.config import ConfigError, Settings, load_settings
 from agentrun.contracts import workflow_id_for
 from agentrun.payload_codec import KeyFileError
 from agentrun.redaction import install_log_redaction
+from agentrun.stack_dump import dump_stacks
 from agentrun.temporal import connect
 from agentrun.webhook_destinations import WebhookAllowList
 from agentrun.workflow_runner import workflow_runner
@@ -566,13 +567,16 @@ async def drain(
 
 
 class Signals:
-    """SIGINT/SIGTERM: the first starts the drain, the second cuts it short."""
+    """SIGINT/SIGTERM: the first starts the drain, the second cuts it short. SIGUSR1
+    writes every thread's and asyncio task's stack to stderr and changes nothing
+    (agentrun/stack_dump.py): what a worker that seems stuck waits for."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.first = asyncio.Event()
         self.second = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._received)
+        loop.add_signal_handler(signal.SIGUSR1, dump_stacks, loop, sys.stderr)
 
     def _received(self) -> None:
         (self.second if self.first.is_set() else self.first).set()

@@ -77,6 +77,13 @@ async def test_sigterm_lets_the_running_call_finish_and_the_deadline_or_a_second
     try:
         handle = await start_run(client, task_queue, _spec())  # type: ignore[arg-type]
         await _started_on(handle, "dispatch_tool", _identity(first))
+        if stop == "drain":
+            # What a worker that seems stuck waits for, on request, without stopping it.
+            first.send_signal(signal.SIGUSR1)
+            await _wait_for_line(log, "=== end of stack dump")
+            dump = log.read_text()
+            assert "asyncio tasks" in dump and "temporalio/worker/_activity.py" in dump, dump
+            assert first.poll() is None
         first.send_signal(signal.SIGTERM)
         second = _spawn_worker(temporal_env, task_queue, state_dir, log, namespace)
         if stop == "second-signal":
