@@ -552,7 +552,8 @@ async def test_logs_of_an_ended_run_without_a_worker_prints_its_recorded_outcome
     for name in ("AGENTRUN_API_KEY", "AGENTRUN_API_KEY_FILE", "AGENTRUN_ADMIN_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
     task_queue = unique("tq-cli-noworker")
-    settings = api_settings(tmp_path, task_queue)
+    # Without a worker every status query runs to its timeout: a short one.
+    settings = api_settings(tmp_path, task_queue, api_query_timeout_seconds=1.0)
     path = spec_file(tmp_path, scripted(NOOP_TURN, finish_turn("recorded answer")))
     async with serve_api(settings, client) as url:
         async with build_worker(client, settings, task_queue=task_queue):

@@ -40,7 +40,7 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 
 from accounts.roles import Role
 from agentrun.contracts import ModelCalledEvent, RunEvent
@@ -99,11 +99,19 @@ class Deployment:
     logs: list[Path]
     task_queue: str
 
-    def log_tail(self) -> str:
+    def log_tail(self, chars: int = 2500) -> str:
         return "\n".join(
-            f"--- worker {i} (pid {w.pid}):\n{log.read_text()[-2500:]}"
+            f"--- worker {i} (pid {w.pid}):\n{log.read_text()[-chars:]}"
             for i, (w, log) in enumerate(zip(self.workers, self.logs, strict=True))
         )
+
+    async def stacks(self) -> str:
+        """The live workers' thread and asyncio task stacks (SIGUSR1), then their logs."""
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(2)
+        return self.log_tail(chars=20000)
 
 
 def _worker_env(shared: dict[str, str], state_dir: Path) -> dict[str, str]:
@@ -140,6 +148,8 @@ async def deployment(
         # Workspace quotas are ext4 images on loop devices: 60 of them is beside the
         # point here (tests/test_sandbox_limits.py proves quotas).
         "AGENTRUN_SANDBOX_WORKSPACE_QUOTA": "off",
+        # The teardown stops the workers; nothing of theirs is worth waiting for then.
+        "AGENTRUN_WORKER_DRAIN_SECONDS": "0",
     }
     api_state = tmp_path / "api-host"
     settings = api_settings(
@@ -262,6 +272,46 @@ async def _activity_workers(deployed: Deployment, workflow_id: str) -> list[str]
     ]
 
 
+async def _all_closed(deployed: Deployment, workflow_ids: list[str], *, timeout: float) -> None:
+    """Wait until every run's workflow is closed, asking Temporal (a describe) rather
+    than the API: the API's view of a run queries it, and a query of a closed workflow
+    is a replay of its whole history on a worker, 60 of them per look. On timeout, the
+    message says what each open run waits for."""
+    open_ids = list(workflow_ids)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while open_ids:
+        described = await asyncio.gather(
+            *(deployed.client.get_workflow_handle(w).describe() for w in open_ids)
+        )
+        open_ids = [d.id for d in described if d.status == WorkflowExecutionStatus.RUNNING]
+        if not open_ids:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            waiting = [_pending_work(d) for d in described if d.id in open_ids]
+            raise AssertionError(
+                f"{len(open_ids)} runs still open after {timeout:.0f}s:\n" + "\n".join(waiting)
+            )
+        await asyncio.sleep(1.0)
+
+
+def _pending_work(described: WorkflowExecutionDescription) -> str:
+    """One line on what an open run waits for: its pending activities and workflow task."""
+    raw = described.raw_description
+    activities = [
+        f"{a.activity_type.name}(attempt {a.attempt}, {PendingActivityState.Name(a.state)}, "
+        f"last worker {a.last_worker_identity or '-'}, "
+        f"last failure {a.last_failure.message[:120] or '-'})"
+        for a in raw.pending_activities
+    ]
+    task = raw.pending_workflow_task
+    workflow_task = (
+        f"workflow task attempt {task.attempt} ({task.state})"
+        if task.attempt
+        else "no workflow task"
+    )
+    return f"  {described.id}: {'; '.join(activities) or 'no activity'}; {workflow_task}"
+
+
 def _without_time(event: RunEvent) -> dict[str, Any]:
     return event.model_dump(mode="json", exclude={"at"})
 
@@ -290,17 +340,13 @@ async def test_three_workers_share_60_runs_and_finish_a_killed_ones_without_a_ga
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
 
-    async def finished() -> list[dict[str, Any]] | None:
-        views = [(await http.get(f"/v1/runs/{r}")).json() for r in run_ids]
-        if all(v.get("status") in ("completed", "failed", "cancelled") for v in views):
-            return views
-        return None
-
+    workflow_ids = {r: await _workflow_id(deployment, r) for r in run_ids}
     try:
-        views = await wait_until(finished, timeout=600, interval=2.0)
+        await _all_closed(deployment, list(workflow_ids.values()), timeout=420)
         messages = await asyncio.wait_for(asyncio.gather(*streams), timeout=120)
-    except (AssertionError, TimeoutError):
-        raise AssertionError(f"runs did not finish\n{deployment.log_tail()}") from None
+    except (AssertionError, TimeoutError) as exc:
+        raise AssertionError(f"{exc}\n{await deployment.stacks()}") from None
+    views = [(await http.get(f"/v1/runs/{r}")).json() for r in run_ids]
 
     statuses = Counter(v["status"] for v in views)
     assert statuses == {"completed": RUNS}, (statuses, deployment.log_tail())
