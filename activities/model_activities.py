@@ -135,11 +135,16 @@ class ModelActivities:
         assistant_digest = await asyncio.to_thread(conv.put_message, tenant, assistant)
         # The refused calls are answered here, right after the assistant message; the
         # kept calls' results follow with the next model call (in `append`).
+        refusal_messages = [refusal(c, len(stored_calls), cap) for c in refused]
         refusals = await asyncio.to_thread(
-            lambda: [conv.put_message(tenant, refusal(c, len(stored_calls), cap)) for c in refused]
+            lambda: [conv.put_message(tenant, m) for m in refusal_messages]
         )
         head = await asyncio.to_thread(
-            conv.append, tenant, inp.conversation_head, [*new_digests, assistant_digest, *refusals]
+            conv.append,
+            tenant,
+            inp.conversation_head,
+            [*new_digests, assistant_digest, *refusals],
+            [*appended, assistant, *refusal_messages],
         )
         return ModelCallOutput(
             conversation_head=head,

@@ -49,8 +49,18 @@ class ConversationStore:
     def get_message(self, tenant: str, digest: str) -> Message:
         return get_model(self._stores.for_tenant(tenant), digest, Message)
 
-    def append(self, tenant: str, head: str | None, message_digests: list[str]) -> str:
-        """Store a node after `head` with the given messages; return the new head."""
+    def append(
+        self,
+        tenant: str,
+        head: str | None,
+        message_digests: list[str],
+        messages: list[Message] | None = None,
+    ) -> str:
+        """Store a node after `head` with the given messages; return the new head.
+
+        `messages`, when the caller has them, are those digests' messages in order:
+        the cache then extends without reading back blobs just written (on S3, one
+        GET each)."""
         store = self._stores.for_tenant(tenant)
         node = {"prev": head, "messages": message_digests}
         new_head = store.put(canonical_json(node))
@@ -58,8 +68,9 @@ class ConversationStore:
             with self._lock:
                 base = self._cache.get((tenant, head))
             if base is not None:
-                added = [get_model(store, d, Message) for d in message_digests]
-                self._remember((tenant, new_head), base + added)
+                if messages is None or len(messages) != len(message_digests):
+                    messages = [get_model(store, d, Message) for d in message_digests]
+                self._remember((tenant, new_head), base + messages)
         return new_head
 
     def load(self, tenant: str, head: str) -> list[Message]:

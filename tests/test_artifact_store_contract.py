@@ -16,6 +16,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -153,6 +154,46 @@ def test_models_and_the_conversation_chain_work_on_the_backend(
     head = conv.append("acme", head, [conv.put_message("acme", Message(role="user", content="u"))])
     cold = ConversationStore(stores).load("acme", head)  # a fresh cache walks the chain
     assert [m.content for m in cold] == ["s", "u"]
+
+
+class _ReadCounting:
+    """The backend's tenant stores, counting blob reads; the real store does the work."""
+
+    def __init__(self, inner: TenantStores) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def for_tenant(self, tenant_id: str) -> ArtifactStore:
+        store = self.inner.for_tenant(tenant_id)
+        counter = self
+
+        class Counted:
+            put, exists, size = store.put, store.exists, store.size
+
+            def open(self, digest: str) -> BinaryIO:
+                counter.reads += 1
+                return store.open(digest)
+
+        return Counted()
+
+
+def test_appending_messages_the_caller_has_reads_no_blob_back(stores: TenantStores) -> None:
+    counting = _ReadCounting(stores)
+    conv = ConversationStore(counting)
+    system = Message(role="system", content="s")
+    head = conv.append("acme", None, [conv.put_message("acme", system)])
+    conv.load("acme", head)  # the usual case: the run's conversation is cached
+    reads = counting.reads
+    user = Message(role="user", content="u")
+    head = conv.append("acme", head, [conv.put_message("acme", user)], [user])
+    assert counting.reads == reads  # nothing read back
+    assert [m.content for m in conv.load("acme", head)] == ["s", "u"]
+    assert counting.reads == reads  # and the next load is the cache's
+    # Without the messages, the cache reads them back: one read per message.
+    more = Message(role="user", content="more")
+    head = conv.append("acme", head, [conv.put_message("acme", more)])
+    assert counting.reads == reads + 1
+    assert [m.content for m in ConversationStore(stores).load("acme", head)] == ["s", "u", "more"]
 
 
 def test_a_second_store_on_the_same_settings_sees_every_blob(backend: Backend) -> None:
