@@ -18,7 +18,6 @@ This module must not: enforce quotas (the API does, at launch), or delete a tena
 from __future__ import annotations
 
 import builtins
-import re
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -29,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from accounts.db import Database
 from accounts.errors import Conflict, InvalidInput, NotFound
 from accounts.models import TenantRow
-from agentrun.contracts import NAME_PATTERN
+from agentrun.contracts import NAME_RULE, is_name
 
 
 class Quota(BaseModel):
@@ -71,11 +70,8 @@ def _record(row: TenantRow) -> TenantRecord:
 
 def check_tenant_id(tenant_id: str) -> str:
     """`tenant_id` if it is a valid tenant id; :class:`InvalidInput` otherwise."""
-    if not isinstance(tenant_id, str) or not re.fullmatch(NAME_PATTERN, tenant_id):
-        raise InvalidInput(
-            f"invalid tenant id {tenant_id!r}: use 1-63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
+    if not is_name(tenant_id):
+        raise InvalidInput(f"invalid tenant id {tenant_id!r}: use {NAME_RULE}")
     return tenant_id
 
 

@@ -48,14 +48,13 @@ blob outside the writing tenant's prefix, or read another tenant's prefix.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from agentrun.contracts import NAME_PATTERN, canonical_json, digest_of
+from agentrun.contracts import NAME_RULE, canonical_json, digest_of, is_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -97,10 +96,10 @@ class InvalidTenantId(ArtifactStoreError, ValueError):
 
 def check_tenant_id(tenant_id: str) -> str:
     """`tenant_id` if it is one safe path segment and key segment; else :class:`InvalidTenantId`."""
-    if not isinstance(tenant_id, str) or not re.fullmatch(NAME_PATTERN, tenant_id):
+    if not is_name(tenant_id):
         raise InvalidTenantId(
             f"invalid tenant id {str(tenant_id)[:80]!r} for the artifact store: a tenant id "
-            "is 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            f"is {NAME_RULE}"
         )
     return tenant_id
 

@@ -88,6 +88,7 @@ from agentrun.contracts._events import (
 )
 from agentrun.contracts._ids import (
     NAME_PATTERN,
+    NAME_RULE,
     ConflictType,
     Digest,
     ErrorKind,
@@ -98,6 +99,7 @@ from agentrun.contracts._ids import (
     TerminalReason,
     canonical_json,
     digest_of,
+    is_name,
     run_ref_from_workflow_id,
     workflow_id_for,
 )
@@ -145,6 +147,7 @@ from agentrun.contracts._spec import (
 __all__ = [
     "DELTA_EVENT",
     "NAME_PATTERN",
+    "NAME_RULE",
     "SYSTEM_ACTOR",
     "Actor",
     "ApprovalDecision",
@@ -248,6 +251,7 @@ __all__ = [
     "WebhookSpec",
     "canonical_json",
     "digest_of",
+    "is_name",
     "new_event",
     "run_ref_from_workflow_id",
     "slots_workflow_id",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -17,6 +18,15 @@ Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex
 """A content address in the artifact store."""
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
+NAME_RULE = "1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+"""`NAME_PATTERN` in words, for error messages."""
+
+
+def is_name(value: object) -> bool:
+    """Whether `value` matches `NAME_PATTERN` (tenant ids: one safe path and key segment)."""
+    return isinstance(value, str) and re.fullmatch(NAME_PATTERN, value) is not None
+
+
 TenantId = Annotated[str, Field(pattern=NAME_PATTERN, examples=["acme"])]
 SecretName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-/.]{0,127}$")]
 """Secrets are referred to by name only; the broker resolves them at execution time."""
