@@ -256,3 +256,48 @@ def test_every_file_it_mounts_from_the_checkout_exists(resolved: dict[str, Any])
     assert len(mounted) >= 3, mounted  # the collector, PostgreSQL and Temporal configs
     for source in mounted:
         assert Path(source).is_file(), source
+
+
+@pytest.mark.docker
+def test_the_app_image_build_context_is_what_its_dockerfile_copies(tmp_path: Path) -> None:
+    """`.dockerignore` keeps the checkout's state out of the image build's context
+    (the virtualenv, the models, a payload key file, a local state directory), and
+    still sends every path the Dockerfile copies. Asked of the real Docker builder:
+    a `FROM scratch` build copying the whole context, whose files are then listed."""
+    for stray in ("payload-keys.json", "models/stray.gguf", ".agentrun/agentrun.db"):
+        planted = ROOT / "deploy" / "__context_probe__" / stray
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_text("must not reach the build context")
+    tag = f"agentrun-context-probe:{os.getpid()}"
+    try:
+        build = subprocess.run(
+            ["docker", "build", "-q", "-t", tag, "-f", "-", str(ROOT)],
+            input="FROM scratch\nCOPY . /context/\n",
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert build.returncode == 0, build.stderr
+        created = subprocess.run(
+            ["docker", "create", tag, "/none"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        try:
+            listing = subprocess.run(
+                ["sh", "-c", f"docker export {created} | tar -t"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        finally:
+            subprocess.run(["docker", "rm", "-f", created], capture_output=True, check=False)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+        subprocess.run(["rm", "-rf", str(ROOT / "deploy" / "__context_probe__")], check=False)
+    sent = {p.removeprefix("context/").rstrip("/") for p in listing if p.startswith("context/")}
+    copied = re.findall(r"^COPY (.+) \S+$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    for source in " ".join(copied).split():
+        assert source in sent, f"{source} is copied by the Dockerfile but not in the context"
+    assert "agentrun/config.py" in sent
+    for kept_out in (".venv", "models", "tests", "deploy", ".git", "docs"):
+        assert not any(p == kept_out or p.startswith(f"{kept_out}/") for p in sent), kept_out
+    assert not any(p.endswith(("payload-keys.json", ".gguf", ".db")) for p in sent), sent
