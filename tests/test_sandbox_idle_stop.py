@@ -25,7 +25,6 @@ from temporalio.client import Client, WorkflowHandle
 
 from agentrun.config import Settings
 from agentrun.contracts import (
-    ApprovalDecision,
     ApprovalPolicy,
     ControlRequest,
     RunStatus,
@@ -41,6 +40,7 @@ from tests.sandbox_fixtures import docker_sandbox, run_ref, sandbox_config, sand
 from tests.workflow_harness import (
     ALICE,
     all_events,
+    approve_pending,
     call,
     finish,
     outcome,
@@ -95,16 +95,7 @@ async def test_a_run_waiting_for_approval_stops_its_container_and_approving_star
         handle = await start_run(client, task_queue, spec, idle_stop_seconds=IDLE_S)
         view = await wait_for(handle, lambda v: v.status == RunStatus.AWAITING_APPROVAL)
         await _until_state(settings, handle, "exited")
-        pending = view.pending_approval
-        assert pending is not None
-        await handle.execute_update(
-            AgentRunWorkflow.approve,
-            ApprovalDecision(
-                approval_id=pending.approval_id,
-                arguments_digest=pending.call.arguments_digest,
-                actor=ALICE,
-            ),
-        )
+        await approve_pending(handle, view)
         result = await outcome(handle)
         state_after = _state(settings, handle)
         events = await all_events(handle)

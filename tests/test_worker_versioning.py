@@ -30,12 +30,12 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from agentrun.config import ConfigError, load_settings
-from agentrun.contracts import ApprovalDecision, ApprovalPolicy, RunStatus
+from agentrun.contracts import ApprovalPolicy, RunStatus
 from tests.conftest import ROOT
 from tests.test_worker_startup import closed_port
 from tests.test_workflow_recovery import _identity, _spawn_worker
 from tests.workflow_harness import (
-    ALICE,
+    approve_pending,
     finish,
     outcome,
     scripted_spec,
@@ -44,7 +44,6 @@ from tests.workflow_harness import (
     temporal,
     wait_for,
 )
-from workflows.agent_run import AgentRunWorkflow
 
 pytestmark = pytest.mark.docker
 
@@ -149,16 +148,7 @@ async def test_a_pinned_run_finishes_on_its_build_while_new_runs_start_on_the_ne
         new = await start_run(client, task_queue, scripted_spec(shell("true"), finish("new")))
         assert (await outcome(new)).final_answer == "new"
         await _wait_for_drainage(client, deployment, "v1", "draining")
-        pending = view.pending_approval
-        assert pending is not None
-        await old.execute_update(
-            AgentRunWorkflow.approve,
-            ApprovalDecision(
-                approval_id=pending.approval_id,
-                arguments_digest=pending.call.arguments_digest,
-                actor=ALICE,
-            ),
-        )
+        await approve_pending(old, view)
         result = await outcome(old)
         await _wait_for_drainage(client, deployment, "v1", "drained")
         v1.send_signal(signal.SIGTERM)

@@ -31,6 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 from agentrun.config import Settings, load_settings
 from agentrun.contracts import (
     Actor,
+    ApprovalDecision,
     EventPayload,
     EventsPage,
     EventsQuery,
@@ -220,6 +221,22 @@ async def temporal(client: Client, *args: str) -> tuple[int, str]:
 
 async def status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:
     return await handle.query(AgentRunWorkflow.status)
+
+
+async def approve_pending(
+    handle: WorkflowHandle[Any, Any], view: RunStatusView, actor: Actor = ALICE
+) -> None:
+    """Approve the call `view` shows waiting for an approval, as an engineer does."""
+    pending = view.pending_approval
+    assert pending is not None, view
+    await handle.execute_update(
+        AgentRunWorkflow.approve,
+        ApprovalDecision(
+            approval_id=pending.approval_id,
+            arguments_digest=pending.call.arguments_digest,
+            actor=actor,
+        ),
+    )
 
 
 async def wait_for(
