@@ -15,6 +15,7 @@ docker"`` selects the subset that runs on a machine without a Docker engine.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import uuid
@@ -79,6 +80,17 @@ async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
     )
 
 
+@contextlib.asynccontextmanager
+async def dev_server(*extra_args: str) -> AsyncIterator[WorkflowEnvironment]:
+    """`start_dev_server(*extra_args)` for the `async with` body, shut down after it
+    (module fixtures that need a server with settings of their own)."""
+    env = await start_dev_server(*extra_args)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
 VERSION_DRAINAGE_FAST = [
     "--dynamic-config-value",
     'matching.wv.VersionDrainageStatusRefreshInterval="1s"',
@@ -92,11 +104,8 @@ its last pinned run ending (tests/test_worker_versioning.py); Temporal's default
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server(*VERSION_DRAINAGE_FAST)
-    try:
+    async with dev_server(*VERSION_DRAINAGE_FAST) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture(scope="session")

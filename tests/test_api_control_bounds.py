@@ -24,7 +24,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.api_fixtures import admin_headers, api_settings, finish_turn, scripted, serve_api
-from tests.conftest import start_dev_server
+from tests.conftest import dev_server
 
 UPDATE_BOUND_SECONDS = 3.0
 LONG_POLL_INTERVAL = '"1s"'
@@ -34,13 +34,10 @@ DIGEST = "0" * 64
 
 @pytest.fixture(scope="module")
 async def short_poll_client() -> AsyncIterator[Client]:
-    env = await start_dev_server(
+    async with dev_server(
         "--dynamic-config-value", f"history.longPollExpirationInterval={LONG_POLL_INTERVAL}"
-    )
-    try:
+    ) as env:
         yield env.client
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from sandbox.base import JanitorReport, RunRef
 from sandbox.config import SandboxConfig
 from sandbox.docker_sandbox import DockerSandbox
 from sandbox.owners import OwnerGone
-from tests.conftest import start_dev_server
+from tests.conftest import dev_server
 from tests.sandbox_fixtures import leftovers, new_run, sh
 from worker import liveness_checker, owner_checker, poller_stamps
 
@@ -158,13 +158,10 @@ def test_two_live_workers_trim_the_pool_they_share_to_its_size_each_removing_onl
 
 @pytest.fixture(scope="module")
 async def short_poll_client() -> AsyncIterator[Client]:
-    env = await start_dev_server(
+    async with dev_server(
         "--dynamic-config-value", f"matching.longPollExpirationInterval={SHORT_POLL}"
-    )
-    try:
+    ) as env:
         yield env.client
-    finally:
-        await env.shutdown()
 
 
 async def _worker_client(server: Client, identity: str) -> Client:

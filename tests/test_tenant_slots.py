@@ -46,7 +46,7 @@ from tests.api_fixtures import (
     unique,
     wait_until,
 )
-from tests.conftest import start_dev_server
+from tests.conftest import dev_server
 from tests.workflow_harness import (
     SUGGEST_CONTINUE_AS_NEW_AFTER,
     early_continue_as_new_args,
@@ -337,11 +337,8 @@ async def test_a_start_that_fails_after_the_grant_gives_the_slot_back(stack: Sta
 @pytest.fixture(scope="module")
 async def early_suggestion_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server that suggests continue-as-new after a few dozen history events."""
-    env = await start_dev_server(*early_continue_as_new_args(SUGGEST_CONTINUE_AS_NEW_AFTER))
-    try:
+    async with dev_server(*early_continue_as_new_args(SUGGEST_CONTINUE_AS_NEW_AFTER)) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 async def test_the_slots_workflow_continues_as_new_with_its_holders_and_waiters(

@@ -33,7 +33,7 @@ from agentrun.contracts import (
 )
 from store.artifacts import LocalArtifactStore, get_bytes
 from store.conversation import ConversationStore
-from tests.conftest import start_dev_server
+from tests.conftest import dev_server
 from tests.workflow_harness import (
     SUGGEST_CONTINUE_AS_NEW_AFTER,
     TENANT,
@@ -161,11 +161,8 @@ async def test_the_deployment_cap_bounds_a_run_that_allows_more_calls_per_turn(
 @pytest.fixture(scope="module")
 async def early_suggestion_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server that suggests continue-as-new after a few dozen history events."""
-    env = await start_dev_server(*early_continue_as_new_args(SUGGEST_CONTINUE_AS_NEW_AFTER))
-    try:
+    async with dev_server(*early_continue_as_new_args(SUGGEST_CONTINUE_AS_NEW_AFTER)) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.mark.docker
