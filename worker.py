@@ -257,9 +257,11 @@ def build_worker(
         # Counting running activities for the drain's log (outermost: it sees how each
         # ended); artifact store errors (S3) become non-retryable when retrying cannot help.
         interceptors=[*([in_flight] if in_flight else []), StoreErrorInterceptor()],
-        # Sync activities (Docker SDK) run here; one thread per concurrent activity slot.
-        activity_executor=ThreadPoolExecutor(settings.max_concurrent_activities),
+        # Sync activities (Docker SDK) run here: one thread per activity slot, and as
+        # many for local ones (a tool call's first attempt, `workflows.calls`).
+        activity_executor=ThreadPoolExecutor(2 * settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_local_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
         # Versioned (AGENTRUN_WORKER_DEPLOYMENT_NAME): runs stay on the build they began on.

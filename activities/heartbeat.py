@@ -20,6 +20,9 @@ The first beat comes `every` seconds in, not at the start: an activity that ends
 sooner (most steps' do) sends no heartbeat at all, where a beat at the start was
 one more server round trip per activity for nothing the heartbeat timeout needs.
 
+A local activity (a tool call's first, short attempt: `workflows.calls.start_tool_local`)
+sends none: Temporal has no heartbeat for one, its short budget bounds it instead.
+
 A beat that fails (the worker's event loop busy for seconds, the activity already
 finishing) is skipped, never raised: the next one tries again, and the heartbeat
 timeout is what reports a worker that really stopped beating.
@@ -39,12 +42,18 @@ from collections.abc import AsyncIterator, Iterator
 
 from temporalio import activity
 
-__all__ = ["HEARTBEAT_EVERY", "heartbeating", "heartbeating_in_background"]
+__all__ = ["HEARTBEAT_EVERY", "beat", "heartbeating", "heartbeating_in_background"]
 
 HEARTBEAT_EVERY = 2.0
 """Seconds between beats: well inside the workflow's heartbeat timeout (10 s)."""
 
 log = logging.getLogger(__name__)
+
+
+def beat() -> None:
+    """`activity.heartbeat()`, but nothing in a local activity (see the module's note)."""
+    if not activity.info().is_local:
+        activity.heartbeat()
 
 
 @contextlib.asynccontextmanager
@@ -55,12 +64,16 @@ async def heartbeating(every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
     ...     reply = await provider.complete(request)
     """
 
-    async def beat() -> None:
+    if activity.info().is_local:
+        yield
+        return
+
+    async def beats() -> None:
         while True:
             await asyncio.sleep(every)  # first beat after `every`: see the module's note
             activity.heartbeat()
 
-    task = asyncio.create_task(beat())
+    task = asyncio.create_task(beats())
     try:
         yield
     finally:
@@ -76,10 +89,13 @@ def heartbeating_in_background(every: float = HEARTBEAT_EVERY) -> Iterator[None]
     >>> with heartbeating_in_background():  # doctest: +SKIP
     ...     outcome = sandbox.exec(run, call_id, command, ...)
     """
+    if activity.info().is_local:
+        yield
+        return
     stop = threading.Event()
     context = contextvars.copy_context()
 
-    def beat() -> None:
+    def beats() -> None:
         while not stop.wait(every):  # first beat after `every`: see the module's note
             try:
                 activity.heartbeat()
@@ -87,7 +103,7 @@ def heartbeating_in_background(every: float = HEARTBEAT_EVERY) -> Iterator[None]
                 log.debug("heartbeat skipped", exc_info=True)
 
     thread = threading.Thread(
-        target=context.run, args=(beat,), name="activity-heartbeat", daemon=True
+        target=context.run, args=(beats,), name="activity-heartbeat", daemon=True
     )
     thread.start()
     try:

@@ -85,7 +85,9 @@ class _Inbound(ActivityInboundInterceptor):
         self._tracker = tracker
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        kind = activity.info().activity_type
+        info = activity.info()
+        # A local one (a tool call's first attempt) is named so: it ends with its budget.
+        kind = f"{info.activity_type} (local)" if info.is_local else info.activity_type
         self._tracker.started(kind)
         cancelled = False
         try:

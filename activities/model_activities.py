@@ -87,7 +87,11 @@ class ModelActivities:
             # A model never holds a granted value legitimately; one it writes anyway (a
             # prompt injection's echo, a guess) is redacted from the reply, its tool
             # calls' arguments, the streamed deltas and errors, before any leaves.
-            redactor = await asyncio.to_thread(self._secrets.redactor, inp.tenant_id, inp.secrets)
+            redactor = (
+                await asyncio.to_thread(self._secrets.redactor, inp.tenant_id, inp.secrets)
+                if inp.secrets
+                else Redactor()  # nothing granted: no lookup, no thread hop
+            )
             with redacted_errors(redactor):
                 return await self._call_model(inp, redactor)
 
@@ -95,12 +99,9 @@ class ModelActivities:
         attempt = activity.info().attempt
         conv, tenant = self._conversations, inp.tenant_id
         store = self._stores.for_tenant(tenant)
-        new_digests = list(inp.append)
-        for text in inp.user_messages:
-            user = Message(role="user", content=text)
-            new_digests.append(await asyncio.to_thread(conv.put_message, tenant, user))
-        history = await asyncio.to_thread(conv.load, tenant, inp.conversation_head)
-        appended = [await asyncio.to_thread(conv.get_message, tenant, d) for d in new_digests]
+        # The store's reads and writes before and after the model call, each in one
+        # thread hop: a hop per blob cost more than a cached read itself.
+        new_digests, history, appended = await asyncio.to_thread(self._prompt, inp)
         request = ModelRequest(
             model=inp.model,
             messages=history + appended,
@@ -122,30 +123,30 @@ class ModelActivities:
         ]
         cap = tool_call_cap(inp.max_tool_calls, self._max_tool_calls)
         kept, refused = stored_calls[:cap], stored_calls[cap:]
+        assistant = Message(role="assistant", content=reply_text, tool_calls=stored_calls)
+        # The refused calls are answered here, right after the assistant message; the
+        # kept calls' results follow with the next model call (in `append`).
+        refusal_messages = [refusal(c, len(stored_calls), cap) for c in refused]
+
+        def store_reply() -> tuple[list[str], str]:
+            arguments = [store.put(raw.arguments.encode()) for raw in kept]
+            replies = [assistant, *refusal_messages]
+            digests = [conv.put_message(tenant, m) for m in replies]
+            head = conv.append(
+                tenant, inp.conversation_head, [*new_digests, *digests], [*appended, *replies]
+            )
+            return arguments, head
+
+        arguments, head = await asyncio.to_thread(store_reply)
         calls = [
             ToolCall(
                 id=raw.id,
                 name=raw.name,
-                arguments_digest=await asyncio.to_thread(store.put, raw.arguments.encode()),
+                arguments_digest=digest,
                 preview=raw.arguments[:PREVIEW_CHARS],
             )
-            for raw in kept
+            for raw, digest in zip(kept, arguments, strict=True)
         ]
-        assistant = Message(role="assistant", content=reply_text, tool_calls=stored_calls)
-        assistant_digest = await asyncio.to_thread(conv.put_message, tenant, assistant)
-        # The refused calls are answered here, right after the assistant message; the
-        # kept calls' results follow with the next model call (in `append`).
-        refusal_messages = [refusal(c, len(stored_calls), cap) for c in refused]
-        refusals = await asyncio.to_thread(
-            lambda: [conv.put_message(tenant, m) for m in refusal_messages]
-        )
-        head = await asyncio.to_thread(
-            conv.append,
-            tenant,
-            inp.conversation_head,
-            [*new_digests, assistant_digest, *refusals],
-            [*appended, assistant, *refusal_messages],
-        )
         return ModelCallOutput(
             conversation_head=head,
             text_preview=(reply_text or "")[:TEXT_CHARS],
@@ -155,6 +156,16 @@ class ModelActivities:
             attempt=attempt,
             refused_tool_calls=len(refused),
         )
+
+    def _prompt(self, inp: ModelCallInput) -> tuple[list[str], list[Message], list[Message]]:
+        """(digests of the messages this call appends, the conversation so far, those
+        messages): the user's new messages stored, the rest read (mostly cached)."""
+        conv, tenant = self._conversations, inp.tenant_id
+        new_digests = list(inp.append)
+        for text in inp.user_messages:
+            new_digests.append(conv.put_message(tenant, Message(role="user", content=text)))
+        history = conv.load(tenant, inp.conversation_head)
+        return new_digests, history, [conv.get_message(tenant, d) for d in new_digests]
 
     async def _complete(
         self, inp: ModelCallInput, request: ModelRequest, redactor: Redactor

@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 
 from opentelemetry.trace import Span
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
 from activities.egress_broker import EgressBroker, EgressSecretError
-from activities.heartbeat import heartbeating_in_background
+from activities.heartbeat import beat, heartbeating_in_background
 from activities.secret_values import SecretValues, redacted_errors
 from activities.tools import (
     FinishArgs,
@@ -171,6 +171,21 @@ class ToolActivities:
 
     @activity.defn(name="dispatch_tool")
     def dispatch_tool(self, inp: DispatchToolInput) -> ToolResult:
+        try:
+            return self._dispatch_tool(inp)
+        except CancelledError:
+            if not activity.info().is_local:
+                raise
+            # A local first attempt out of its budget (`workflows.calls.start_tool_local`):
+            # the SDK cancels it and a normal activity takes the call over, which is
+            # expected, so it is not logged as a failure (a benign error is not).
+            raise ApplicationError(
+                "the local attempt's budget is spent: a normal activity takes the call over",
+                type="HandedOver",
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+
+    def _dispatch_tool(self, inp: DispatchToolInput) -> ToolResult:
         # Heartbeats for the whole call, not only while the command runs: creating the
         # container (and pulling its image) can take long, and sends none by itself.
         with heartbeating_in_background():
@@ -254,7 +269,7 @@ class ToolActivities:
                     timeout_s=timeout,
                     max_output_bytes=limit,
                     env=env or None,
-                    heartbeat=activity.heartbeat,
+                    heartbeat=beat,
                     egress=session.handle if session is not None else None,
                 )
             finally:

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     """Activity slots per worker (also the threads sandbox calls run in)."""
     max_concurrent_workflow_tasks: int = Field(default=20, ge=1, le=10_000)
     """Workflow task slots per worker."""
+    local_tool_call_seconds: float = Field(default=2.0, ge=0, le=5)
+    """A sandbox tool call (and a denied one's answer) first runs as a Temporal local
+    activity, inside the workflow task that asked for it: one server round trip and one
+    workflow task less per step. A call still running after this long is handed to a
+    normal activity, which re-attaches to it in the sandbox (a call id runs once). Set
+    at launch, in the run's input; 0: every call is a normal activity. At most 5 s: a
+    workflow task waits on it (Temporal's workflow task timeout is 10 s)."""
     max_cached_workflows: int = Field(default=1000, ge=0)
     """Runs the worker keeps in memory between their tasks (Temporal's sticky cache);
     a run beyond it is replayed from history when it goes on: less memory per waiting

@@ -193,6 +193,7 @@ async def start_run(
                 continue_as_new_every=settings.continue_as_new_after_steps,
                 slot=slot,
                 idle_stop_seconds=settings.sandbox_idle_stop_seconds or None,
+                local_tool_seconds=settings.local_tool_call_seconds or None,
             ),
             id=workflow_id,
             task_queue=queue,

@@ -4,8 +4,10 @@
 
 runs a worker for `FloorSteps`: a workflow that does, per step, the same number of
 sequential activity round trips an agentrun step does (`activities_per_step`,
-which `bench.steps` counts from a real run's history), each a no-op activity, and
-once per run as many as an agentrun run does once (`fixed_activities`). It
+which `bench.steps` counts from a real run's history), each a no-op activity, then
+as many no-op local activities as an agentrun step runs (`local_per_step`: its tool
+calls' first attempts), and once per run as many activities as an agentrun run does
+once (`fixed_activities`). It
 has no state, no events, no search attributes and no payload beyond an int, so a
 step costs exactly the dispatch of its workflow and activity tasks: what agentrun
 could at best reach on the same server with the same number of round trips.
@@ -41,6 +43,9 @@ class FloorInput:
     activities_per_step: int
     fixed_activities: int = 0
     """Round trips once per run (agentrun's init, artifacts, sandbox release), first."""
+    local_per_step: int = 0
+    """No-op local activities per step, after its activities (agentrun's tool calls that
+    run as local activities first)."""
 
 
 @activity.defn(name="floor_noop")
@@ -54,6 +59,12 @@ async def fixed(step: int) -> int:
     return step
 
 
+@activity.defn(name="floor_local")
+async def local_noop(step: int) -> int:
+    """The same no-op, run as a local activity (in the workflow task that asks for it)."""
+    return step
+
+
 @workflow.defn(name=WORKFLOW_NAME)
 class FloorSteps:
     @workflow.run
@@ -63,6 +74,10 @@ class FloorSteps:
         for step in range(inp.steps):
             for _ in range(inp.activities_per_step):
                 await workflow.execute_activity(noop, step, start_to_close_timeout=ACTIVITY_TIMEOUT)
+            for _ in range(inp.local_per_step):
+                await workflow.execute_local_activity(
+                    local_noop, step, start_to_close_timeout=ACTIVITY_TIMEOUT
+                )
         return inp.steps
 
 
@@ -72,7 +87,7 @@ async def serve(args: argparse.Namespace) -> None:
         client,
         task_queue=args.task_queue,
         workflows=[FloorSteps],
-        activities=[noop, fixed],
+        activities=[noop, fixed, local_noop],
         max_concurrent_activities=args.max_concurrent_activities,
         max_concurrent_workflow_tasks=args.max_concurrent_workflow_tasks,
     )

@@ -29,7 +29,9 @@ The floors, in the same process on the same server:
 
 * **floor**: `bench.floor.FloorSteps`, a workflow doing per step as many sequential
   activity round trips as the agentrun history shows per step (its `activities`
-  row), each a no-op activity, on a worker process of its own (its own task queue)
+  row), each a no-op activity, then as many no-op local activities as it shows local
+  ones (their markers: a tool call's first attempt, `workflows.loop`), on a worker
+  process of its own (its own task queue)
   that this benchmark starts against the same dev server. The ratio agentrun/floor
   is the one the issue's goals are stated in (per-step p50 within 1.25x; at 20
   runs, steps/s at least 50 % of the floor's).
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -75,7 +78,7 @@ import httpx
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import History
+from temporalio.api.history.v1 import History, MarkerRecordedEventAttributes
 from temporalio.client import Client
 
 from agentrun.contracts import (
@@ -266,6 +269,7 @@ async def floor_wave(
     per_step: int,
     fixed: int,
     wave_seconds: float,
+    local_per_step: int = 0,
 ) -> Wave:
     wave = Wave("floor", runs, steps)
     rss = RssPeak(stack.pids()["floor"])
@@ -275,7 +279,7 @@ async def floor_wave(
         *(
             client.start_workflow(
                 floor.WORKFLOW_NAME,
-                floor.FloorInput(steps, per_step, fixed),
+                floor.FloorInput(steps, per_step, fixed, local_per_step),
                 id=f"floor-{uuid.uuid4().hex}",
                 task_queue=queue,
                 result_type=int,
@@ -356,6 +360,23 @@ _COVERED = frozenset(
 events each); the rest are listed by kind under "history events"."""
 
 
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+"""The marker the SDK's core records for a local activity's result."""
+LOCAL = " (local)"
+"""Suffix of a local activity's name in the counts (its marker in the history)."""
+
+
+def local_activity(marker: MarkerRecordedEventAttributes) -> str | None:
+    """The activity type of a local activity's marker; None for other markers."""
+    if marker.marker_name != LOCAL_ACTIVITY_MARKER:
+        return None
+    try:
+        data = json.loads(marker.details["data"].payloads[0].data)
+        return str(data["activity_type"])
+    except (KeyError, IndexError, ValueError, TypeError):
+        return "local activity"
+
+
 @dataclass
 class Counts:
     steps: int
@@ -384,6 +405,10 @@ class Counts:
                 wft += 1
             elif event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
                 upserts += 1
+            elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+                name = local_activity(event.marker_recorded_event_attributes)
+                if name is not None:
+                    activities[name + LOCAL] += 1
             elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                 name = event.activity_task_scheduled_event_attributes.activity_type.name
                 activities[name] += 1
@@ -462,7 +487,14 @@ class PerStep:
 
     @property
     def round_trips(self) -> int:
-        return max(1, round(sum(self.activities.values())))
+        """Activity round trips per step (local activities apart: `local_trips`)."""
+        trips = sum(n for name, n in self.activities.items() if not name.endswith(LOCAL))
+        return max(1, round(trips))
+
+    @property
+    def local_trips(self) -> int:
+        """Local activities per step."""
+        return round(sum(n for name, n in self.activities.items() if name.endswith(LOCAL)))
 
 
 async def history_of(client: Client, workflow_id: str) -> History:
@@ -504,13 +536,15 @@ class Results:
 
 def print_report(res: Results, work: Workload, opts: StackOptions) -> None:
     trips = res.per_step.round_trips if res.per_step else 2
+    local = res.per_step.local_trips if res.per_step else 0
+    locals_ = f" and {local} no-op local activit{'y' if local == 1 else 'ies'}" if local else ""
     print(
         f"\nagentrun step benchmark, one invocation, one Temporal dev server "
         f"(history.transferProcessorMaxPollRPS={TRANSFER_POLL_RPS})\n"
         f"  step = a scripted model call + `sh -c {TOOL_COMMAND}` in a warm sandbox, "
         f"through POST /v1/runs\n"
-        f"  floor = FloorSteps on its own worker, {trips} no-op activity round trips per step; "
-        f"loop = plain Python, a subprocess per tool call\n"
+        f"  floor = FloorSteps on its own worker, {trips} no-op activity round trips"
+        f"{locals_} per step; loop = plain Python, a subprocess per tool call\n"
         f"  worker: max_concurrent_activities={opts.max_concurrent_activities}, "
         f"max_concurrent_workflow_tasks={opts.max_concurrent_workflow_tasks}, "
         f"sandbox pool {opts.sandbox_pool_size} (the floor worker has the same slots)\n"
@@ -670,18 +704,20 @@ async def measure(
             raise StackError(f"the sequential run did not complete: {seq.problem}")
         long = await agentrun_counts(http, client, seq.ids[0], seq.steps)
         res.per_step = PerStep.between(short, long)
-        trips = res.per_step.round_trips
+        trips, local = res.per_step.round_trips, res.per_step.local_trips
         fixed = sum(res.per_step.fixed.activities.values())
         res.sequential["agentrun"] = long.step_durations()
 
         fl_short_w = await floor_wave(
-            client, stack, queue, 1, short.steps, trips, fixed, wave_seconds
+            client, stack, queue, 1, short.steps, trips, fixed, wave_seconds, local
         )
         fl_short = Counts.of(
             await history_of(client, fl_short_w.ids[0]), short.steps, "floor_noop", trips
         )
         log("sequential floor and loop")
-        fl_seq = await floor_wave(client, stack, queue, 1, seq.steps, trips, fixed, wave_seconds)
+        fl_seq = await floor_wave(
+            client, stack, queue, 1, seq.steps, trips, fixed, wave_seconds, local
+        )
         fl_long = Counts.of(await history_of(client, fl_seq.ids[0]), seq.steps, "floor_noop", trips)
         res.floor_per_step = PerStep.between(fl_short, fl_long)
         res.sequential["floor"] = fl_long.step_durations()
@@ -694,7 +730,7 @@ async def measure(
             log(f"{runs} concurrent runs of {shell_steps + 1} steps")
             a = await agentrun_wave(http, stack, runs, shell_steps, wave_seconds)
             fl = await floor_wave(
-                client, stack, queue, runs, a.steps_per_run, trips, fixed, wave_seconds
+                client, stack, queue, runs, a.steps_per_run, trips, fixed, wave_seconds, local
             )
             lo = await asyncio.to_thread(loop_wave, runs, a.steps_per_run)
             res.waves.append((a, fl, lo))
@@ -736,9 +772,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="keep logs and state here (default: a temp dir, removed)"
     )
+    parser.add_argument(
+        "--local-tool-seconds",
+        type=float,
+        help="AGENTRUN_LOCAL_TOOL_CALL_SECONDS of the stack (0: every tool call a normal "
+        "activity, as before local tool calls; default: the deployment default)",
+    )
     args = parser.parse_args(argv)
     work = QUICK if args.quick else FULL
-    opts = StackOptions(args.activities, args.workflow_tasks, args.pool, args.image)
+    extra = (
+        ()
+        if args.local_tool_seconds is None
+        else (("AGENTRUN_LOCAL_TOOL_CALL_SECONDS", str(args.local_tool_seconds)),)
+    )
+    opts = StackOptions(args.activities, args.workflow_tasks, args.pool, args.image, extra)
     wave_seconds = args.timeout or (100.0 if args.quick else 900.0)
     signal.signal(signal.SIGTERM, _terminate)
     with workdir(args.workdir) as root:

@@ -338,6 +338,41 @@ async def _tenant_slots(client: Client, queue: str) -> str:
     return (await _slots_interplay(client, queue))["slots"]
 
 
+async def _local_tools(client: Client, queue: str) -> str:
+    # tool calls as local activities first: a short one, one denied, one past the 1 s
+    # budget (handed over to a normal activity), finish
+    h = await start_run(
+        client,
+        queue,
+        scripted_spec(
+            shell("echo short"),
+            shell("echo denied"),
+            shell("echo long; sleep 2"),
+            finish("ok"),
+            approval=ApprovalPolicy(mode="tools", tools=["shell"], timeout_seconds=None),
+        ),
+        local_tool_seconds=1,
+    )
+    seen: set[str] = set()
+    for verb in (AgentRunWorkflow.approve, AgentRunWorkflow.deny, AgentRunWorkflow.approve):
+        view = await wait_for(
+            h,
+            lambda v: v.pending_approval is not None and v.pending_approval.approval_id not in seen,
+        )
+        assert view.pending_approval is not None
+        seen.add(view.pending_approval.approval_id)
+        await h.execute_update(
+            verb,
+            ApprovalDecision(
+                approval_id=view.pending_approval.approval_id,
+                arguments_digest=view.pending_approval.call.arguments_digest,
+                actor=ALICE,
+            ),
+        )
+    await outcome(h)
+    return (await h.fetch_history()).to_json()
+
+
 SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "happy_path": _happy_path,
     "approval": _approval,
@@ -355,6 +390,7 @@ SCENARIOS: dict[str, Callable[[Client, str], Awaitable[str]]] = {
     "queued_run": _queued_run,
     "queued_cancelled": _queued_cancelled,
     "tenant_slots": _tenant_slots,
+    "local_tools": _local_tools,
 }
 
 SERVER_FLAGS: dict[str, list[str]] = {

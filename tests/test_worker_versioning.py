@@ -140,12 +140,15 @@ async def test_a_pinned_run_finishes_on_its_build_while_new_runs_start_on_the_ne
     v2: subprocess.Popen[bytes] | None = None
     try:
         await _set_current(client, deployment, "v1")
-        old = await start_run(client, task_queue, waits)
+        # Tool calls as normal activities, so the history names the process of each.
+        old = await start_run(client, task_queue, waits, local_tool_seconds=0)
         view = await wait_for(old, lambda v: v.status == RunStatus.AWAITING_APPROVAL)
         described = await _cli_json(client, "workflow", "describe", "--workflow-id", old.id)
         v2 = worker("v2")
         await _set_current(client, deployment, "v2")
-        new = await start_run(client, task_queue, scripted_spec(shell("true"), finish("new")))
+        new = await start_run(
+            client, task_queue, scripted_spec(shell("true"), finish("new")), local_tool_seconds=0
+        )
         assert (await outcome(new)).final_answer == "new"
         await _wait_for_drainage(client, deployment, "v1", "draining")
         await approve_pending(old, view)

@@ -58,7 +58,11 @@ async def test_every_activity_of_a_run_heartbeats_or_has_a_short_timeout(
     # collection and sandbox removal): every kind of activity but webhooks runs.
     spec = scripted_spec(shell("echo hi"), finish(), tools=[ToolName.SHELL, ToolName.FINISH])
     async with running_worker(client, task_queue, state_dir):
-        handle = await start_run(client, task_queue, spec, continue_as_new_every=1)
+        # Tool calls as normal activities, so their options are in the history too (a
+        # local first attempt is bounded by its budget, at most 5 s: `Settings`).
+        handle = await start_run(
+            client, task_queue, spec, continue_as_new_every=1, local_tool_seconds=0
+        )
         await outcome(handle)
         assert handle.first_execution_run_id is not None
         events = await _chain_histories(client, handle.id, handle.first_execution_run_id)

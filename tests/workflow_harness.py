@@ -153,16 +153,22 @@ async def start_run(
     *,
     continue_as_new_every: int = 200,
     idle_stop_seconds: float | None = None,
+    local_tool_seconds: float | None = None,
 ) -> WorkflowHandle[Any, Any]:
     """Start a run for `TENANT` as `ALICE` through the launcher, on the test's queue.
 
     The handle follows the run across continue-as-new; its `first_execution_run_id`
     names the first Temporal run (whose history `record_histories` keeps).
-    `idle_stop_seconds` overrides `AGENTRUN_SANDBOX_IDLE_STOP_SECONDS` (0: never).
+    `idle_stop_seconds` overrides `AGENTRUN_SANDBOX_IDLE_STOP_SECONDS` (0: never),
+    `local_tool_seconds` `AGENTRUN_LOCAL_TOOL_CALL_SECONDS` (0: no local tool calls).
     """
-    idle = {} if idle_stop_seconds is None else {"sandbox_idle_stop_seconds": idle_stop_seconds}
+    extra: dict[str, float] = {}
+    if idle_stop_seconds is not None:
+        extra["sandbox_idle_stop_seconds"] = idle_stop_seconds
+    if local_tool_seconds is not None:
+        extra["local_tool_call_seconds"] = local_tool_seconds
     settings = load_settings(
-        task_queue=task_queue, continue_as_new_after_steps=continue_as_new_every, **idle
+        task_queue=task_queue, continue_as_new_after_steps=continue_as_new_every, **extra
     )
     started = await launcher.start_run(client, settings, TENANT, spec, ALICE, task_queue=task_queue)
     described = await client.get_workflow_handle(started.workflow_id).describe()

@@ -24,7 +24,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as TimeoutFailure
 
 with workflow.unsafe.imports_passed_through():
     # Safe to pass through: the activity classes are only used as typed references
@@ -56,6 +57,7 @@ from workflows.policies import (
     COLLECT_ARTIFACTS_TIMEOUT,
     HEARTBEAT,
     INIT_RUN_TIMEOUT,
+    LOCAL_TOOL_RETRY,
     MODEL_CALL_TIMEOUT,
     MODEL_RETRY,
     PROBE_RETRY,
@@ -90,6 +92,28 @@ def start_model_call(inp: ModelCallInput) -> workflow.ActivityHandle[ModelCallOu
         heartbeat_timeout=HEARTBEAT,
         retry_policy=MODEL_RETRY,
     )
+
+
+def start_tool_local(
+    inp: DispatchToolInput, budget: timedelta
+) -> workflow.ActivityHandle[ToolResult]:
+    """The same call as a local activity: run by this worker inside the workflow task
+    that asked for it, for at most `budget`, one attempt (`LocalToolFailure`: then)."""
+    return workflow.start_local_activity_method(
+        ToolActivities.dispatch_tool,
+        inp,
+        start_to_close_timeout=budget,
+        retry_policy=LOCAL_TOOL_RETRY,
+    )
+
+
+LocalToolFailure = (ActivityError, ApplicationError, TimeoutFailure)
+"""What awaiting `start_tool_local` raises when the call failed or ran out of its
+budget: an `ActivityError` around the cause when it happens, but on replay the SDK's
+core rebuilds it from the local activity's marker and raises the bare cause (a
+`TimeoutFailure` for a call out of its budget). The caller hands every such failure
+over to a normal activity (`start_tool`), whose failure is an `ActivityError` both
+times, so a run decides alike when it happens and when it replays."""
 
 
 def start_tool(inp: DispatchToolInput) -> workflow.ActivityHandle[ToolResult]:

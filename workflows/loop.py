@@ -58,12 +58,14 @@ with workflow.unsafe.imports_passed_through():
 from workflows import approvals, calls, transitions
 from workflows.errors import Abort
 from workflows.lifecycle import PREVIEW_CHARS, RunLifecycle
-from workflows.policies import PATCH_FINISH_MODE, PATCH_MODEL_STARTED
+from workflows.policies import PATCH_FINISH_MODE, PATCH_LOCAL_TOOLS, PATCH_MODEL_STARTED
 from workflows.prompts import finish_mode, nudge, system_prompt
 
 SANDBOX_TOOLS = frozenset(
     {ToolName.SHELL, ToolName.READ_FILE, ToolName.WRITE_FILE, ToolName.LIST_FILES}
 )
+LOCAL_FIRST_TOOLS = SANDBOX_TOOLS | {ToolName.FINISH}
+"""Tools whose calls may run as a local activity first (`AgentLoop._dispatch`)."""
 
 
 class AgentLoop(RunLifecycle):
@@ -237,21 +239,19 @@ class AgentLoop(RunLifecycle):
                 self._sandbox_up()  # the call starts it again after an idle stop
         started = workflow.now()
         try:
-            result = await self._race(
-                calls.start_tool(
-                    DispatchToolInput(
-                        run_id=self._inp.run_id,
-                        tenant_id=self._inp.tenant_id,
-                        call=call,
-                        sandbox=spec.sandbox,
-                        secrets=spec.secrets,
-                        timeout_seconds=spec.limits.tool_timeout_seconds,
-                        max_output_bytes=spec.limits.max_tool_output_bytes,
-                        denied_reason=denied,
-                        step=self._state.step,
-                        egress=spec.egress,
-                        exec_env=spec.exec_env,
-                    )
+            result = await self._dispatch(
+                DispatchToolInput(
+                    run_id=self._inp.run_id,
+                    tenant_id=self._inp.tenant_id,
+                    call=call,
+                    sandbox=spec.sandbox,
+                    secrets=spec.secrets,
+                    timeout_seconds=spec.limits.tool_timeout_seconds,
+                    max_output_bytes=spec.limits.max_tool_output_bytes,
+                    denied_reason=denied,
+                    step=self._state.step,
+                    egress=spec.egress,
+                    exec_env=spec.exec_env,
                 )
             )
         except (Abort, ActivityError, asyncio.CancelledError):
@@ -293,6 +293,35 @@ class AgentLoop(RunLifecycle):
             attempt=result.attempt,
         )
         return result
+
+    async def _dispatch(self, inp: DispatchToolInput) -> ToolResult:
+        """Run the call: first as a local activity when the run's input allows it and
+        the call is one that is safe to hand over, then as a normal activity if the
+        local attempt ran out of its budget or failed (a failure that a retry cannot
+        mend fails the normal activity's first attempt too, and ends the run as
+        before; one that it may mend is retried there, heartbeating).
+
+        A local activity runs on this worker inside the workflow task that asked for it,
+        so a short call costs no activity task and no second workflow task. Handing
+        over is exactly-once because the sandbox's executor records each call id: the
+        normal activity re-attaches to a command the local attempt started. Calls the
+        sandbox does not execute with that record (`http_request`, which the worker
+        sends itself) and calls whose traffic the worker brokers (a run with egress
+        rules) are always normal activities.
+        """
+        budget = self._inp.local_tool_seconds
+        call = inp.call
+        local_first = (
+            budget is not None
+            and not inp.egress
+            and (inp.denied_reason is not None or call.name in LOCAL_FIRST_TOOLS)
+        )
+        if local_first and budget is not None and workflow.patched(PATCH_LOCAL_TOOLS):
+            try:
+                return await self._race(calls.start_tool_local(inp, timedelta(seconds=budget)))
+            except calls.LocalToolFailure:
+                pass  # out of its budget, or failed: the normal activity takes over
+        return await self._race(calls.start_tool(inp))
 
     def _add_tool_seconds(self, seconds: float) -> None:
         self._state.usage = self._state.usage + Usage(tool_seconds=max(seconds, 0.0))

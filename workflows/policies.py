@@ -35,6 +35,11 @@ TOOL_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=10,
 )
+LOCAL_TOOL_RETRY = RetryPolicy(
+    # One attempt: whatever makes it fail or run long (Docker busy, a slow command),
+    # the normal activity it hands over to retries with `TOOL_RETRY`, heartbeating.
+    maximum_attempts=1,
+)
 STORE_RETRY = RetryPolicy(
     # Local or object-store writes: quick, idempotent (content-addressed).
     initial_interval=timedelta(milliseconds=500),
@@ -104,6 +109,10 @@ PATCH_FINISH_MODE = "finish-mode"
 """Runs started before it took any reply without tool calls as the final answer; newer
 ones take it only in `finish: text` mode and when it is not empty, and otherwise ask the
 model to call a tool. Asked only when a reply calls no tool."""
+PATCH_LOCAL_TOOLS = "tool-calls-local-first"
+"""Runs started before it ran every tool call as a normal activity; newer ones with
+`local_tool_seconds` in their input run it as a local activity first (one round trip
+less per step). Asked before each tool call of such a run."""
 
 PATCH_STEPS_EVERY = "steps-attribute-every-n"
 """Runs started before it upserted `AgentRunSteps` after every model call; newer ones

@@ -98,6 +98,11 @@ class RunInput(BaseModel):
     paused (the workspace stays; the next tool call or the resume starts it again).
     Set at launch from `AGENTRUN_SANDBOX_IDLE_STOP_SECONDS`, in the input so every
     replay decides alike; None: never (and runs launched before it existed)."""
+    local_tool_seconds: float | None = Field(default=None, gt=0, le=5)
+    """Run each sandbox tool call first as a local activity for at most this long, then
+    as a normal activity (`workflows.loop`). Set at launch from
+    `AGENTRUN_LOCAL_TOOL_CALL_SECONDS`; None: always a normal activity (and runs
+    launched before it existed)."""
 
 
 class LoopState(BaseModel):
