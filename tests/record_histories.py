@@ -76,20 +76,10 @@ async def _happy_path(client: Client, queue: str) -> str:
     return (await h.fetch_history()).to_json()
 
 
-async def _approval(client: Client, queue: str) -> str:
-    # approval: one approved, one denied
-    h = await start_run(
-        client,
-        queue,
-        scripted_spec(
-            shell("echo one"),
-            shell("echo two"),
-            finish("ok"),
-            approval=ApprovalPolicy(mode="tools", tools=["shell"]),
-        ),
-    )
+async def _decide(h: WorkflowHandle[Any, Any], *verbs: Any) -> None:
+    """Answer the run's approvals in turn, one verb (approve or deny) each."""
     seen: set[str] = set()
-    for verb in (AgentRunWorkflow.approve, AgentRunWorkflow.deny):
+    for verb in verbs:
         view = await wait_for(
             h,
             lambda v: v.pending_approval is not None and v.pending_approval.approval_id not in seen,
@@ -105,6 +95,21 @@ async def _approval(client: Client, queue: str) -> str:
             ),
         )
         await wait_for(h, lambda v: v.pending_approval is None or v.status.terminal)
+
+
+async def _approval(client: Client, queue: str) -> str:
+    # approval: one approved, one denied
+    h = await start_run(
+        client,
+        queue,
+        scripted_spec(
+            shell("echo one"),
+            shell("echo two"),
+            finish("ok"),
+            approval=ApprovalPolicy(mode="tools", tools=["shell"]),
+        ),
+    )
+    await _decide(h, AgentRunWorkflow.approve, AgentRunWorkflow.deny)
     await outcome(h)
     return (await h.fetch_history()).to_json()
 
@@ -353,22 +358,7 @@ async def _local_tools(client: Client, queue: str) -> str:
         ),
         local_tool_seconds=1,
     )
-    seen: set[str] = set()
-    for verb in (AgentRunWorkflow.approve, AgentRunWorkflow.deny, AgentRunWorkflow.approve):
-        view = await wait_for(
-            h,
-            lambda v: v.pending_approval is not None and v.pending_approval.approval_id not in seen,
-        )
-        assert view.pending_approval is not None
-        seen.add(view.pending_approval.approval_id)
-        await h.execute_update(
-            verb,
-            ApprovalDecision(
-                approval_id=view.pending_approval.approval_id,
-                arguments_digest=view.pending_approval.call.arguments_digest,
-                actor=ALICE,
-            ),
-        )
+    await _decide(h, AgentRunWorkflow.approve, AgentRunWorkflow.deny, AgentRunWorkflow.approve)
     await outcome(h)
     return (await h.fetch_history()).to_json()
 
