@@ -101,7 +101,9 @@ class Settings(BaseSettings):
 
     # Worker
     max_concurrent_activities: int = Field(default=20, ge=1, le=10_000)
-    """Activity slots per worker (also the threads sandbox calls run in)."""
+    """Activity slots per worker, and as many local activity slots (tool calls' first
+    attempts: `AGENTRUN_LOCAL_TOOL_CALL_SECONDS`); sandbox calls run in twice as many
+    threads, one per slot."""
     max_concurrent_workflow_tasks: int = Field(default=20, ge=1, le=10_000)
     """Workflow task slots per worker."""
     local_tool_call_seconds: float = Field(default=2.0, ge=0, le=5)
