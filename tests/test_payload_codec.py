@@ -295,7 +295,10 @@ async def deployment(env: WorkflowEnvironment, state_dir: Path) -> AsyncIterator
 
 LEFT_PLAIN = ("searchAttributes", "patch-data")
 """What no codec touches: search attributes (the server indexes them: tenant, status,
-agent, model, labels, steps, creator) and the SDK's patch markers (patch ids)."""
+agent, model, labels, steps, creator) and the SDK's patch markers (patch ids). Also
+the bookkeeping of a local activity's marker (`details.data` of a
+`core_local_activity` marker: its sequence number, attempt, activity type and times,
+written by the SDK's core); the local activity's result beside it is encrypted."""
 
 
 def payloads_in(document: Any) -> Iterator[dict[str, Any]]:
@@ -305,8 +308,11 @@ def payloads_in(document: Any) -> Iterator[dict[str, Any]]:
         if isinstance(document.get("metadata"), dict) and "encoding" in document["metadata"]:
             yield document
         for key, value in document.items():
-            if key not in LEFT_PLAIN:
-                yield from payloads_in(value)
+            if key in LEFT_PLAIN:
+                continue
+            if key == "details" and document.get("markerName") == "core_local_activity":
+                value = {k: v for k, v in value.items() if k != "data"}
+            yield from payloads_in(value)
     elif isinstance(document, list):
         for value in document:
             yield from payloads_in(value)
