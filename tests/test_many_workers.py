@@ -78,10 +78,14 @@ LINES = ["1", "2", "3"]
 
 def _spec(*, streamed: bool) -> dict[str, Any]:
     """Three numbered appends (the second sleeps), then the answer: streamed as text
-    token by token (the followed runs, whose deltas are checked) or by `finish`."""
+    token by token (the followed runs, whose deltas are checked) or by `finish`.
+
+    The second call outlives its local attempt's budget (`AGENTRUN_LOCAL_TOOL_CALL_SECONDS`,
+    2 s) by seconds: it is handed over to a normal activity, the one the test kills a
+    worker under (a call already begun, re-attached to twice)."""
     calls = [
         tool_turn("shell", command="echo 1 >> count.txt"),
-        tool_turn("shell", command="echo 2 >> count.txt; sleep 3"),
+        tool_turn("shell", command="echo 2 >> count.txt; sleep 6"),
         tool_turn("shell", command="echo 3 >> count.txt"),
     ]
     if streamed:
